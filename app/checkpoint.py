@@ -1,0 +1,135 @@
+"""Checkpoints: one safetensors file, written atomically, loaded without unpickling.
+
+Layout: tensors ``model.<name>`` (the model's state_dict) and ``optim.<i>.<key>``
+(Adam state per parameter index); metadata ``nerflab`` is a JSON string with the
+format version, the training config, the model kind and options, the step and
+the optimiser's param_groups (hyper-parameters only).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT = "nerflab-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    def __init__(self, path, problem: str):
+        self.path, self.problem = str(path), problem
+        super().__init__(f"{path}: {problem}")
+
+
+def atomic_write(path: str, write_fn) -> None:
+    """Call write_fn(tmp_path), then rename over ``path`` so readers never see a partial file."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=d)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str, trainer) -> None:
+    """Model, optimiser state, config and step of a Trainer."""
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in trainer.model.state_dict().items()}
+    osd = trainer.optimizer.state_dict()
+    for idx, st in osd["state"].items():
+        for key, val in st.items():
+            t = val if torch.is_tensor(val) else torch.tensor(val)
+            tensors[f"optim.{idx}.{key}"] = t.detach().contiguous().cpu()
+    meta = {"format": FORMAT, "version": VERSION, "model": trainer.config.model,
+            "config": trainer.config_dict(), "step": trainer.step_count,
+            "batch_rays": trainer.batch_rays,
+            "param_groups": [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]}
+                             for g in osd["param_groups"]]}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"nerflab": json.dumps(meta)}))
+
+
+def read_checkpoint(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) with every failure reported as a CheckpointError naming the file."""
+    if not os.path.isfile(path):
+        raise CheckpointError(path, "checkpoint file does not exist")
+    try:
+        tensors = load_file(path)
+        from safetensors import safe_open
+        with safe_open(path, "pt") as f:
+            raw = (f.metadata() or {}).get("nerflab")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(path, f"not a readable safetensors checkpoint ({exc})") from None
+    if raw is None:
+        raise CheckpointError(path, "safetensors file has no NeRF Lab metadata")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise CheckpointError(path, "checkpoint metadata is not valid JSON") from None
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise CheckpointError(path, f"unsupported checkpoint format {meta.get('format')!r} "
+                                    f"version {meta.get('version')!r}")
+    return meta, tensors
+
+
+def _model_state(tensors):
+    return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+
+
+def load_into(path: str, trainer, optimizer: bool = True) -> dict:
+    """Restore a checkpoint into an existing Trainer; refuses another model or config."""
+    meta, tensors = read_checkpoint(path)
+    if meta["model"] != trainer.config.model:
+        raise CheckpointError(path, f"checkpoint is for model '{meta['model']}', "
+                                    f"this run uses '{trainer.config.model}'")
+    saved_opts = meta["config"]["model_options"]
+    mine = trainer.model.config
+    diff = sorted(k for k in set(saved_opts) | set(mine)
+                  if k not in ("n_coarse", "n_fine") and saved_opts.get(k) != mine.get(k))
+    if diff:
+        raise CheckpointError(path, "checkpoint model options differ from this run's: " + ", ".join(
+            f"{k}={saved_opts.get(k)!r} (here {mine.get(k)!r})" for k in diff))
+    state = _model_state(tensors)
+    try:
+        trainer.model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(path, f"weights do not fit the model: {str(exc).splitlines()[0]}") from None
+    if optimizer:
+        trainer.rebuild_optimizer()
+        osd = {"state": {}, "param_groups": meta["param_groups"]}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, idx, key = k.split(".", 2)
+                osd["state"].setdefault(int(idx), {})[key] = v.to(trainer.device)
+        try:
+            trainer.optimizer.load_state_dict(osd)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(path, f"optimizer state does not fit: {exc}") from None
+    trainer.step_count = int(meta["step"])
+    trainer.batch_rays = int(meta.get("batch_rays", trainer.batch_rays))
+    return meta
+
+
+def trainer_from_checkpoint(path: str, scene, device: str = "auto"):
+    """Build a Trainer whose config comes from the checkpoint, then restore it."""
+    from app.trainer import TrainConfig, Trainer
+
+    meta, _ = read_checkpoint(path)
+    cfg = dict(meta["config"])
+    cfg["device"] = device
+    try:
+        config = TrainConfig(**cfg)
+    except TypeError as exc:
+        raise CheckpointError(path, f"checkpoint config does not match this version: {exc}") from None
+    trainer = Trainer(scene, config)
+    load_into(path, trainer)
+    return trainer

@@ -1,0 +1,71 @@
+"""Command-line entry: subcommands live in app/commands/<name>.py, each with
+``configure(parser)`` and ``run(args) -> int``, loaded only when used so that
+headless commands never import the GUI stack."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Order is the order --help shows.
+COMMANDS = {
+    "gui": ("app.commands.gui", "open the desktop app (the default with no command)"),
+    "train": ("app.commands.train", "train a field on a scene and write a run directory"),
+    "eval": ("app.commands.evaluate", "PSNR/SSIM of a run on its test split"),
+    "render": ("app.commands.render", "render one view (RGB, depth, opacity) of a run to PNG"),
+    "render-video": ("app.commands.video", "render an orbit video (mp4, or GIF/PNG without ffmpeg)"),
+    "export-mesh": ("app.commands.mesh", "marching cubes on the density -> coloured PLY mesh"),
+    "inerf": ("app.commands.inerf", "recover a camera pose from an image by inverting a trained field"),
+    "lab2d": ("app.commands.lab2d", "2D coordinate-MLP lab: spectral bias, PE and Fourier features"),
+    "inspect-pe": ("app.commands.inspect_pe", "transformer sinusoidal PE and mapping kernels, to PNG"),
+    "make-scene": ("app.commands.make_scene", "regenerate the embedded scene at any resolution"),
+}
+
+EPILOG = """examples:
+  python main.py                                   # GUI on the embedded scene
+  python main.py train --steps 3000 --out runs/a   # headless training
+  python main.py eval runs/a
+  python main.py render runs/a --view test:0 --out view.png
+"""
+
+
+class UserError(Exception):
+    """An error whose message is the whole story for the user (no traceback)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="main.py", description="NeRF Lab: watch and use neural radiance fields.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (mod, help_) in COMMANDS.items():
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+            continue  # a command whose module is not present in this build
+        sp = sub.add_parser(name, help=help_, description=help_,
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.configure(sp)
+        sp.set_defaults(_run=module.run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv or ["gui"])
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    from app.checkpoint import CheckpointError
+    from loaders.scene import DataError
+
+    try:
+        return int(args._run(args) or 0)
+    except (DataError, CheckpointError, UserError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

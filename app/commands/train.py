@@ -1,0 +1,168 @@
+"""`main.py train`: headless training into a run directory."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from app.cli import UserError
+from app.runs import CKPT, DEFAULT_SCENE, write_json
+
+# Named model settings. 'paper' is NeRF as published; 'cpu' keeps the same
+# architecture family but narrower and with fewer samples so a 2-core CPU gets
+# thousands of steps in minutes (README quotes what each reaches).
+PRESETS = {
+    "paper": dict(width=256, depth=8, n_coarse=64, n_fine=128),
+    "cpu": dict(width=128, depth=4, skips=[], dir_width=64, n_coarse=32, n_fine=32),
+}
+
+
+def positive(kind):
+    def parse(s):
+        v = kind(s)
+        if v <= 0:
+            raise ValueError
+        return v
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def configure(p) -> None:
+    p.add_argument("--data", default=DEFAULT_SCENE, help="scene directory (Blender or LLFF)")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--steps", type=positive(int), default=5000, help="optimisation steps")
+    p.add_argument("--time-limit", type=positive(float), default=None,
+                   help="stop after this many seconds of training even if steps remain")
+    p.add_argument("--model", default="nerf", choices=["nerf", "plenoxels", "hash"])
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="NeRF size preset (default: cpu on CPU, paper on CUDA)")
+    p.add_argument("--no-pe", action="store_true", help="plain MLP on raw (x, d): shows spectral bias")
+    p.add_argument("--encoding", default=None, choices=["pe", "none", "basic", "gaussian"],
+                   help="position encoding (default pe; --no-pe means none)")
+    p.add_argument("--L-xyz", type=int, default=10, help="PE frequencies for position")
+    p.add_argument("--L-dir", type=int, default=4, help="PE frequencies for view direction")
+    p.add_argument("--sigma", type=positive(float), default=10.0, help="Gaussian Fourier feature scale")
+    p.add_argument("--n-coarse", type=positive(int), default=None, help="coarse samples per ray")
+    p.add_argument("--n-fine", type=int, default=None, help="fine (importance) samples per ray")
+    p.add_argument("--width", type=positive(int), default=None)
+    p.add_argument("--batch", type=positive(int), default=None, help="rays per step")
+    p.add_argument("--lr", type=positive(float), default=None)
+    p.add_argument("--downscale", type=positive(int), default=1, help="integer image downscale (2 = half-res)")
+    p.add_argument("--black-bkgd", action="store_true", help="composite RGBA on black instead of white")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--eval-images", type=int, default=8, help="test views to evaluate at the end (0: none)")
+    p.add_argument("--log-every", type=positive(int), default=50)
+    p.add_argument("--save-every", type=positive(int), default=1000)
+    p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint")
+    p.add_argument("--options", default=None, help="extra model options as JSON, e.g. '{\"resolution\": 128}'")
+
+
+def model_options(args, cuda: bool) -> dict:
+    if args.model != "nerf":
+        opts = {}
+    else:
+        preset = args.preset or ("paper" if cuda else "cpu")
+        opts = dict(PRESETS[preset])
+        enc = args.encoding or ("none" if args.no_pe else "pe")
+        if not (0 <= args.L_xyz <= 24 and 0 <= args.L_dir <= 24):
+            raise UserError(f"--L-xyz and --L-dir must be between 0 and 24 (got {args.L_xyz}, {args.L_dir})")
+        opts.update(pos_encoding=enc, L_xyz=args.L_xyz, L_dir=args.L_dir, sigma_scale=args.sigma)
+        if args.n_coarse is not None:
+            if args.n_coarse < 2:
+                raise UserError("--n-coarse must be at least 2")
+            opts["n_coarse"] = args.n_coarse
+        if args.n_fine is not None:
+            if args.n_fine < 0:
+                raise UserError("--n-fine must be >= 0")
+            opts["n_fine"] = args.n_fine
+        if args.width is not None:
+            opts["width"] = args.width
+    if args.options:
+        try:
+            extra = json.loads(args.options)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--options is not valid JSON: {exc.msg}") from None
+        if not isinstance(extra, dict):
+            raise UserError("--options must be a JSON object")
+        opts.update(extra)
+    return opts
+
+
+def run(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from app.checkpoint import load_into, save_checkpoint
+    from app.trainer import TrainConfig, Trainer, pick_device
+    from loaders import load_scene
+
+    device = pick_device(args.device)
+    cuda = device.type == "cuda"
+    if os.path.exists(os.path.join(args.out, CKPT)) and not args.resume:
+        raise UserError(f"{args.out}: already holds a run (use --resume to continue, or another --out)")
+    # Validate everything before touching the output directory: bad input leaves nothing behind.
+    opts = model_options(args, cuda)
+    scene = load_scene(args.data, downscale=args.downscale, white_bkgd=not args.black_bkgd)
+    for note in scene.notes:
+        print(f"note: {note}")
+    defaults = dict(batch_rays=4096 if cuda else 1024, lr=5e-4 if args.model == "nerf" else 1e-2)
+    config = TrainConfig(model=args.model, model_options=opts,
+                         batch_rays=args.batch or defaults["batch_rays"], lr=args.lr or defaults["lr"],
+                         lr_final=(args.lr or defaults["lr"]) / 10, lr_decay_steps=max(args.steps, 1),
+                         seed=args.seed, device=str(device), autocast=False)
+    try:
+        trainer = Trainer(scene, config)
+    except ValueError as exc:
+        raise UserError(f"invalid model settings: {exc}") from None
+    os.makedirs(args.out, exist_ok=True)
+    ckpt = os.path.join(args.out, CKPT)
+    if args.resume:
+        load_into(ckpt, trainer)
+        print(f"resumed at step {trainer.step_count}")
+    write_json(os.path.join(args.out, "run.json"), {
+        "data": os.path.abspath(args.data), "downscale": args.downscale,
+        "white_bkgd": not args.black_bkgd, "config": trainer.config_dict()})
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    print(f"training {args.model} ({n_params / 1e6:.2f} M parameters) on {device}, "
+          f"{len(scene.split('train'))} views {trainer.width}x{trainer.height}, {config.batch_rays} rays/step")
+    log = open(os.path.join(args.out, "metrics.jsonl"), "a", encoding="utf-8")
+    t_start = time.perf_counter()
+    train_time = 0.0
+    bar = tqdm(total=args.steps, initial=trainer.step_count, unit="step", dynamic_ncols=True)
+    try:
+        while trainer.step_count < args.steps:
+            t0 = time.perf_counter()
+            m = trainer.step()
+            if cuda:
+                torch.cuda.synchronize()
+            train_time += time.perf_counter() - t0
+            if m.get("skipped"):
+                bar.write(f"warning: {m['event']}")
+                continue
+            bar.update(1)
+            if trainer.step_count % args.log_every == 0:
+                rec = {k: m[k] for k in ("step", "loss", "psnr", "lr")} | {"time": round(train_time, 3)}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{m['loss']:.4f}", psnr=f"{m['psnr']:.2f}")
+            if trainer.step_count % args.save_every == 0:
+                save_checkpoint(ckpt, trainer)
+            if args.time_limit is not None and train_time >= args.time_limit:
+                bar.write(f"time limit reached after {trainer.step_count} steps")
+                break
+    finally:
+        bar.close()
+        log.close()
+        save_checkpoint(ckpt, trainer)
+    print(f"trained {trainer.step_count} steps in {train_time:.1f} s "
+          f"({trainer.step_count / max(train_time, 1e-9):.1f} steps/s); wall {time.perf_counter() - t_start:.1f} s")
+    if args.eval_images > 0:
+        from app.commands.evaluate import report
+        res = trainer.evaluate("test", max_images=args.eval_images,
+                               progress=lambda it: tqdm(it, desc="eval", unit="view"))
+        res["train_time_s"] = train_time
+        write_json(os.path.join(args.out, "eval.json"), res)
+        report(res)
+    print(f"run written to {args.out}")
+    return 0

@@ -1,0 +1,51 @@
+"""Run directories: what `train` writes and every other command reads.
+
+RUN_DIR/run.json          data path, downscale, background (how to reload the scene)
+RUN_DIR/checkpoint.safetensors
+RUN_DIR/metrics.jsonl     one JSON object per logged step
+RUN_DIR/eval.json         written by `eval`
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from app.checkpoint import CheckpointError, atomic_write
+
+DEFAULT_SCENE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "scene")
+CKPT = "checkpoint.safetensors"
+
+
+def write_json(path: str, obj) -> None:
+    def w(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+    atomic_write(path, w)
+
+
+def read_run(run_dir: str) -> dict:
+    p = os.path.join(run_dir, "run.json")
+    if not os.path.isdir(run_dir):
+        raise CheckpointError(run_dir, "run directory does not exist")
+    try:
+        with open(p, encoding="utf-8") as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(p, "missing (not a run directory written by `main.py train`)") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(p, f"malformed JSON ({exc.msg})") from None
+    if not isinstance(info, dict) or "data" not in info:
+        raise CheckpointError(p, "no 'data' entry")
+    return info
+
+
+def load_run(run_dir: str, device: str = "auto", data: str | None = None):
+    """(trainer, scene, info) restored from a run directory."""
+    from app.checkpoint import trainer_from_checkpoint
+    from loaders import load_scene
+
+    info = read_run(run_dir)
+    scene = load_scene(data or info["data"], downscale=int(info.get("downscale", 1)),
+                       white_bkgd=bool(info.get("white_bkgd", True)))
+    trainer = trainer_from_checkpoint(os.path.join(run_dir, CKPT), scene, device)
+    return trainer, scene, info

@@ -1,0 +1,231 @@
+"""The steppable trainer: one ``step()`` call is one batch of random rays.
+
+The GUI worker, the CLI and the benchmarks all drive this same object, so its
+recovery rules (NaN, out of memory) hold everywhere.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from loaders.scene import Scene
+from models import build_model
+from renderer.rays import intrinsics, ndc_rays
+from renderer.render import render_image
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. Saved as JSON next to checkpoints."""
+
+    model: str = "nerf"
+    model_options: dict = field(default_factory=dict)
+    batch_rays: int = 1024
+    lr: float = 5e-4
+    lr_final: float = 5e-5
+    lr_decay_steps: int = 200_000
+    seed: int = 0
+    device: str = "auto"
+    autocast: bool = False  # bf16 autocast on CUDA
+
+    def validate(self) -> None:
+        if self.batch_rays < 1:
+            raise ValueError(f"batch_rays must be >= 1, got {self.batch_rays}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.lr_decay_steps < 1:
+            raise ValueError(f"lr_decay_steps must be >= 1, got {self.lr_decay_steps}")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def psnr_from_mse(mse: float) -> float:
+    return float("inf") if mse <= 0 else -10.0 * math.log10(mse)
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+class Trainer:
+    """Owns scene tensors on the device, the model, the optimiser and the step count."""
+
+    MIN_BATCH = 64
+
+    def __init__(self, scene: Scene, config: TrainConfig | None = None, model=None):
+        self.config = config or TrainConfig()
+        self.config.validate()
+        self.scene = scene
+        self.device = pick_device(self.config.device)
+        torch.manual_seed(self.config.seed)
+        self.rng = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        tr = scene.split("train")
+        self.height, self.width, self.focal = tr.height, tr.width, tr.focal
+        self.K = intrinsics(self.width, self.height, self.focal)
+        self.images = torch.from_numpy(tr.images).to(self.device)  # (N, H, W, 3)
+        self.c2w = torch.from_numpy(tr.c2w).to(self.device)  # (N, 4, 4)
+        self.model = model if model is not None else build_model(self.config.model,
+                                                                  **self.config.model_options)
+        self.model.to(self.device)
+        self.optimizer = self._make_optimizer()
+        self.step_count = 0
+        self.batch_rays = self.config.batch_rays
+        self.events: list[str] = []  # human-readable recoveries, drained by the GUI
+        self.fault_hook = None  # tests inject faults (e.g. a simulated OOM) here
+        self.last_metrics: dict = {}
+        self._consecutive_bad = 0
+
+    # -- construction -----------------------------------------------------------------
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        if hasattr(self.model, "param_groups"):
+            groups = self.model.param_groups(self.config.lr)
+        else:
+            groups = [{"params": [p for p in self.model.parameters() if p.requires_grad],
+                       "lr": self.config.lr}]
+        for g in groups:
+            g.setdefault("initial_lr", g["lr"])
+        fused = self.device.type == "cuda"
+        return torch.optim.Adam(groups, betas=(0.9, 0.999), eps=1e-15 if fused else 1e-8,
+                                **({"fused": True} if fused else {}))
+
+    def rebuild_optimizer(self) -> None:
+        """Called by models whose parameter tensors change shape (grid upsampling)."""
+        self.optimizer = self._make_optimizer()
+
+    @property
+    def background(self) -> float:
+        return self.scene.background
+
+    def lr_at(self, step: int) -> float:
+        """Exponential decay from lr to lr_final over lr_decay_steps (then onward)."""
+        c = self.config
+        return c.lr * (c.lr_final / c.lr) ** (step / c.lr_decay_steps)
+
+    # -- data ---------------------------------------------------------------------------
+    def sample_batch(self, n: int):
+        """Random rays across all training images: rays_o, rays_d (n, 3), target rgb (n, 3)."""
+        n_img, h, w = self.images.shape[:3]
+        g = self.rng
+        img = torch.randint(0, n_img, (n,), device=self.device, generator=g)
+        py = torch.randint(0, h, (n,), device=self.device, generator=g)
+        px = torch.randint(0, w, (n,), device=self.device, generator=g)
+        K = self.K
+        dirs = torch.stack([(px.float() + 0.5 - K[0, 2]) / K[0, 0],
+                            -(py.float() + 0.5 - K[1, 2]) / K[1, 1],
+                            -torch.ones(n, device=self.device)], -1)
+        c2w = self.c2w[img]
+        rays_d = (c2w[:, :3, :3] @ dirs[..., None]).squeeze(-1)
+        rays_o = c2w[:, :3, 3]
+        if self.scene.ndc:
+            rays_o, rays_d = ndc_rays(h, w, self.focal, 1.0, rays_o, rays_d)
+        return rays_o, rays_d, self.images[img, py, px]
+
+    # -- training -----------------------------------------------------------------------
+    def step(self) -> dict:
+        """One optimisation step. Never raises for NaN or OOM: it recovers and
+        records an event instead; other exceptions propagate."""
+        t0 = time.perf_counter()
+        lr = self.lr_at(self.step_count)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * lr / self.config.lr
+        try:
+            if self.fault_hook is not None:
+                self.fault_hook(self)
+            rays_o, rays_d, target = self.sample_batch(self.batch_rays)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                enabled=self.config.autocast and self.device.type == "cuda"):
+                out = self.model.render_rays(rays_o, rays_d, self.scene.near, self.scene.far,
+                                             background=self.background, train=True)
+            terms = self.model.loss_terms({k: v.float() for k, v in out.items()}, target)
+            loss = sum(terms.values())
+            if not torch.isfinite(loss):
+                return self._skip(f"step {self.step_count}: loss is {loss.item()}, update skipped")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grads_ok = all(p.grad is None or torch.isfinite(p.grad).all()
+                           for g in self.optimizer.param_groups for p in g["params"])
+            if not grads_ok:
+                self.optimizer.zero_grad(set_to_none=True)
+                return self._skip(f"step {self.step_count}: non-finite gradient, update skipped")
+            self.optimizer.step()
+        except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+            if not is_oom(exc):
+                raise
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            old = self.batch_rays
+            self.batch_rays = max(self.MIN_BATCH, old // 2)
+            self.events.append(f"step {self.step_count}: out of memory with {old} rays; "
+                               f"batch reduced to {self.batch_rays}")
+            return {"step": self.step_count, "skipped": True, "event": self.events[-1]}
+        self._consecutive_bad = 0
+        self.step_count += 1
+        if hasattr(self.model, "step_hook"):
+            self.model.step_hook(self.step_count, self)
+        mse = terms["mse"].item()
+        self.last_metrics = {"step": self.step_count, "loss": loss.item(), "mse": mse,
+                             "psnr": psnr_from_mse(mse), "lr": lr, "batch_rays": self.batch_rays,
+                             "time": time.perf_counter() - t0}
+        return self.last_metrics
+
+    def _skip(self, msg: str) -> dict:
+        self._consecutive_bad += 1
+        self.events.append(msg)
+        return {"step": self.step_count, "skipped": True, "event": msg}
+
+    def train(self, steps: int, callback=None) -> None:
+        for _ in range(steps):
+            m = self.step()
+            if callback is not None:
+                callback(m)
+
+    # -- rendering and evaluation ----------------------------------------------------------
+    def render(self, c2w, height: int | None = None, width: int | None = None,
+               focal: float | None = None, keys=("rgb", "depth", "acc"), chunk: int | None = None) -> dict:
+        """Render a view with the training intrinsics (optionally rescaled to height x width)."""
+        h = height or self.height
+        w = width or self.width
+        f = focal if focal is not None else self.focal * w / self.width
+        K = intrinsics(w, h, f)
+        c2w = torch.as_tensor(np.asarray(c2w, dtype=np.float32))
+        if chunk is None:
+            chunk = 65536 if self.device.type == "cuda" else 4096
+        return render_image(self.model, c2w, h, w, K, self.scene.near, self.scene.far,
+                            background=self.background, chunk=chunk, ndc=self.scene.ndc, keys=keys,
+                            autocast=self.config.autocast and self.device.type == "cuda")
+
+    def evaluate(self, split: str = "test", max_images: int | None = None, ssim: bool = True,
+                 progress=None) -> dict:
+        """PSNR (and SSIM) per image and mean on a split."""
+        from app.metrics import psnr, ssim as ssim_fn
+
+        sp = self.scene.split(split)
+        n = len(sp) if max_images is None else min(max_images, len(sp))
+        rows = []
+        it = range(n) if progress is None else progress(range(n))
+        for i in it:
+            pred = self.render(sp.c2w[i], sp.height, sp.width, sp.focal, keys=("rgb",))["rgb"].numpy()
+            gt = sp.images[i]
+            row = {"name": sp.names[i] if sp.names else str(i), "psnr": psnr(pred, gt)}
+            if ssim:
+                row["ssim"] = ssim_fn(pred, gt)
+            rows.append(row)
+        mean = {"psnr": float(np.mean([r["psnr"] for r in rows]))}
+        if ssim:
+            mean["ssim"] = float(np.mean([r["ssim"] for r in rows]))
+        return {"split": split, "images": rows, "mean": mean, "step": self.step_count}
+
+    def config_dict(self) -> dict:
+        d = asdict(self.config)
+        d["model_options"] = dict(self.model.config)
+        return d

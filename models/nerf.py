@@ -1,0 +1,162 @@
+"""The NeRF MLP (Mildenhall et al. 2020) and its coarse-to-fine model."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.encoding import make_encoding
+from renderer.compositing import composite
+from renderer.sampling import hierarchical_samples, stratified_samples
+
+
+class NeRFField(nn.Module):
+    """F(x, d) -> (sigma, rgb).
+
+    x (N, 3) positions, d (N, 3) unit view directions -> sigma (N,), rgb (N, 3).
+    Density reads only the position trunk; the direction joins once, through a
+    single ``dir_width`` layer, so geometry cannot vary with viewpoint.
+    """
+
+    def __init__(self, pos_enc: nn.Module, dir_enc: nn.Module, depth: int = 8, width: int = 256,
+                 skips: tuple[int, ...] = (4,), dir_width: int = 128, density_activation: str = "relu"):
+        super().__init__()
+        self.pos_enc, self.dir_enc, self.skips = pos_enc, dir_enc, tuple(skips)
+        in_x = pos_enc.out_dim
+        layers = []
+        for i in range(depth):
+            fan_in = in_x if i == 0 else width
+            if i in self.skips and i > 0:
+                fan_in += in_x
+            layers.append(nn.Linear(fan_in, width))
+        self.trunk = nn.ModuleList(layers)
+        self.sigma_head = nn.Linear(width, 1)
+        self.feature = nn.Linear(width, width)
+        self.dir_layer = nn.Linear(width + dir_enc.out_dim, dir_width)
+        self.rgb_head = nn.Linear(dir_width, 3)
+        self.density_activation = density_activation
+
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        ex = self.pos_enc(x)
+        h = ex
+        for i, layer in enumerate(self.trunk):
+            if i in self.skips and i > 0:
+                h = torch.cat([h, ex], -1)
+            h = F.relu(layer(h))
+        return h
+
+    def _sigma(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.density_activation == "softplus":
+            # Shifted so an untrained field starts nearly empty but with live gradients.
+            return F.softplus(raw - 1.0)
+        return F.relu(raw)
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        """sigma (N,) from positions (N, 3) only."""
+        return self._sigma(self.sigma_head(self._trunk(x)).squeeze(-1))
+
+    def forward(self, x: torch.Tensor, d: torch.Tensor, sigma_noise: float = 0.0):
+        h = self._trunk(x)
+        raw = self.sigma_head(h).squeeze(-1)
+        if sigma_noise > 0:
+            raw = raw + torch.randn_like(raw) * sigma_noise
+        h = self.dir_layer(torch.cat([self.feature(h), self.dir_enc(d)], -1))
+        rgb = torch.sigmoid(self.rgb_head(F.relu(h)))
+        return self._sigma(raw), rgb
+
+
+def _query(field: NeRFField, rays_o, rays_d, t, sigma_noise: float):
+    """Evaluate a field at depths t (R, S); returns sigma (R, S), rgb (R, S, 3)."""
+    n_rays, n_samples = t.shape
+    pts = rays_o[:, None, :] + rays_d[:, None, :] * t[..., None]
+    viewdirs = F.normalize(rays_d, dim=-1)[:, None, :].expand(n_rays, n_samples, 3)
+    sigma, rgb = field(pts.reshape(-1, 3), viewdirs.reshape(-1, 3), sigma_noise)
+    return sigma.view(n_rays, n_samples), rgb.view(n_rays, n_samples, 3)
+
+
+class NeRFModel(nn.Module):
+    """Coarse + fine NeRF with hierarchical sampling.
+
+    config keys: pos_encoding ('pe'|'none'|'gaussian'|'basic'), L_xyz, L_dir,
+    use_pe_dir, width, depth, dir_width, n_coarse, n_fine, sigma_scale (Fourier
+    features), n_features, density_activation, fine (bool: train a fine network).
+    """
+
+    kind = "nerf"
+
+    DEFAULTS = dict(pos_encoding="pe", L_xyz=10, L_dir=4, width=256, depth=8, dir_width=128,
+                    skips=[4], n_coarse=64, n_fine=128, fine=True, sigma_scale=10.0,
+                    n_features=256, density_activation="relu", raw_noise_std=0.0, seed=0)
+
+    def __init__(self, **config):
+        super().__init__()
+        unknown = set(config) - set(self.DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown NeRF options: {sorted(unknown)}")
+        self.config = {**self.DEFAULTS, **config}
+        c = self.config
+        if not (0 <= c["L_xyz"] <= 24 and 0 <= c["L_dir"] <= 24):
+            raise ValueError(f"L_xyz and L_dir must be in 0..24, got {c['L_xyz']} and {c['L_dir']}")
+        if c["n_coarse"] < 2 or c["n_fine"] < 0:
+            raise ValueError(f"need n_coarse >= 2 and n_fine >= 0, got {c['n_coarse']}, {c['n_fine']}")
+        self.coarse = self._make_field()
+        self.fine_field = self._make_field() if c["fine"] else None
+
+    def _make_field(self) -> NeRFField:
+        c = self.config
+        pos = make_encoding(c["pos_encoding"], 3, c["L_xyz"], c["sigma_scale"], c["n_features"], c["seed"])
+        dkind = "none" if c["pos_encoding"] == "none" else "pe"
+        direnc = make_encoding(dkind, 3, c["L_dir"])
+        return NeRFField(pos, direnc, c["depth"], c["width"], tuple(c["skips"]), c["dir_width"],
+                         c["density_activation"])
+
+    def set_samples(self, n_coarse: int | None = None, n_fine: int | None = None) -> None:
+        """Sample counts change the integrator only, so they apply without a rebuild."""
+        if n_coarse is not None:
+            if n_coarse < 2:
+                raise ValueError(f"n_coarse must be >= 2, got {n_coarse}")
+            self.config["n_coarse"] = int(n_coarse)
+        if n_fine is not None:
+            if n_fine < 0:
+                raise ValueError(f"n_fine must be >= 0, got {n_fine}")
+            self.config["n_fine"] = int(n_fine)
+
+    @property
+    def fine(self) -> NeRFField:
+        return self.fine_field if self.fine_field is not None else self.coarse
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        """sigma (N,) of the finest network at positions (N, 3)."""
+        return self.fine.density(x)
+
+    def radiance(self, x: torch.Tensor, d: torch.Tensor):
+        return self.fine(x, d)
+
+    def render_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, near: float, far: float,
+                    background=None, train: bool = False) -> dict[str, torch.Tensor]:
+        """rays (R, 3) -> rgb (R, 3), depth (R,), acc (R,), plus *_coarse and the
+        coarse/fine depths and weights (for the GUI's weight inspector)."""
+        c = self.config
+        noise = c["raw_noise_std"] if train else 0.0
+        t_c = stratified_samples(near, far, rays_o.shape[0], c["n_coarse"], perturb=train,
+                                 device=rays_o.device)
+        sig, rgb = _query(self.coarse, rays_o, rays_d, t_c, noise)
+        out_c = composite(sig, rgb, t_c, rays_d, background)
+        result = {"rgb_coarse": out_c["rgb"], "depth_coarse": out_c["depth"], "acc_coarse": out_c["acc"],
+                  "t_coarse": t_c, "weights_coarse": out_c["weights"]}
+        if c["n_fine"] > 0:
+            t_f = hierarchical_samples(t_c, out_c["weights"], c["n_fine"], deterministic=not train)
+            sig, rgb = _query(self.fine, rays_o, rays_d, t_f, noise)
+            out_f = composite(sig, rgb, t_f, rays_d, background)
+            result.update(rgb=out_f["rgb"], depth=out_f["depth"], acc=out_f["acc"], t_fine=t_f,
+                          weights_fine=out_f["weights"])
+        else:
+            result.update(rgb=out_c["rgb"], depth=out_c["depth"], acc=out_c["acc"])
+        return result
+
+    def loss_terms(self, out: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Photometric losses; the coarse term trains the network that places fine samples."""
+        terms = {"mse": F.mse_loss(out["rgb"], target)}
+        if "t_fine" in out:
+            terms["mse_coarse"] = F.mse_loss(out["rgb_coarse"], target)
+        return terms
