@@ -43,9 +43,9 @@ def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n_samples: int, determ
     cdf = torch.cat([torch.zeros_like(cdf[:, :1]), cdf], -1)  # (R, B+1)
     n_rays = cdf.shape[0]
     if deterministic:
-        u = torch.linspace(0.0, 1.0, n_samples, device=bins.device).expand(n_rays, n_samples)
+        u = torch.linspace(0.0, 1.0, n_samples, device=bins.device, dtype=cdf.dtype).expand(n_rays, n_samples)
     else:
-        u = torch.rand(n_rays, n_samples, device=bins.device, generator=generator)
+        u = torch.rand(n_rays, n_samples, device=bins.device, dtype=cdf.dtype, generator=generator)
     u = u.contiguous()
     idx = torch.searchsorted(cdf, u, right=True)
     below = (idx - 1).clamp(min=0)
