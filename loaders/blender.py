@@ -87,7 +87,13 @@ def load_transforms(json_path: str, downscale: int = 1, white_bkgd: bool = True)
             raise DataError(json_path, f"camera_angle_x={fov} is outside (0, pi)")
         focal = 0.5 * w / math.tan(0.5 * fov)
     elif "fl_x" in meta:
-        focal = float(meta["fl_x"]) * w / float(meta.get("w", w))
+        try:
+            fl_x, cap_w = float(meta["fl_x"]), float(meta.get("w", w))
+        except (TypeError, ValueError):
+            raise DataError(json_path, "fl_x or w is not a number") from None
+        if not (0.0 < fl_x < math.inf and 0.0 < cap_w < math.inf):
+            raise DataError(json_path, f"fl_x={fl_x} and w={cap_w} must be positive and finite")
+        focal = fl_x * w / cap_w
     else:
         raise DataError(json_path, "missing 'camera_angle_x' (or instant-ngp 'fl_x')")
     if downscale < 1:
