@@ -1,7 +1,8 @@
 """Checkpoints: one safetensors file, written atomically, loaded without unpickling.
 
-Layout: tensors ``model.<name>`` (the model's state_dict) and ``optim.<i>.<key>``
-(Adam state per parameter index); metadata ``nerflab`` is a JSON string with the
+Layout: tensors ``model.<name>`` (the model's state_dict), ``optim.<i>.<key>``
+(Adam state per parameter index) and ``rng.*`` (generator states, so a resume
+continues the same random stream); metadata ``nerflab`` is a JSON string with the
 format version, the training config, the model kind and options, the step and
 the optimiser's param_groups (hyper-parameters only).
 """
@@ -50,6 +51,12 @@ def save_checkpoint(path: str, trainer) -> None:
         for key, val in st.items():
             t = val if torch.is_tensor(val) else torch.tensor(val)
             tensors[f"optim.{idx}.{key}"] = t.detach().contiguous().cpu()
+    # A resume repeats the uninterrupted run only if the ray and sample RNGs resume too.
+    if getattr(trainer, "rng", None) is not None:
+        tensors["rng.trainer"] = trainer.rng.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if trainer.device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(trainer.device)
     meta = {"format": FORMAT, "version": VERSION, "model": trainer.config.model,
             "config": trainer.config_dict(), "step": trainer.step_count,
             "batch_rays": trainer.batch_rays,
@@ -85,6 +92,20 @@ def _model_state(tensors):
     return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
 
 
+def _restore_rng(tensors, trainer) -> None:
+    """RNG states, when saved (older checkpoints lack them) and from the same device
+    type (a CUDA generator's state does not fit a CPU one: that resume is just not exact)."""
+    try:
+        if "rng.trainer" in tensors and getattr(trainer, "rng", None) is not None:
+            trainer.rng.set_state(tensors["rng.trainer"])
+        if "rng.torch" in tensors:
+            torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and trainer.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], trainer.device)
+    except (RuntimeError, ValueError, TypeError):
+        pass
+
+
 def load_into(path: str, trainer, optimizer: bool = True) -> dict:
     """Restore a checkpoint into an existing Trainer; refuses another model or config."""
     meta, tensors = read_checkpoint(path)
@@ -114,6 +135,7 @@ def load_into(path: str, trainer, optimizer: bool = True) -> dict:
             trainer.optimizer.load_state_dict(osd)
         except (ValueError, KeyError, RuntimeError) as exc:
             raise CheckpointError(path, f"optimizer state does not fit: {exc}") from None
+        _restore_rng(tensors, trainer)
     trainer.step_count = int(meta["step"])
     trainer.batch_rays = int(meta.get("batch_rays", trainer.batch_rays))
     return meta
