@@ -8,6 +8,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
+
+# One intra-op thread: the 2-core machine is shared, and with other jobs running a
+# 2-thread OpenMP pool spin-waits (measured 20x slower per tiny training step).
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by CLI subprocesses
 
 SIZE = 16  # pixels; every file-based scene here is SIZE x SIZE
 CAMERA_ANGLE_X = 0.69  # close to NeRF-synthetic's 0.691

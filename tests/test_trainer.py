@@ -1,0 +1,177 @@
+"""app/trainer.py: learning, determinism, recovery from NaN and out-of-memory, lr schedule."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from app.trainer import TrainConfig, Trainer
+from tests.conftest import make_sphere_scene, make_trainer
+
+
+def _snapshot(trainer):
+    params = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    opt = {i: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in st.items()}
+           for i, st in trainer.optimizer.state_dict()["state"].items()}
+    return params, opt
+
+
+def _assert_same(a, b):
+    pa, oa = a
+    pb, ob = b
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        assert torch.equal(pa[k], pb[k]), k
+    assert oa.keys() == ob.keys()
+    for i in oa:
+        for k in oa[i]:
+            assert torch.equal(torch.as_tensor(oa[i][k]), torch.as_tensor(ob[i][k])), (i, k)
+
+
+def test_loss_decreases_on_sphere_scene():
+    tr = make_trainer()
+    losses = []
+    for _ in range(100):
+        m = tr.step()
+        assert not m.get("skipped"), m
+        losses.append(m["loss"])
+    assert tr.step_count == 100
+    first, last = np.mean(losses[:10]), np.mean(losses[-10:])
+    assert last < 0.5 * first, (first, last)
+    assert all(math.isfinite(v) for v in losses)
+    m = tr.last_metrics
+    assert set(m) >= {"step", "loss", "mse", "psnr", "lr", "batch_rays", "time"}
+    assert m["psnr"] == pytest.approx(-10 * math.log10(m["mse"]))
+    # It learned the picture, not just the loss: held-out views beat a flat grey guess.
+    res = tr.evaluate("test", max_images=2, ssim=False)
+    grey = -10 * math.log10(float(np.mean((tr.scene.split("test").images - 0.5) ** 2)))
+    assert res["mean"]["psnr"] > grey + 3, (res["mean"], grey)
+    assert [r["name"] for r in res["images"]] == ["t0", "t1"] and res["step"] == 100
+
+
+def test_same_seed_same_losses():
+    a = make_trainer(seed=3)
+    la = [a.step()["loss"] for _ in range(5)]
+    b = make_trainer(seed=3)
+    lb = [b.step()["loss"] for _ in range(5)]
+    assert la == lb
+    c = make_trainer(seed=4)
+    assert [c.step()["loss"] for _ in range(5)] != la
+
+
+def test_nan_loss_is_skipped_and_training_continues(monkeypatch):
+    tr = make_trainer()
+    for _ in range(3):
+        tr.step()
+    real = tr.model.render_rays
+    poison = {"n": 1}
+
+    def render(*args, **kw):
+        out = real(*args, **kw)
+        if poison["n"] > 0:
+            poison["n"] -= 1
+            out = dict(out, rgb=out["rgb"] * float("nan"))
+        return out
+
+    monkeypatch.setattr(tr.model, "render_rays", render)
+    before = _snapshot(tr)
+    m = tr.step()
+    assert m["skipped"] is True and m["step"] == 3 and tr.step_count == 3
+    assert "nan" in m["event"].lower() and tr.events[-1] == m["event"]
+    _assert_same(before, _snapshot(tr))
+    m = tr.step()
+    assert not m.get("skipped") and tr.step_count == 4 and math.isfinite(m["loss"])
+    for p in tr.model.parameters():
+        assert torch.isfinite(p).all()
+
+
+def test_nan_gradient_is_skipped(monkeypatch):
+    tr = make_trainer()
+    tr.step()
+    real = tr.model.render_rays
+    poison = {"n": 1}
+
+    def render(*args, **kw):
+        out = real(*args, **kw)
+        if poison["n"] > 0:
+            poison["n"] -= 1
+            # Forward adds exactly 0, backward is 0 / sqrt(0) = NaN in every parameter.
+            zero = (out["rgb"] - out["rgb"]).sum()
+            out = dict(out, rgb=out["rgb"] + 0.0 * torch.sqrt(zero))
+        return out
+
+    monkeypatch.setattr(tr.model, "render_rays", render)
+    before = _snapshot(tr)
+    m = tr.step()
+    assert m["skipped"] and "gradient" in m["event"]
+    _assert_same(before, _snapshot(tr))
+    assert all(p.grad is None for p in tr.model.parameters())
+    assert not tr.step().get("skipped") and tr.step_count == 2
+
+
+def test_simulated_oom_halves_batch():
+    tr = make_trainer(batch=256)
+    tr.step()
+    calls = {"n": 0}
+
+    def hook(trainer):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.cuda.OutOfMemoryError("simulated")
+
+    tr.fault_hook = hook
+    before = _snapshot(tr)
+    m = tr.step()
+    assert m["skipped"] and tr.batch_rays == 128 and tr.step_count == 1
+    assert "out of memory" in m["event"] and "256" in m["event"] and "128" in m["event"]
+    assert tr.events == [m["event"]]
+    _assert_same(before, _snapshot(tr))
+    for k in range(3):
+        m = tr.step()
+        assert not m.get("skipped") and m["batch_rays"] == 128
+    assert tr.step_count == 4
+
+
+def test_oom_floor_and_other_errors_propagate():
+    tr = make_trainer(batch=100)
+
+    def oom(trainer):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")  # the pre-2.0 spelling
+
+    tr.fault_hook = oom
+    for _ in range(3):
+        assert tr.step()["skipped"]
+    assert tr.batch_rays == Trainer.MIN_BATCH
+
+    def broken(trainer):
+        raise KeyError("not a recoverable error")
+
+    tr.fault_hook = broken
+    with pytest.raises(KeyError):
+        tr.step()
+
+
+def test_lr_exponential_decay():
+    tr = make_trainer(lr=1e-2)  # lr_final = 1e-3 over 1000 steps
+    c = tr.config
+    assert tr.lr_at(0) == pytest.approx(1e-2)
+    assert tr.lr_at(1000) == pytest.approx(1e-3)
+    assert tr.lr_at(500) == pytest.approx(math.sqrt(1e-2 * 1e-3))  # geometric midpoint
+    assert tr.lr_at(2000) == pytest.approx(1e-4)  # keeps decaying
+    for s in (0, 1, 250, 999):
+        assert tr.lr_at(s) == pytest.approx(c.lr * 0.1 ** (s / 1000))
+    tr.step_count = 250
+    m = tr.step()
+    assert m["lr"] == pytest.approx(1e-2 * 0.1 ** 0.25)
+    assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(m["lr"])
+
+
+def test_render_shapes_and_config_validation():
+    tr = make_trainer()
+    out = tr.render(tr.scene.split("test").c2w[0])
+    assert out["rgb"].shape == (16, 16, 3) and out["depth"].shape == (16, 16) and out["acc"].shape == (16, 16)
+    small = tr.render(tr.scene.split("test").c2w[0], 8, 12, keys=("rgb",))
+    assert set(small) == {"rgb"} and small["rgb"].shape == (8, 12, 3)
+    for bad in (dict(batch_rays=0), dict(lr=-1.0), dict(lr=float("nan")), dict(lr_decay_steps=0)):
+        with pytest.raises(ValueError):
+            Trainer(make_sphere_scene(), TrainConfig(device="cpu", **bad))
