@@ -1,0 +1,316 @@
+"""The GUI's background worker, driven without any GUI: threads, queues, rebuilds, errors."""
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from app.worker import (Worker, field_label, level_sizes, measure_camera_latency, model_options,
+                        perturb_pose, ray_through_pixel, rotation_error_deg)
+from renderer.orbit import OrbitCamera
+from renderer.rays import get_rays, intrinsics
+from tests.conftest import make_sphere_scene
+
+TINY = dict(arch=dict(width=32, depth=2, skips=[], dir_width=16), L_xyz=4, L_dir=2, n_coarse=8,
+            n_fine=8, batch_rays=128, model="nerf", preset="cpu")
+WAIT = 60.0  # generous: the CPU is shared; tests wait for events, they never time them
+
+
+@pytest.fixture
+def worker():
+    w = Worker(scene=make_sphere_scene(), settings=dict(TINY), device="cpu", threads=1)
+    w.start()
+    yield w
+    w.stop(5.0)
+
+
+def camera(az=30.0):
+    cam = OrbitCamera(radius=4.0, azimuth=az, elevation=30.0)
+    return cam.c2w(), 40.0
+
+
+def notes_until(w, pred, timeout=WAIT):
+    """Collect notes until one satisfies pred; returns all seen (fails on timeout)."""
+    seen = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        seen += w.drain_notes()
+        if any(pred(n) for n in seen):
+            return seen
+        time.sleep(0.01)
+    pytest.fail(f"expected note not seen; got {seen}")
+
+
+def steps_after(w, n, timeout=WAIT):
+    s = w.wait_status(lambda s: s["step"] >= n, timeout)
+    assert s is not None, f"training did not reach step {n}: {w.status()}"
+    return s
+
+
+# -- pure helpers --------------------------------------------------------------------------------
+def test_level_sizes():
+    assert level_sizes(128, 128) == [(16, 16), (32, 32), (64, 64), (128, 128)]
+    assert level_sizes(16, 16) == [(16, 16)]
+    assert level_sizes(100, 200, 0.5) == [(16, 32), (25, 50), (50, 100)]
+    assert level_sizes(800, 800) == [(100, 100), (200, 200), (400, 400), (800, 800)]
+
+
+def test_ray_through_pixel_matches_renderer():
+    c2w, _ = camera(77.0)
+    h, w, f = 12, 20, 15.0
+    o_ref, d_ref = get_rays(h, w, intrinsics(w, h, f), torch.from_numpy(c2w))
+    j, i = 5, 13  # pixel centre (i + 0.5, j + 0.5)
+    o, d = ray_through_pixel(c2w, (i + 0.5) / w, (j + 0.5) / h, w, h, f)
+    np.testing.assert_allclose(o, o_ref[j, i].numpy(), atol=1e-5)
+    np.testing.assert_allclose(d, d_ref[j, i].numpy(), atol=1e-5)
+
+
+def test_model_options_variants():
+    s = dict(TINY, pe=True, compare=True, compare_b="pe_off", L_xyz_b=2)
+    a, b = model_options(s, "A"), model_options(s, "B")
+    assert a["pos_encoding"] == "pe" and a["L_xyz"] == 4 and a["width"] == 32
+    assert b["pos_encoding"] == "none"
+    assert model_options(dict(s, compare_b="L"), "B")["L_xyz"] == 2
+    assert field_label(s, "B") == "no PE (raw xyz)"
+    assert model_options(dict(s, model="hash"), "A") == {}
+
+
+def test_pose_utilities():
+    c2w = OrbitCamera(radius=4.0, azimuth=30.0, elevation=30.0).c2w64()
+    p = perturb_pose(c2w, 10.0, 0.2, seed=3)
+    assert rotation_error_deg(p, c2w) == pytest.approx(10.0, abs=1e-6)
+    assert np.linalg.norm(p[:3, 3] - c2w[:3, 3]) == pytest.approx(0.2, abs=1e-6)
+
+
+# -- the thread ----------------------------------------------------------------------------------------
+def test_trains_streams_metrics_and_progressive_frames(worker):
+    c2w, fov = camera()
+    v = worker.set_camera(c2w, fov, moving=False)
+    f0 = worker.wait_frame(lambda f: f.version >= v, WAIT)
+    assert f0 is not None and f0.level == 0
+    final = worker.wait_frame(lambda f: f.version >= v and f.final, WAIT)
+    assert final is not None and final.size == (16, 16) and final.n_levels == 1
+    img = final.images[0]
+    assert img["rgb"].shape == (16, 16, 3) and img["depth"].shape == (16, 16) and img["acc"].shape == (16, 16)
+    assert img["rgb"].dtype == np.float32
+    steps_after(worker, 5)
+    ms = worker.drain_metrics()
+    assert len(ms) >= 3 and all(np.isfinite(m["psnr"]) and m["loss"] > 0 for m in ms)
+    assert [m["step"] for m in ms] == sorted(m["step"] for m in ms)
+    st = worker.status()
+    assert st["state"] == "training" and st["device"].startswith("cpu") and st["torch_threads"] == 1
+
+
+def test_progressive_levels_on_larger_render(worker):
+    worker.send("settings", res_scale=4.0)  # 64 x 64: levels 16, 32, 64
+    c2w, fov = camera(50.0)
+    v = worker.set_camera(c2w, fov, moving=True)
+    low = worker.wait_frame(lambda f: f.version >= v, WAIT)
+    assert low.size == (16, 16) and low.n_levels == 3
+    v2 = worker.set_camera(c2w, fov, moving=False)  # mouse released: refine
+    seen = set()
+    f = worker.wait_frame(lambda f: f.version >= v2 and (seen.add(f.level) or f.final), WAIT)
+    assert f is not None and f.size == (64, 64)
+
+
+def test_change_L_rebuilds_with_note(worker):
+    steps_after(worker, 3)
+    run = worker.status()["run_id"]
+    worker.send("settings", L_xyz=2)
+    notes = notes_until(worker, lambda n: "rebuilt model" in n[1])
+    note = [n for n in notes if "rebuilt model" in n[1]][0]
+    assert note[0] == "info" and "L_xyz 4 -> 2" in note[1] and "step 0" in note[1]
+    st = worker.status()
+    assert st["run_id"] == run + 1 and st["model_config"]["L_xyz"] == 2
+    assert worker.run_sync(lambda w: w.trainers[0].model.config["L_xyz"]) == 2
+
+
+def test_change_samples_applies_without_rebuild(worker):
+    steps_after(worker, 3)
+    run = worker.status()["run_id"]
+    model_before = worker.run_sync(lambda w: id(w.trainers[0].model))
+    worker.send("settings", n_coarse=4, n_fine=2)
+    notes = notes_until(worker, lambda n: "no rebuild" in n[1])
+    assert not any("rebuilt" in n[1] for n in notes)
+    assert worker.status()["run_id"] == run
+    cfg = worker.run_sync(lambda w: (id(w.trainers[0].model), dict(w.trainers[0].model.config)))
+    assert cfg[0] == model_before and cfg[1]["n_coarse"] == 4 and cfg[1]["n_fine"] == 2
+    s0 = worker.status()["step"]
+    steps_after(worker, s0 + 2)  # and it keeps training with the new counts
+
+
+def test_invalid_setting_keeps_running_model(worker):
+    steps_after(worker, 2)
+    worker.send("settings", L_xyz=99)  # NeRFModel refuses L > 24
+    notes = notes_until(worker, lambda n: n[0] == "error")
+    assert any("L_xyz" in n[1] for n in notes if n[0] == "error")
+    assert worker.status()["settings"]["L_xyz"] == 4
+    worker.send("train")
+    s0 = worker.status()["step"]
+    steps_after(worker, s0 + 2)
+
+
+def test_pause_and_resume(worker):
+    steps_after(worker, 2)
+    worker.send("pause")
+    assert worker.wait_status(lambda s: s["state"] == "paused", WAIT)
+    worker.run_sync(lambda w: None)  # the pause has been processed once this returns
+    s0 = worker.status()["step"]
+    time.sleep(0.3)
+    assert worker.status()["step"] == s0
+    worker.send("train")
+    steps_after(worker, s0 + 2)
+
+
+def test_worker_exception_is_reported_not_fatal(worker):
+    steps_after(worker, 2)
+
+    def boom(trainer):
+        raise RuntimeError("injected failure")
+
+    worker.call(lambda w: setattr(w.trainers[0], "fault_hook", boom))
+    notes = notes_until(worker, lambda n: n[0] == "error")
+    assert any("injected failure" in n[1] and "paused" in n[1] for n in notes)
+    st = worker.wait_status(lambda s: s["state"] == "paused", WAIT)
+    assert st is not None and "injected failure" in st["error"]
+    assert worker.alive
+    # The thread still serves commands: clear the fault, resume, steps advance, error clears.
+    worker.call(lambda w: setattr(w.trainers[0], "fault_hook", None))
+    s0 = worker.status()["step"]
+    worker.send("train")
+    st = steps_after(worker, s0 + 2)
+    assert st["error"] is None
+
+
+def test_trainer_recovery_events_reach_the_gui(worker):
+    steps_after(worker, 1)
+    fired = []
+
+    def oom_once(trainer):
+        if not fired:
+            fired.append(1)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    worker.call(lambda w: setattr(w.trainers[0], "fault_hook", oom_once))
+    notes = notes_until(worker, lambda n: "out of memory" in n[1])
+    assert [n for n in notes if "out of memory" in n[1]][0][0] == "warn"
+    s0 = worker.status()["step"]
+    steps_after(worker, s0 + 2)
+    assert worker.status()["error"] is None
+
+
+def test_bad_data_is_reported(tmp_path):
+    w = Worker(data=str(tmp_path / "missing"), device="cpu", threads=1).start()
+    try:
+        st = w.wait_status(lambda s: s["state"] == "error", WAIT)
+        assert st is not None and "missing" in st["error"]
+        assert w.alive
+        w.send("train")  # ignored with a warning, not a crash
+        notes_until(w, lambda n: "no scene loaded" in n[1])
+        assert w.alive
+    finally:
+        assert w.stop(2.0)
+
+
+def test_stop_within_one_second():
+    w = Worker(scene=make_sphere_scene(), settings=dict(TINY), device="cpu", threads=1).start()
+    steps_after(w, 2)
+    c2w, fov = camera()
+    w.set_camera(c2w, fov)
+    assert w.stop(timeout=1.0), "worker thread still alive 1 s after stop()"
+    assert w.status()["state"] == "stopped"
+
+
+def test_compare_mode_trains_two_fields_on_the_same_batch(worker):
+    steps_after(worker, 1)
+    worker.send("settings", compare=True, compare_b="pe_off")
+    notes_until(worker, lambda n: "compare mode" in n[1])
+    assert worker.status()["labels"] == ["PE L=4", "no PE (raw xyz)"]
+
+    def record(w):
+        w.seen = [[], []]
+        for i, t in enumerate(w.trainers):
+            orig = t.model.render_rays
+
+            def rr(o, d, *a, _orig=orig, _i=i, **k):
+                if k.get("train"):
+                    w.seen[_i].append(torch.cat([o, d], -1).clone())
+                return _orig(o, d, *a, **k)
+            t.model.render_rays = rr
+        return [t.model.config["pos_encoding"] for t in w.trainers]
+
+    assert worker.run_sync(record) == ["pe", "none"]
+    s0 = worker.status()["step"]
+    steps_after(worker, s0 + 3)
+    seen = worker.run_sync(lambda w: [list(x) for x in w.seen])
+    n = min(len(seen[0]), len(seen[1]))
+    assert n >= 2
+    for a, b in zip(seen[0][:n], seen[1][:n]):
+        assert torch.equal(a, b)
+    ms = worker.drain_metrics()
+    assert any("psnr_b" in m for m in ms)
+    c2w, fov = camera()
+    v = worker.set_camera(c2w, fov)
+    f = worker.wait_frame(lambda f: f.version >= v, WAIT)
+    assert len(f.images) == 2 and f.labels == ["PE L=4", "no PE (raw xyz)"]
+
+
+def test_weights_under_cursor(worker):
+    c2w, fov = camera()
+    v = worker.set_camera(c2w, fov)
+    worker.wait_frame(lambda f: f.version >= v, WAIT)
+    worker.send("probe", index=0, u=0.5, v=0.5)
+    p = worker.probes.wait(lambda p: True, WAIT)
+    assert p["t_coarse"].shape == (8,) and p["w_coarse"].shape == (8,)
+    # The fine pass evaluates the coarse depths plus n_fine importance samples.
+    assert p["t_fine"].shape == (16,) and p["w_fine"].shape == (16,)
+    assert np.all(np.diff(p["t_coarse"]) >= 0) and 2.0 <= p["t_coarse"][0] and p["t_coarse"][-1] <= 6.0
+    assert p["w_coarse"].sum() <= 1 + 1e-5
+
+
+def test_snapshot_save_and_load_restores_other_architecture(worker, tmp_path):
+    steps_after(worker, 3)
+    path = str(tmp_path / "snap.safetensors")
+    worker.send("save", path=path)
+    notes_until(worker, lambda n: "snapshot saved" in n[1])
+    worker.send("settings", L_xyz=2)
+    notes_until(worker, lambda n: "rebuilt model" in n[1])
+    worker.send("load", path=path)
+    notes = notes_until(worker, lambda n: "snapshot loaded" in n[1])
+    assert any("rebuilt to the snapshot's settings" in n[1] for n in notes)
+    st = worker.status()
+    assert st["settings"]["L_xyz"] == 4 and st["step"] >= 3
+    worker.send("load", path=str(tmp_path / "nope.safetensors"))
+    notes = notes_until(worker, lambda n: n[0] == "error")
+    assert any("nope.safetensors" in n[1] for n in notes)
+    assert worker.alive
+
+
+def test_inerf_demo_plumbing(worker, monkeypatch):
+    """With a stand-in InvertPose (the real one is built elsewhere) the worker steps it,
+    shows target | estimate frames and restores training afterwards."""
+    class FakeInvert:
+        def __init__(self, trainer, target_image, init_c2w):
+            assert target_image.shape == (16, 16, 3) and init_c2w.shape == (4, 4)
+            self.c2w = np.array(init_c2w, dtype=np.float64)
+            self.n = 0
+
+        def step(self):
+            self.n += 1
+            return {"c2w": self.c2w, "loss": 1.0 / self.n}
+
+    monkeypatch.setitem(sys.modules, "app.inerf", types.SimpleNamespace(InvertPose=FakeInvert))
+    steps_after(worker, 1)
+    worker.send("inerf_start", view=0, steps=12)
+    f = worker.wait_frame(lambda f: f.kind == "inerf" and f.info.get("step", 0) >= 10, WAIT)
+    assert f is not None and len(f.images) == 2 and f.info["rot_err_deg"] == pytest.approx(10.0, abs=1e-3)
+    notes_until(worker, lambda n: "iNeRF done after 12 steps" in n[1])
+    assert worker.wait_status(lambda s: s["state"] == "training", WAIT)
+
+
+def test_camera_latency_measurement(worker):
+    cams = [camera(a)[0] for a in (0, 90, 180)]
+    lat = measure_camera_latency(worker, cams, 40.0, timeout=WAIT)
+    assert len(lat) == 3 and all(x > 0 for x in lat)
