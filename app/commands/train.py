@@ -101,6 +101,8 @@ def run(args) -> int:
     cuda = device.type == "cuda"
     if os.path.exists(os.path.join(args.out, CKPT)) and not args.resume:
         raise UserError(f"{args.out}: already holds a run (use --resume to continue, or another --out)")
+    if args.resume and not os.path.isfile(os.path.join(args.out, CKPT)):
+        raise UserError(f"{args.out}: no {CKPT} to resume from")
     # Validate everything before touching the output directory: bad input leaves nothing behind.
     opts = model_options(args, cuda)
     scene = load_scene(args.data, downscale=args.downscale, white_bkgd=not args.black_bkgd)
