@@ -134,3 +134,25 @@ def test_eval_of_missing_run(tmp_path):
     proc = cli("eval", missing)
     _assert_clean_error(proc, str(missing), "run directory does not exist")
     assert not missing.exists()
+
+
+def test_resume_without_checkpoint_leaves_nothing(trained_run, tmp_path, capsys):
+    from app.cli import main
+
+    data, _, _ = trained_run
+    out = tmp_path / "fresh"
+    assert main(["train", "--data", str(data), "--out", str(out), "--resume", "--steps", "2",
+                 "--device", "cpu"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and str(out) in err[0] and "resume" in err[0], err
+    assert not out.exists()
+
+
+def test_existing_run_is_not_overwritten(trained_run, capsys):
+    from app.cli import main
+
+    data, run, _ = trained_run
+    before = open(run / "checkpoint.safetensors", "rb").read()
+    assert main(["train", "--data", str(data), "--out", str(run), "--steps", "2", "--device", "cpu"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert open(run / "checkpoint.safetensors", "rb").read() == before

@@ -175,3 +175,24 @@ def test_render_shapes_and_config_validation():
     for bad in (dict(batch_rays=0), dict(lr=-1.0), dict(lr=float("nan")), dict(lr_decay_steps=0)):
         with pytest.raises(ValueError):
             Trainer(make_sphere_scene(), TrainConfig(device="cpu", **bad))
+
+
+def test_training_rays_match_rendering_rays():
+    # sample_batch builds its own pixel directions; they must be get_rays' for the same
+    # pixel or training and rendering would disagree about where each pixel looks.
+    from renderer.rays import get_rays
+
+    tr = make_trainer()
+    state = tr.rng.get_state()
+    rays_o, rays_d, target = tr.sample_batch(50)
+    g = torch.Generator().manual_seed(0)
+    g.set_state(state)
+    n_img, h, w = tr.images.shape[:3]
+    img = torch.randint(0, n_img, (50,), generator=g)
+    py = torch.randint(0, h, (50,), generator=g)
+    px = torch.randint(0, w, (50,), generator=g)
+    for k in range(50):
+        o, d = get_rays(h, w, tr.K, tr.c2w[img[k]])
+        torch.testing.assert_close(rays_o[k], o[py[k], px[k]])
+        torch.testing.assert_close(rays_d[k], d[py[k], px[k]])
+        assert torch.equal(target[k], tr.images[img[k], py[k], px[k]])
