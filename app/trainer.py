@@ -60,6 +60,8 @@ class Trainer:
     """Owns scene tensors on the device, the model, the optimiser and the step count."""
 
     MIN_BATCH = 64
+    SNAPSHOT_EVERY = 200
+    ROLLBACK_AFTER = 3  # consecutive non-finite steps before restoring the snapshot
 
     def __init__(self, scene: Scene, config: TrainConfig | None = None, model=None):
         self.config = config or TrainConfig()
@@ -83,6 +85,7 @@ class Trainer:
         self.fault_hook = None  # tests inject faults (e.g. a simulated OOM) here
         self.last_metrics: dict = {}
         self._consecutive_bad = 0
+        self._good_state = None  # (step, model state, optimizer state) to roll back to
 
     # -- construction -----------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -170,6 +173,8 @@ class Trainer:
             return {"step": self.step_count, "skipped": True, "event": self.events[-1]}
         self._consecutive_bad = 0
         self.step_count += 1
+        if self.step_count % self.SNAPSHOT_EVERY == 0 or self._good_state is None:
+            self._snapshot()
         if hasattr(self.model, "step_hook"):
             self.model.step_hook(self.step_count, self)
         mse = terms["mse"].item()
@@ -178,9 +183,35 @@ class Trainer:
                              "time": time.perf_counter() - t0}
         return self.last_metrics
 
+    def _snapshot(self) -> None:
+        """Keep an in-memory copy of the last healthy state (cheap next to a step every
+        SNAPSHOT_EVERY steps) so a diverged model can be rolled back instead of stalling."""
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            return
+        clone = lambda sd: {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in sd.items()}
+        opt = self.optimizer.state_dict()
+        opt_copy = {"state": {i: clone(st) for i, st in opt["state"].items()},
+                    "param_groups": [dict(g) for g in opt["param_groups"]]}
+        self._good_state = (self.step_count, clone(self.model.state_dict()), opt_copy)
+
     def _skip(self, msg: str) -> dict:
         self._consecutive_bad += 1
         self.events.append(msg)
+        params_bad = not all(torch.isfinite(p).all() for p in self.model.parameters())
+        if (params_bad or self._consecutive_bad >= self.ROLLBACK_AFTER) and self._good_state is not None:
+            step, model_sd, opt_sd = self._good_state
+            try:
+                self.model.load_state_dict(model_sd)
+                self.optimizer.load_state_dict(opt_sd)
+            except (RuntimeError, ValueError):
+                # Shapes changed since the snapshot (grid upsampling): keep the weights,
+                # reset the optimiser moments, which is where divergence usually lives.
+                self.rebuild_optimizer()
+            self.step_count = step
+            self._consecutive_bad = 0
+            msg2 = f"rolled back to the last healthy state at step {step}"
+            self.events.append(msg2)
+            msg = f"{msg}; {msg2}"
         return {"step": self.step_count, "skipped": True, "event": msg}
 
     def train(self, steps: int, callback=None) -> None:

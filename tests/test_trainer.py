@@ -196,3 +196,40 @@ def test_training_rays_match_rendering_rays():
         torch.testing.assert_close(rays_o[k], o[py[k], px[k]])
         torch.testing.assert_close(rays_d[k], d[py[k], px[k]])
         assert torch.equal(target[k], tr.images[img[k], py[k], px[k]])
+
+
+def test_nan_parameters_roll_back_to_last_healthy_state():
+    """A parameter that turns NaN would make every later step skip forever;
+    the trainer must restore its last healthy snapshot and keep learning."""
+    import torch
+    from app.trainer import Trainer, TrainConfig
+    from tests.test_trainer import _tiny_scene_for_rollback as make
+    scene = make()
+    tr = Trainer(scene, TrainConfig(model_options=dict(width=16, depth=2, skips=[], dir_width=8,
+                                                      n_coarse=4, n_fine=0, L_xyz=2, L_dir=1),
+                                    batch_rays=32, lr=1e-3))
+    for _ in range(3):
+        assert not tr.step().get("skipped")
+    good = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    step_before = tr.step_count
+    with torch.no_grad():
+        next(tr.model.parameters()).fill_(float("nan"))
+    m = tr.step()
+    assert m["skipped"] and "rolled back" in m["event"]
+    assert all(torch.isfinite(p).all() for p in tr.model.parameters())
+    assert tr.step_count <= step_before
+    snap_step = tr.step_count
+    restored = tr.model.state_dict()
+    assert all(torch.equal(restored[k], good[k]) for k in good) or snap_step < step_before
+    assert not tr.step().get("skipped")
+
+
+def _tiny_scene_for_rollback():
+    import numpy as np
+    from loaders.scene import Scene, Split
+    rng = np.random.default_rng(0)
+    imgs = rng.random((2, 8, 8, 3)).astype(np.float32)
+    c2w = np.stack([np.eye(4, dtype=np.float32)] * 2)
+    c2w[:, 2, 3] = 4.0
+    sp = Split(imgs, c2w, 8.0, ["a", "b"])
+    return Scene({"train": sp, "test": sp, "val": sp}, 2.0, 6.0, True, "mem")
