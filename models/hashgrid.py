@@ -1,0 +1,442 @@
+"""Fast radiance field: multiresolution hash encoding + tiny MLPs + occupancy grid.
+
+After Müller et al. 2022 (instant-ngp), in plain PyTorch with optional Triton
+kernels (models/kernels/hash_encode.py, renderer/kernels/march.py); the torch
+code here is the reference those kernels are tested against and the CPU path.
+
+Rendering: rays are marched with a constant metric step through the cube
+[-bound, bound]^3; only samples in occupied cells of a ``grid_res``^3
+occupancy grid are kept, packed (renderer/occupancy.py). Training adapts the
+trainer's ray batch so that a step sees about ``sample_budget`` samples.
+Evaluation evaluates samples front to back in growing rounds and stops rays
+whose transmittance fell below ``min_transmittance`` (early termination).
+
+config keys: bound, n_levels, n_features, log2_hashmap_size, base_res, max_res,
+hidden, geo_features, color_hidden, grid_res, n_coarse (marching steps along the
+cube's diagonal; sets the step size), n_fine (unused, kept for the protocol),
+grid_decay, grid_every, grid_warmup, sample_budget, min_transmittance, seed.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models import register
+from renderer import occupancy as occ_mod
+
+HASH_PRIMES = (1, 2654435761, 805459861)
+
+
+# --------------------------------------------------------------------------------------
+# Hash encoding
+# --------------------------------------------------------------------------------------
+
+def level_layout(n_levels: int, base_res: int, max_res: int, log2_hashmap_size: int):
+    """Per level: grid resolution (cells per side), table offset, dense flag.
+
+    res_l = floor(base_res * b^l) with b = (max_res / base_res)^(1/(L-1)); a level
+    whose (res_l + 1)^3 vertices fit in the 2^log2 table is stored densely
+    (no collisions), otherwise hashed into 2^log2 entries. Returns
+    (resolutions [L], offsets [L + 1], dense [L]).
+    """
+    if n_levels < 1 or base_res < 1 or max_res < base_res:
+        raise ValueError(f"need n_levels >= 1 and 1 <= base_res <= max_res, got {n_levels}, "
+                         f"{base_res}, {max_res}")
+    size = 1 << log2_hashmap_size
+    b = math.exp((math.log(max_res) - math.log(base_res)) / (n_levels - 1)) if n_levels > 1 else 1.0
+    resolutions, offsets, dense = [], [0], []
+    for lvl in range(n_levels):
+        r = int(math.floor(base_res * b ** lvl + 1e-6))
+        v3 = (r + 1) ** 3
+        is_dense = v3 <= size
+        resolutions.append(r)
+        dense.append(is_dense)
+        offsets.append(offsets[-1] + (v3 if is_dense else size))
+    return resolutions, offsets, dense
+
+
+def hash_encode_torch(x01: torch.Tensor, table: torch.Tensor, resolutions, offsets, dense,
+                      log2_hashmap_size: int) -> torch.Tensor:
+    """Multiresolution hash encoding, (N, 3) points in [0, 1]^3 -> (N, L * F) features.
+
+    Level l: p = clamp(x, 0, 1) * res_l, i = min(floor(p), res_l - 1), f = p - i;
+    the 8 corners c = i + {0,1}^3 are weighted trilinearly and index the table at
+    offsets[l] + (c_x + c_y V + c_z V^2) for dense levels (V = res_l + 1) or
+    offsets[l] + ((c_x * 1) xor (c_y * 2654435761) xor (c_z * 805459861)) mod 2^log2
+    for hashed ones. Output is level-major: [l0 f0, l0 f1, l1 f0, ...].
+    """
+    n = x01.shape[0]
+    n_levels = len(resolutions)
+    n_feat = table.shape[1]
+    dev = x01.device
+    res = torch.tensor(resolutions, device=dev, dtype=torch.int64)
+    p = x01.float().clamp(0.0, 1.0)[:, None, :] * res.float()[None, :, None]  # (N, L, 3)
+    i0 = torch.minimum(p.floor().long(), (res - 1)[None, :, None])
+    frac = p - i0.float()
+    bits = torch.tensor([[c & 1, (c >> 1) & 1, (c >> 2) & 1] for c in range(8)], device=dev)  # (8, 3)
+    corners = i0[:, :, None, :] + bits[None, None]  # (N, L, 8, 3)
+    fr = frac[:, :, None, :]
+    w3 = torch.where(bits.bool()[None, None], fr, 1.0 - fr)  # (N, L, 8, 3)
+    w = w3[..., 0] * w3[..., 1] * w3[..., 2]  # (N, L, 8)
+    v = (res + 1)[None, :, None]
+    cx, cy, cz = corners.unbind(-1)
+    didx = cx + cy * v + cz * v * v
+    hidx = (cx * HASH_PRIMES[0]) ^ (cy * HASH_PRIMES[1]) ^ (cz * HASH_PRIMES[2])
+    hidx = hidx & ((1 << log2_hashmap_size) - 1)
+    dense_t = torch.tensor(dense, device=dev)[None, :, None]
+    off = torch.tensor(offsets[:-1], device=dev, dtype=torch.int64)[None, :, None]
+    idx = torch.where(dense_t, didx, hidx) + off  # (N, L, 8)
+    vals = table[idx]  # (N, L, 8, F)
+    return (w[..., None] * vals.float()).sum(2).reshape(n, n_levels * n_feat)
+
+
+def _kernels_for(t: torch.Tensor) -> bool:
+    from renderer.occupancy import _use_triton
+    return _use_triton(t)
+
+
+class HashEncoding(nn.Module):
+    """nn.Module around the encoding: the table is one (sum of level sizes, F) parameter."""
+
+    def __init__(self, n_levels=16, n_features=2, log2_hashmap_size=19, base_res=16, max_res=2048,
+                 seed: int = 0):
+        super().__init__()
+        if n_features not in (1, 2, 4, 8):
+            raise ValueError(f"n_features must be 1, 2, 4 or 8, got {n_features}")
+        if not (10 <= log2_hashmap_size <= 24):
+            raise ValueError(f"log2_hashmap_size must be in 10..24, got {log2_hashmap_size}")
+        self.log2_hashmap_size = log2_hashmap_size
+        self.resolutions, self.offsets, self.dense = level_layout(n_levels, base_res, max_res,
+                                                                  log2_hashmap_size)
+        g = torch.Generator().manual_seed(seed)
+        # Small uniform init as in instant-ngp: the field starts almost constant.
+        self.table = nn.Parameter((torch.rand(self.offsets[-1], n_features, generator=g) * 2 - 1) * 1e-4)
+        self.register_buffer("res_t", torch.tensor(self.resolutions, dtype=torch.int32), persistent=False)
+        self.register_buffer("off_t", torch.tensor(self.offsets, dtype=torch.int32), persistent=False)
+        self.register_buffer("dense_t", torch.tensor(self.dense, dtype=torch.int32), persistent=False)
+        self.out_dim = n_levels * n_features
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        """(N, 3) in [0, 1] -> (N, L * F) float32."""
+        if _kernels_for(x01):
+            try:
+                from models.kernels.hash_encode import hash_encode_triton
+                return hash_encode_triton(x01, self.table, self.res_t, self.off_t, self.dense_t,
+                                          self.log2_hashmap_size)
+            except Exception as exc:  # noqa: BLE001 - fall back rather than stop a run
+                if os.environ.get("NERFLAB_KERNELS") == "triton":
+                    raise
+                from renderer import kernels
+                kernels.disable(f"hash_encode: {exc!r}"[:300])
+        return hash_encode_torch(x01, self.table, self.resolutions, self.offsets, self.dense,
+                                 self.log2_hashmap_size)
+
+
+# --------------------------------------------------------------------------------------
+# Direction encoding and activations
+# --------------------------------------------------------------------------------------
+
+def sh_basis_matrix() -> torch.Tensor:
+    """(64, 16) float64 C such that SH_4(d) = m3(d) @ C, m3 = outer(m, m, m) flattened, m = (1, x, y, z).
+
+    Real spherical harmonics up to degree 3 (16 functions, the basis instant-ngp
+    uses) are polynomials of degree <= 3 in (x, y, z); writing them over the
+    64 products m_a m_b m_c turns the encoding into 2 products and 1 matmul
+    instead of ~40 small elementwise kernels.
+    """
+    polys = [  # each: list of (coef, (exponent x, y, z))
+        [(0.28209479177387814, (0, 0, 0))],
+        [(-0.48860251190291987, (0, 1, 0))],
+        [(0.48860251190291987, (0, 0, 1))],
+        [(-0.48860251190291987, (1, 0, 0))],
+        [(1.0925484305920792, (1, 1, 0))],
+        [(-1.0925484305920792, (0, 1, 1))],
+        [(0.94617469575755997, (0, 0, 2)), (-0.31539156525251999, (0, 0, 0))],
+        [(-1.0925484305920792, (1, 0, 1))],
+        [(0.54627421529603959, (2, 0, 0)), (-0.54627421529603959, (0, 2, 0))],
+        [(-3 * 0.59004358992664352, (2, 1, 0)), (0.59004358992664352, (0, 3, 0))],
+        [(2.8906114426405538, (1, 1, 1))],
+        [(0.45704579946446572, (0, 1, 0)), (-5 * 0.45704579946446572, (0, 1, 2))],
+        [(5 * 0.3731763325901154, (0, 0, 3)), (-3 * 0.3731763325901154, (0, 0, 1))],
+        [(0.45704579946446572, (1, 0, 0)), (-5 * 0.45704579946446572, (1, 0, 2))],
+        [(1.4453057213202769, (2, 0, 1)), (-1.4453057213202769, (0, 2, 1))],
+        [(-0.59004358992664352, (3, 0, 0)), (3 * 0.59004358992664352, (1, 2, 0))],
+    ]
+    # Factor index 0 is the constant 1; 1, 2, 3 are x, y, z. A monomial x^a y^b z^c
+    # (a + b + c <= 3) is the product of its factors padded with 1s to three.
+    C = torch.zeros(64, 16, dtype=torch.float64)
+    for j, terms in enumerate(polys):
+        for coef, (ex, ey, ez) in terms:
+            f = [1] * ex + [2] * ey + [3] * ez
+            f = f + [0] * (3 - len(f))
+            C[(f[0] * 4 + f[1]) * 4 + f[2], j] += coef
+    return C
+
+
+def sh_encode(dirs: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """Degree-4 (16 coefficients) real SH of unit directions (R, 3) -> (R, 16)."""
+    m = torch.cat([torch.ones_like(dirs[:, :1]), dirs], -1)  # (R, 4)
+    m3 = (m[:, :, None, None] * m[:, None, :, None] * m[:, None, None, :]).reshape(-1, 64)
+    # A float32 product on purpose: autocast or TF32 would round the basis.
+    with torch.autocast(dirs.device.type, enabled=False):
+        return m3.float() @ C.float()
+
+
+class _TruncExp(torch.autograd.Function):
+    """exp(x) whose gradient uses exp(min(x, 15)): a density spike cannot blow up a step."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.exp(x.clamp(max=15.0))
+
+
+def trunc_exp(x: torch.Tensor) -> torch.Tensor:
+    return _TruncExp.apply(x)
+
+
+# --------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------
+
+@register("hash")
+class HashGridModel(nn.Module):
+    """Hash-grid radiance field with occupancy-grid ray marching (see module doc)."""
+
+    kind = "hash"
+
+    DEFAULTS = dict(bound=1.5, n_levels=16, n_features=2, log2_hashmap_size=19, base_res=16,
+                    max_res=2048, hidden=64, geo_features=15, color_hidden=64, grid_res=128,
+                    n_coarse=1024, n_fine=0, grid_decay=0.95, grid_every=16, grid_warmup=256,
+                    sample_budget=1 << 18, min_transmittance=1e-4, seed=0)
+
+    def __init__(self, **config):
+        super().__init__()
+        unknown = set(config) - set(self.DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown hash-grid options: {sorted(unknown)}")
+        self.config = {**self.DEFAULTS, **config}
+        c = self.config
+        if not (c["bound"] > 0 and math.isfinite(c["bound"])):
+            raise ValueError(f"bound must be a positive number, got {c['bound']}")
+        if not (8 <= c["grid_res"] <= 512):
+            raise ValueError(f"grid_res must be in 8..512, got {c['grid_res']}")
+        if c["n_coarse"] < 2:
+            raise ValueError(f"n_coarse (marching steps per diagonal) must be >= 2, got {c['n_coarse']}")
+        if not (0 < c["grid_decay"] <= 1):
+            raise ValueError(f"grid_decay must be in (0, 1], got {c['grid_decay']}")
+        if c["sample_budget"] < 256 or c["grid_every"] < 1:
+            raise ValueError("sample_budget must be >= 256 and grid_every >= 1")
+        self.encoding = HashEncoding(c["n_levels"], c["n_features"], c["log2_hashmap_size"],
+                                     c["base_res"], c["max_res"], c["seed"])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c["seed"])
+            geo = 1 + c["geo_features"]
+            self.density_net = nn.Sequential(
+                nn.Linear(self.encoding.out_dim, c["hidden"], bias=False), nn.ReLU(),
+                nn.Linear(c["hidden"], geo, bias=False))
+            ch = c["color_hidden"]
+            self.color_net = nn.Sequential(
+                nn.Linear(geo + 16, ch, bias=False), nn.ReLU(),
+                nn.Linear(ch, ch, bias=False), nn.ReLU(),
+                nn.Linear(ch, 3, bias=False))
+        cells = c["grid_res"] ** 3
+        # Saved with checkpoints: a resumed run keeps skipping the same empty space.
+        self.register_buffer("density_grid", torch.zeros(cells))
+        self.register_buffer("occupancy", torch.ones(cells, dtype=torch.uint8))
+        self.register_buffer("sh_C", sh_basis_matrix().float(), persistent=False)
+        self._last_batch: tuple[int, int] | None = None  # (rays, samples) of the last training batch
+
+    # -- protocol ------------------------------------------------------------------------
+    @property
+    def dt(self) -> float:
+        return occ_mod.step_size(self.config["bound"], self.config["n_coarse"])
+
+    def set_samples(self, n_coarse: int | None = None, n_fine: int | None = None) -> None:
+        """n_coarse = marching steps along the cube's diagonal (1024: instant-ngp's step);
+        fewer means a longer step, faster and coarser. n_fine is accepted and ignored."""
+        if n_coarse is not None:
+            if n_coarse < 2:
+                raise ValueError(f"n_coarse must be >= 2, got {n_coarse}")
+            self.config["n_coarse"] = int(n_coarse)
+        if n_fine is not None:
+            if n_fine < 0:
+                raise ValueError(f"n_fine must be >= 0, got {n_fine}")
+            self.config["n_fine"] = int(n_fine)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        # instant-ngp's Adam: beta2 0.99, eps 1e-15; weight decay on the MLPs only.
+        common = dict(lr=lr, betas=(0.9, 0.99), eps=1e-15)
+        return [{"params": [self.encoding.table], "weight_decay": 0.0, **common},
+                {"params": list(self.density_net.parameters()) + list(self.color_net.parameters()),
+                 "weight_decay": 1e-6, **common}]
+
+    def _inside(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.abs() <= self.config["bound"]).all(-1)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """Density-net output (N, 1 + geo) at world points (N, 3)."""
+        b = self.config["bound"]
+        return self.density_net(self.encoding((x + b) * (0.5 / b)))
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        """sigma (N,) per world unit at points (N, 3); zero outside the cube."""
+        sigma = trunc_exp(self._features(x)[:, 0].float())
+        return torch.where(self._inside(x), sigma, torch.zeros_like(sigma))
+
+    def _color(self, h: torch.Tensor, sh: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.color_net(torch.cat([h, sh.to(h.dtype)], -1)).float())
+
+    def radiance(self, x: torch.Tensor, d: torch.Tensor):
+        """(sigma (N,), rgb (N, 3)) at points (N, 3) seen along directions (N, 3)."""
+        h = self._features(x)
+        sigma = trunc_exp(h[:, 0].float())
+        sigma = torch.where(self._inside(x), sigma, torch.zeros_like(sigma))
+        return sigma, self._color(h, sh_encode(F.normalize(d, dim=-1), self.sh_C))
+
+    def _field_packed(self, rays_o, dirs, sh, ray_ids, s):
+        """sigma (N,), rgb (N, 3) at packed samples."""
+        x = rays_o[ray_ids] + dirs[ray_ids] * s[:, None]
+        h = self._features(x)
+        return trunc_exp(h[:, 0].float()), self._color(h, sh[ray_ids])
+
+    def _setup_rays(self, rays_o, rays_d, near, far):
+        c = self.config
+        rays_o = rays_o.float()
+        dnorm = rays_d.float().norm(dim=-1).clamp(min=1e-12)
+        dirs = rays_d.float() / dnorm[:, None]
+        s0, s1 = occ_mod.ray_aabb(rays_o, dirs, c["bound"])
+        near_t = torch.as_tensor(near, dtype=torch.float32, device=rays_o.device).reshape(-1)
+        far_t = torch.as_tensor(far, dtype=torch.float32, device=rays_o.device).reshape(-1)
+        # near/far are depths along the un-normalised direction (as in the NeRF model).
+        s0 = torch.maximum(s0, near_t * dnorm)
+        s1 = torch.minimum(s1, far_t * dnorm)
+        return rays_o, dirs, dnorm, s0, s1
+
+    def _march(self, rays_o, dirs, s0, s1, jitter, max_samples=None):
+        c = self.config
+        return occ_mod.march_rays(rays_o, dirs, s0, s1, self.occupancy, c["bound"], c["grid_res"], self.dt,
+                                  c["n_coarse"], jitter, max_samples)
+
+    def render_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, near, far, background=None,
+                    train: bool = False) -> dict[str, torch.Tensor]:
+        """rays (R, 3) -> rgb (R, 3), depth (R,) (along un-normalised d, like NeRF), acc (R,),
+        samples (0-dim: samples evaluated), valid (R,) (0 for rays dropped by the budget)."""
+        n_rays = rays_o.shape[0]
+        rays_o, dirs, dnorm, s0, s1 = self._setup_rays(rays_o, rays_d, near, far)
+        sh = sh_encode(dirs, self.sh_C)
+        dev = rays_o.device
+        if train:
+            jitter = torch.rand(n_rays, device=dev)
+            # A cap (twice the budget) bounds memory before the batch size has adapted.
+            pk = self._march(rays_o, dirs, s0, s1, jitter, max_samples=2 * self.config["sample_budget"])
+            sigma, rgb = self._field_packed(rays_o, dirs, sh, pk["ray_ids"], pk["s"])
+            out = occ_mod.composite_packed(sigma, rgb, pk["s"], self.dt, pk["ray_ids"], n_rays)
+            n_samples = pk["s"].shape[0]
+            self._last_batch = (n_rays, n_samples)
+            valid = pk["fits"].float()
+        else:
+            out, n_samples = self._render_terminating(rays_o, dirs, sh, s0, s1)
+            valid = torch.ones(n_rays, device=dev)
+        color, acc = out["rgb"], out["acc"]
+        if background is not None:
+            color = color + (1.0 - acc)[:, None] * torch.as_tensor(background, dtype=color.dtype,
+                                                                   device=dev)
+        depth = out["depth_s"] / acc.clamp(min=1e-10) / dnorm
+        return {"rgb": color, "depth": depth, "acc": acc, "valid": valid,
+                "samples": torch.tensor(float(n_samples), device=dev)}
+
+    def _render_terminating(self, rays_o, dirs, sh, s0, s1, first_round: int = 16):
+        """Front-to-back rounds of 16, 32, 64, ... samples per ray; a ray leaves once its
+        transmittance drops below min_transmittance. Returns (composite dict, samples used)."""
+        n_rays = rays_o.shape[0]
+        dev = rays_o.device
+        pk = self._march(rays_o, dirs, s0, s1, torch.full((n_rays,), 0.5, device=dev))
+        counts, ray_ids, s_all = pk["counts"], pk["ray_ids"], pk["s"]
+        z = torch.zeros(n_rays, device=dev)
+        total = {"rgb": torch.zeros(n_rays, 3, device=dev), "acc": z.clone(), "depth_s": z.clone(),
+                 "tau": z.clone()}
+        if s_all.shape[0] == 0:
+            return total, 0
+        rank = torch.arange(s_all.shape[0], device=dev) - pk["offsets"][ray_ids]
+        tau_stop = -math.log(self.config["min_transmittance"])
+        alive = counts > 0
+        lo, size, used = 0, first_round, 0
+        max_count = int(counts.max().item())
+        while lo < max_count:
+            hi = lo + size
+            sel = ((rank >= lo) & (rank < hi) & alive[ray_ids]).nonzero().squeeze(1)
+            if sel.numel() == 0:
+                break
+            rid, s = ray_ids[sel], s_all[sel]
+            sigma, rgb = self._field_packed(rays_o, dirs, sh, rid, s)
+            part = occ_mod.composite_packed(sigma, rgb, s, self.dt, rid, n_rays, tau0=total["tau"])
+            for k in total:
+                total[k] = total[k] + part[k]
+            used += sel.numel()
+            alive = alive & (counts > hi) & (total["tau"] < tau_stop)
+            lo, size = hi, size * 2
+        return total, used
+
+    def loss_terms(self, out: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Mean squared error over the rays that were rendered (all, unless the cap dropped some)."""
+        valid = out.get("valid")
+        if valid is None:
+            return {"mse": F.mse_loss(out["rgb"], target)}
+        err = ((out["rgb"] - target) ** 2).mean(-1)
+        return {"mse": (err * valid).sum() / valid.sum().clamp(min=1.0)}
+
+    # -- training hooks ------------------------------------------------------------------
+    def step_hook(self, step: int, trainer) -> None:
+        """Adapt the ray batch to the sample budget and refresh the occupancy grid.
+
+        As in instant-ngp, the grid is refreshed every step at first and every
+        ``grid_every`` steps from step 16 * grid_every on, with the decay compounded
+        over the interval, so that the initial (meaningless) densities fade
+        within ~100 steps whatever the refresh rate.
+        """
+        c = self.config
+        if self._last_batch is not None:
+            n_rays, n_samples = self._last_batch
+            target = n_rays * c["sample_budget"] / max(n_samples, 1)
+            # Bounded change per step: the sample count of one batch is noisy.
+            target = min(max(target, 0.5 * n_rays), 2.0 * n_rays)
+            trainer.batch_rays = int(min(max(64, round(target / 64) * 64), c["sample_budget"] // 4))
+        interval = min(max(step // 16, 1), c["grid_every"])
+        if step % interval == 0:
+            self.update_grid(step, decay=c["grid_decay"] ** interval)
+
+    @torch.no_grad()
+    def update_grid(self, step: int, decay: float | None = None, chunk: int = 1 << 20) -> None:
+        """Re-estimate densities: all cells during warm-up, later a quarter of the cells at
+        random plus as many occupied ones; decay-max into density_grid, re-threshold."""
+        c = self.config
+        decay = c["grid_decay"] if decay is None else decay
+        cells = self.density_grid.shape[0]
+        dev = self.density_grid.device
+        if step <= c["grid_warmup"]:
+            idx = torch.arange(cells, device=dev)
+        else:
+            n = cells // 4
+            uniform = torch.randint(0, cells, (n,), device=dev)
+            occ_idx = self.occupancy.nonzero().squeeze(1)
+            if occ_idx.numel() > 0:
+                pick = occ_idx[torch.randint(0, occ_idx.numel(), (n,), device=dev)]
+                idx = torch.cat([uniform, pick])
+            else:
+                idx = uniform
+        pts = occ_mod.random_points_in_cells(idx, c["grid_res"], c["bound"])
+        sigma = torch.cat([self.density(pts[a:a + chunk]).float() for a in range(0, pts.shape[0], chunk)])
+        grid = occ_mod.ema_update(self.density_grid, idx, sigma, decay)
+        self.density_grid.copy_(grid)
+        thr = occ_mod.occupancy_threshold(grid, self.dt)
+        self.occupancy.copy_(occ_mod.occupied(grid, thr))

@@ -1,0 +1,1 @@
+"""Optional Triton kernels for models (availability is shared with renderer.kernels)."""

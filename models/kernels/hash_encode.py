@@ -1,0 +1,137 @@
+"""Triton multiresolution hash encoding, forward and backward.
+
+Reference: models.hashgrid.hash_encode_torch (same spec, plain torch autograd).
+One program handles BLOCK points at one level: it computes the 8 corner
+indices, gathers their F features as one vector load each, and interpolates.
+The backward scatters w * grad into the table with relaxed atomics (no fences:
+the adds commute and nothing reads the table until the kernel ends).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 128
+
+
+@triton.jit
+def _corner(ix, iy, iz, fx, fy, fz, V, dense, mask_t, c: tl.constexpr):
+    """Table index (within the level) and trilinear weight of corner c (0..7)."""
+    bx: tl.constexpr = c & 1
+    by: tl.constexpr = (c >> 1) & 1
+    bz: tl.constexpr = (c >> 2) & 1
+    cx = ix + bx
+    cy = iy + by
+    cz = iz + bz
+    wx = fx if bx else 1.0 - fx
+    wy = fy if by else 1.0 - fy
+    wz = fz if bz else 1.0 - fz
+    didx = cx + cy * V + cz * V * V
+    hidx = (cx.to(tl.uint32) ^ (cy.to(tl.uint32) * 2654435761) ^ (cz.to(tl.uint32) * 805459861)) & mask_t
+    idx = tl.where(dense != 0, didx, hidx.to(tl.int32))
+    return idx, wx * wy * wz
+
+
+@triton.jit
+def _hash_fwd(x_ptr, table_ptr, out_ptr, res_ptr, off_ptr, dense_ptr, N, mask_t,
+              L: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    lvl = tl.program_id(1)
+    rows = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = rows < N
+    x = tl.load(x_ptr + rows * 3, mask=m, other=0.0)
+    y = tl.load(x_ptr + rows * 3 + 1, mask=m, other=0.0)
+    z = tl.load(x_ptr + rows * 3 + 2, mask=m, other=0.0)
+    res = tl.load(res_ptr + lvl)
+    off = tl.load(off_ptr + lvl).to(tl.int64)
+    dense = tl.load(dense_ptr + lvl)
+    resf = res.to(tl.float32)
+    V = res + 1
+    px = tl.minimum(tl.maximum(x, 0.0), 1.0) * resf
+    py = tl.minimum(tl.maximum(y, 0.0), 1.0) * resf
+    pz = tl.minimum(tl.maximum(z, 0.0), 1.0) * resf
+    ix = tl.minimum(tl.floor(px).to(tl.int32), res - 1)
+    iy = tl.minimum(tl.floor(py).to(tl.int32), res - 1)
+    iz = tl.minimum(tl.floor(pz).to(tl.int32), res - 1)
+    fx = px - ix.to(tl.float32)
+    fy = py - iy.to(tl.float32)
+    fz = pz - iz.to(tl.float32)
+    f = tl.arange(0, F)
+    acc = tl.zeros((BLOCK, F), dtype=tl.float32)
+    for c in tl.static_range(8):
+        idx, w = _corner(ix, iy, iz, fx, fy, fz, V, dense, mask_t, c)
+        g = off + idx.to(tl.int64)
+        vals = tl.load(table_ptr + g[:, None] * F + f[None, :], mask=m[:, None], other=0.0)
+        acc += w[:, None] * vals.to(tl.float32)
+    tl.store(out_ptr + rows[:, None] * (L * F) + lvl * F + f[None, :], acc, mask=m[:, None])
+
+
+@triton.jit
+def _hash_bwd(x_ptr, gout_ptr, gtable_ptr, res_ptr, off_ptr, dense_ptr, N, mask_t,
+              L: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    lvl = tl.program_id(1)
+    rows = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = rows < N
+    x = tl.load(x_ptr + rows * 3, mask=m, other=0.0)
+    y = tl.load(x_ptr + rows * 3 + 1, mask=m, other=0.0)
+    z = tl.load(x_ptr + rows * 3 + 2, mask=m, other=0.0)
+    res = tl.load(res_ptr + lvl)
+    off = tl.load(off_ptr + lvl).to(tl.int64)
+    dense = tl.load(dense_ptr + lvl)
+    resf = res.to(tl.float32)
+    V = res + 1
+    px = tl.minimum(tl.maximum(x, 0.0), 1.0) * resf
+    py = tl.minimum(tl.maximum(y, 0.0), 1.0) * resf
+    pz = tl.minimum(tl.maximum(z, 0.0), 1.0) * resf
+    ix = tl.minimum(tl.floor(px).to(tl.int32), res - 1)
+    iy = tl.minimum(tl.floor(py).to(tl.int32), res - 1)
+    iz = tl.minimum(tl.floor(pz).to(tl.int32), res - 1)
+    fx = px - ix.to(tl.float32)
+    fy = py - iy.to(tl.float32)
+    fz = pz - iz.to(tl.float32)
+    f = tl.arange(0, F)
+    go = tl.load(gout_ptr + rows[:, None] * (L * F) + lvl * F + f[None, :], mask=m[:, None],
+                 other=0.0).to(tl.float32)
+    for c in tl.static_range(8):
+        idx, w = _corner(ix, iy, iz, fx, fy, fz, V, dense, mask_t, c)
+        g = off + idx.to(tl.int64)
+        tl.atomic_add(gtable_ptr + g[:, None] * F + f[None, :], w[:, None] * go, mask=m[:, None],
+                      sem="relaxed")
+
+
+class _HashEncodeFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x01, table, meta):
+        res_t, off_t, dense_t, n_levels, mask_t = meta
+        n = x01.shape[0]
+        f = table.shape[1]
+        out = torch.empty(n, n_levels * f, device=x01.device, dtype=torch.float32)
+        if n > 0:
+            grid = (triton.cdiv(n, BLOCK), n_levels)
+            _hash_fwd[grid](x01, table, out, res_t, off_t, dense_t, n, mask_t,
+                            L=n_levels, F=f, BLOCK=BLOCK, num_warps=4)
+        ctx.save_for_backward(x01)
+        ctx.meta = meta
+        ctx.table_shape = table.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        (x01,) = ctx.saved_tensors
+        res_t, off_t, dense_t, n_levels, mask_t = ctx.meta
+        n = x01.shape[0]
+        gtable = torch.zeros(ctx.table_shape, device=gout.device, dtype=torch.float32)
+        if n > 0:
+            grid = (triton.cdiv(n, BLOCK), n_levels)
+            _hash_bwd[grid](x01, gout.contiguous(), gtable, res_t, off_t, dense_t, n, mask_t,
+                            L=n_levels, F=ctx.table_shape[1], BLOCK=BLOCK, num_warps=4)
+        return None, gtable, None
+
+
+def hash_encode_triton(x01: torch.Tensor, table: torch.Tensor, res_t: torch.Tensor, off_t: torch.Tensor,
+                       dense_t: torch.Tensor, log2_hashmap_size: int) -> torch.Tensor:
+    """(N, 3) in [0, 1] -> (N, L * F) float32; same contract as hash_encode_torch."""
+    meta = (res_t, off_t, dense_t, int(res_t.shape[0]), (1 << log2_hashmap_size) - 1)
+    return _HashEncodeFn.apply(x01.float().contiguous(), table.contiguous(), meta)

@@ -1,0 +1,30 @@
+"""Optional Triton kernels for the renderer. Every kernel has a pure-torch
+reference next to its caller; the torch path is what runs on CPU and what the
+tests compare the kernels with (on CPU through TRITON_INTERPRET=1)."""
+from __future__ import annotations
+
+import sys
+
+_STATE = {"checked": False, "ok": False, "disabled": None}
+
+
+def available() -> bool:
+    """True when Triton imports and no kernel has failed in this process."""
+    if _STATE["disabled"]:
+        return False
+    if not _STATE["checked"]:
+        _STATE["checked"] = True
+        try:
+            import triton  # noqa: F401
+            import triton.language  # noqa: F401
+            _STATE["ok"] = True
+        except Exception:  # noqa: BLE001 - any import failure means: use torch
+            _STATE["ok"] = False
+    return _STATE["ok"]
+
+
+def disable(reason: str) -> None:
+    """A kernel failed to compile or launch: fall back to torch for the rest of the run."""
+    if not _STATE["disabled"]:
+        print(f"warning: Triton kernels disabled, using torch fallbacks ({reason})", file=sys.stderr)
+    _STATE["disabled"] = reason

@@ -1,0 +1,225 @@
+"""Occupancy grid, packed ray marching and packed compositing (instant-ngp style).
+
+A grid of ``res**3`` cells covers the cube [-bound, bound]^3. Each cell keeps a
+running density estimate (``density_grid``); a cell is *occupied* when that
+estimate exceeds a threshold. Rays are marched with a constant metric step
+``dt`` and only samples that fall in occupied cells are kept, *packed*: one flat
+list of samples for the whole batch, each ray's samples contiguous and in
+depth order (no padding to a common sample count).
+
+Everything here is a pure function (tensors in, tensors out). On CUDA with
+Triton available, ``march_rays`` uses the kernel in renderer/kernels/march.py;
+the torch code below is the reference it is tested against and the CPU path.
+
+Conventions: ``dirs`` are unit directions; ``s`` is metric distance along the
+ray (callers with un-normalised NeRF directions convert t = s / |d|). Cells are
+flattened as ``(ix * res + iy) * res + iz``.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+# Instant-ngp: a cell is worth sampling when one step through it would absorb
+# at least 1% of the light, or when it is denser than the grid's mean.
+MIN_OPTICAL_THICKNESS = 0.01
+
+
+def step_size(bound: float, steps_per_diagonal: int) -> float:
+    """Metric step so that the cube's diagonal takes ``steps_per_diagonal`` steps."""
+    return 2.0 * bound * math.sqrt(3.0) / steps_per_diagonal
+
+
+def ray_aabb(rays_o: torch.Tensor, dirs: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entry and exit distances (R,), (R,) of rays (R, 3) through [-bound, bound]^3.
+
+    Slab method. Rays that miss get s0 == s1 == 0 (an empty interval); the entry
+    is clamped at 0 so a camera inside the box starts at its own position.
+    """
+    inv = 1.0 / torch.where(dirs.abs() < 1e-12, torch.full_like(dirs, 1e-12), dirs)
+    a = (-bound - rays_o) * inv
+    b = (bound - rays_o) * inv
+    s0 = torch.minimum(a, b).amax(-1).clamp(min=0.0)
+    s1 = torch.maximum(a, b).amin(-1)
+    hit = s1 > s0
+    zero = torch.zeros_like(s0)
+    return torch.where(hit, s0, zero), torch.where(hit, s1, zero)
+
+
+def cell_index(x: torch.Tensor, bound: float, res: int) -> torch.Tensor:
+    """Flat cell index (N,) int64 of points x (N, 3); points outside are clamped to the border."""
+    inv = res / (2.0 * bound)
+    c = ((x + bound) * inv).floor().clamp(0, res - 1).long()
+    return (c[..., 0] * res + c[..., 1]) * res + c[..., 2]
+
+
+def cell_coords(idx: torch.Tensor, res: int) -> torch.Tensor:
+    """Integer cell coordinates (M, 3) int64 of flat indices (M,)."""
+    return torch.stack([idx // (res * res), (idx // res) % res, idx % res], -1)
+
+
+def random_points_in_cells(idx: torch.Tensor, res: int, bound: float,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """One uniform random world point (M, 3) inside each cell of ``idx`` (M,)."""
+    u = torch.rand(idx.shape[0], 3, device=idx.device, generator=generator)
+    return (cell_coords(idx, res).float() + u) * (2.0 * bound / res) - bound
+
+
+def ema_update(grid: torch.Tensor, idx: torch.Tensor, values: torch.Tensor, decay: float) -> torch.Tensor:
+    """New density grid (C,): every cell decays, sampled cells rise to their new value.
+
+    ``grid_new = max(grid * decay, splat)``, where splat holds the maximum of the
+    ``values`` (M,) landing in each cell (0 for cells not sampled). A maximum rather
+    than a mean keeps thin structures on as soon as anything in a cell is dense.
+    """
+    splat = torch.zeros_like(grid).scatter_reduce(0, idx, values.to(grid.dtype), "amax", include_self=True)
+    return torch.maximum(grid * decay, splat)
+
+
+def occupancy_threshold(grid: torch.Tensor, dt: float,
+                        min_optical_thickness: float = MIN_OPTICAL_THICKNESS) -> torch.Tensor:
+    """Density (0-dim tensor) above which a cell counts as occupied: min(0.01 / dt, mean)."""
+    return torch.clamp(grid.mean(), max=min_optical_thickness / dt)
+
+
+def occupied(grid: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
+    """Occupancy (C,) uint8 from a density grid (C,)."""
+    return (grid > threshold).to(torch.uint8)
+
+
+# --------------------------------------------------------------------------------------
+# Marching
+# --------------------------------------------------------------------------------------
+
+def _use_triton(t: torch.Tensor) -> bool:
+    """Triton on CUDA unless NERFLAB_KERNELS=torch; NERFLAB_KERNELS=triton forces it
+    (on CPU tensors too, which only works under TRITON_INTERPRET=1: how tests run it)."""
+    mode = os.environ.get("NERFLAB_KERNELS", "auto")
+    if mode == "torch":
+        return False
+    if mode != "triton" and t.device.type != "cuda":
+        return False
+    from renderer import kernels
+    return kernels.available()
+
+
+def march_rays(rays_o: torch.Tensor, dirs: torch.Tensor, s_start: torch.Tensor, s_end: torch.Tensor,
+               occ: torch.Tensor, bound: float, res: int, dt: float, max_steps: int,
+               jitter: torch.Tensor, max_samples: int | None = None) -> dict[str, torch.Tensor]:
+    """Packed samples of rays (R, 3) against occupancy ``occ`` (res^3,) uint8.
+
+    Candidate k (0 <= k < max_steps) of ray r sits at s = s_start + (k + jitter) * dt
+    and is kept when s < s_end and its cell is occupied. ``jitter`` (R,) in [0, 1):
+    random for training, 0.5 for evaluation.
+
+    Returns ray_ids (N,) int64 sorted, s (N,) float32 increasing within a ray,
+    offsets (R,) int64 (index of each ray's first sample), counts (R,) int64,
+    fits (R,) bool. With ``max_samples``, rays whose samples would not all fit
+    (in ray order) are dropped whole (count 0, fits False) so that no ray is
+    rendered from a truncated sample list.
+    """
+    if _use_triton(rays_o):
+        try:
+            from renderer.kernels.march import march_rays_triton
+            return march_rays_triton(rays_o, dirs, s_start, s_end, occ, bound, res, dt, max_steps,
+                                     jitter, max_samples)
+        except Exception as exc:  # noqa: BLE001 - a kernel that fails must not stop training
+            if os.environ.get("NERFLAB_KERNELS") == "triton":
+                raise
+            from renderer import kernels
+            kernels.disable(f"march_rays: {exc!r}"[:300])
+    return march_rays_torch(rays_o, dirs, s_start, s_end, occ, bound, res, dt, max_steps, jitter,
+                            max_samples)
+
+
+def _fit_budget(counts: torch.Tensor, max_samples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(counts (R,) with the rays that overflow ``max_samples`` set to 0, fits (R,) bool)."""
+    if max_samples is None:
+        return counts, torch.ones_like(counts, dtype=torch.bool)
+    fits = torch.cumsum(counts, 0) <= max_samples
+    return torch.where(fits, counts, torch.zeros_like(counts)), fits
+
+
+def march_rays_torch(rays_o, dirs, s_start, s_end, occ, bound, res, dt, max_steps, jitter,
+                     max_samples=None, ray_chunk: int = 8192) -> dict[str, torch.Tensor]:
+    """Reference marching: every candidate of a chunk of rays at once, then a mask."""
+    n_rays = rays_o.shape[0]
+    dev = rays_o.device
+    counts = torch.zeros(n_rays, dtype=torch.int64, device=dev)
+    kept_s, kept_r = [], []
+    # Steps each ray can need; never more than max_steps. A product with 1/dt, not a
+    # division, because the kernel computes exactly this.
+    n_steps = torch.ceil((s_end - s_start) * (1.0 / dt)).clamp(0, max_steps)
+    for a in range(0, n_rays, ray_chunk):
+        b = min(n_rays, a + ray_chunk)
+        k_max = int(n_steps[a:b].max().item()) if b > a else 0
+        if k_max == 0:
+            continue
+        k = torch.arange(k_max, device=dev, dtype=torch.float32)
+        # Same operation order as the kernel so both pick identical cells.
+        s = s_start[a:b, None] + (k[None, :] + jitter[a:b, None]) * dt  # (r, K)
+        valid = (k[None, :] < n_steps[a:b, None]) & (s < s_end[a:b, None])
+        pts = rays_o[a:b, None, :] + dirs[a:b, None, :] * s[..., None]  # (r, K, 3)
+        valid &= occ[cell_index(pts, bound, res)] != 0
+        counts[a:b] = valid.sum(1)
+        r_idx, k_idx = valid.nonzero(as_tuple=True)
+        kept_s.append(s[r_idx, k_idx])
+        kept_r.append(r_idx + a)
+    s_all = torch.cat(kept_s) if kept_s else torch.zeros(0, device=dev)
+    r_all = torch.cat(kept_r) if kept_r else torch.zeros(0, dtype=torch.int64, device=dev)
+    fitted, fits = _fit_budget(counts, max_samples)
+    if max_samples is not None:
+        keep = fits[r_all]
+        s_all, r_all, counts = s_all[keep], r_all[keep], fitted
+    offsets = torch.cumsum(counts, 0) - counts
+    return {"ray_ids": r_all, "s": s_all.float(), "offsets": offsets, "counts": counts, "fits": fits}
+
+
+# --------------------------------------------------------------------------------------
+# Compositing
+# --------------------------------------------------------------------------------------
+
+def first_index(ray_ids: torch.Tensor, n_rays: int) -> torch.Tensor:
+    """Index (R,) of each ray's first sample in sorted ``ray_ids`` (N,) (N for absent rays)."""
+    return torch.searchsorted(ray_ids, torch.arange(n_rays, device=ray_ids.device, dtype=ray_ids.dtype))
+
+
+def composite_packed(sigma: torch.Tensor, rgb: torch.Tensor, s: torch.Tensor, delta: float,
+                     ray_ids: torch.Tensor, n_rays: int, tau0: torch.Tensor | None = None
+                     ) -> dict[str, torch.Tensor]:
+    """Emission-absorption compositing of packed samples (NeRF eq. 3).
+
+    sigma (N,), rgb (N, 3), s (N,) sample distances, each sample standing for a
+    segment of length ``delta``; ray_ids (N,) sorted. ``tau0`` (R,) is optical
+    depth already accumulated in front of these samples (early-termination rounds).
+
+    Returns rgb (R, 3) (no background), acc (R,), depth_s (R,) = sum w*s (not
+    normalised), tau (R,) optical depth of these samples, weights (N,).
+
+    Transmittance needs the exclusive cumulative sum of sigma*delta *within* each
+    ray. It is taken as one global cumsum minus the value at the ray's first
+    sample, in float64 so the subtraction keeps full float32 accuracy even after
+    2^18 samples of large optical depth.
+    """
+    sd = sigma.float() * delta  # (N,)
+    n = sd.shape[0]
+    dev = sd.device
+    if n == 0:
+        z = torch.zeros(n_rays, device=dev)
+        return {"rgb": torch.zeros(n_rays, 3, device=dev), "acc": z, "depth_s": z, "tau": z,
+                "weights": sd}
+    sd64 = sd.double()
+    excl = torch.cumsum(sd64, 0) - sd64
+    first = first_index(ray_ids, n_rays).clamp(max=n - 1)
+    tau_in = (excl - excl[first][ray_ids]).float()  # (N,) optical depth before each sample
+    if tau0 is not None:
+        tau_in = tau_in + tau0[ray_ids]
+    w = (1.0 - torch.exp(-sd)) * torch.exp(-tau_in)  # (N,)
+    z1 = torch.zeros(n_rays, device=dev, dtype=w.dtype)
+    acc = z1.index_add(0, ray_ids, w)
+    depth_s = z1.index_add(0, ray_ids, w * s)
+    color = torch.zeros(n_rays, 3, device=dev, dtype=w.dtype).index_add(0, ray_ids, w[:, None] * rgb.float())
+    tau = z1.index_add(0, ray_ids, sd)
+    return {"rgb": color, "acc": acc, "depth_s": depth_s, "tau": tau, "weights": w}
