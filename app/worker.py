@@ -431,6 +431,10 @@ class Worker:
                                  n_test=len(test), source=self.scene.source))
         self._build("start")
         self.training = self._want_train
+        n_params = sum(p.numel() for p in self.trainers[0].model.parameters())
+        self._note("info", f"ready: {len(tr)} training views {tr.width}x{tr.height} from "
+                           f"{os.path.basename(os.path.normpath(self.scene.source))}; "
+                           f"{self.settings['model']} ({n_params / 1e6:.2f} M parameters) on {self.device}")
         self._set_status(state=self._state())
 
     # -- model (re)building ----------------------------------------------------------------
@@ -438,7 +442,7 @@ class Worker:
         from app.trainer import TrainConfig
 
         s = self.settings
-        lr = 5e-4 if s["model"] == "nerf" else 1e-2
+        lr = float(s.get("lr") or (5e-4 if s["model"] == "nerf" else 1e-2))
         return TrainConfig(model=s["model"], model_options=model_options(s, variant),
                            batch_rays=int(s["batch_rays"]), lr=lr, lr_final=lr / 10,
                            lr_decay_steps=100_000, seed=self.seed, device=str(self.device))
