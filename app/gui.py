@@ -938,6 +938,8 @@ class App:
     def run(self) -> int:
         dpg = self.dpg
         self.worker.start()
+        if self.args.snapshot:
+            self.worker.send("load", path=self.args.snapshot)  # runs once the scene is loaded
         self.display.start()
         self.display.wait_ready(5.0)
         dpg.show_viewport()

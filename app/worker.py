@@ -592,46 +592,67 @@ class Worker:
         self._set_status(state=self._state())
 
     def _load_snapshot(self, path: str) -> None:
+        """Load a checkpoint file, or a run directory (its checkpoint plus metrics.jsonl
+        history for the plots). A snapshot of another architecture rebuilds the model
+        to the snapshot's settings; compare mode ends (B would not match A)."""
+        import json
+
         from app.checkpoint import CheckpointError, load_into, read_checkpoint
+        from app.runs import CKPT
+        from app.trainer import TrainConfig
 
-        try:
-            load_into(path, self.trainers[0])
-            self._note("info", f"snapshot loaded: {path} (step {self.trainers[0].step_count})")
-        except CheckpointError as exc:
-            if "differ" not in exc.problem and "model" not in exc.problem:
-                raise
-            # Different architecture: adopt the snapshot's settings, then load into a matching model.
-            meta, _ = read_checkpoint(path)
-            cfg = meta["config"]
-            opts = cfg.get("model_options", {})
-            s = dict(self.settings, model=cfg["model"], compare=False)
-            if cfg["model"] == "nerf":
-                s.update(pe=opts.get("pos_encoding", "pe") != "none", L_xyz=opts.get("L_xyz", 10),
-                         L_dir=opts.get("L_dir", 4), n_coarse=opts.get("n_coarse", s["n_coarse"]),
-                         n_fine=opts.get("n_fine", s["n_fine"]))
-            old = self.settings
-            self.settings = s
+        ckpt, history = path, None
+        if os.path.isdir(path):
+            ckpt, history = os.path.join(path, CKPT), os.path.join(path, "metrics.jsonl")
+        meta, _ = read_checkpoint(ckpt)  # fails early, naming the file, before anything changes
+        cfg = meta["config"]
+        opts = cfg.get("model_options", {})
+        s = dict(self.settings, model=cfg["model"], compare=False)
+        if cfg["model"] == "nerf":
+            s.update(pe=opts.get("pos_encoding", "pe") != "none", L_xyz=opts.get("L_xyz", 10),
+                     L_dir=opts.get("L_dir", 4), n_coarse=opts.get("n_coarse", s["n_coarse"]),
+                     n_fine=opts.get("n_fine", s["n_fine"]))
+        rebuilt = False
+        t = self.trainers[0]
+        if len(self.trainers) == 1:
             try:
-                from app.trainer import TrainConfig
-
-                try:
-                    config = TrainConfig(**{**cfg, "device": str(self.device)})
-                except TypeError as exc:
-                    raise CheckpointError(path, f"checkpoint config does not match this version: {exc}") from None
-                t = _fed_trainer_class()(self.scene, config)
-                load_into(path, t)
-            except Exception:
-                self.settings = old
-                raise
-            self.trainers = [t]
-            self._events_seen = [len(t.events)]
-            self._run_id += 1
-            self._set_status(run_id=self._run_id, settings=dict(s), labels=[field_label(s, "A")],
-                             settings_seq=self._status["settings_seq"] + 1,
-                             model_config=dict(t.model.config))
-            self._note("info", f"snapshot loaded: {path} (step {t.step_count}); model rebuilt to the "
-                               f"snapshot's settings")
-        self._set_status(step=self.trainers[0].step_count)
+                load_into(ckpt, t)
+            except CheckpointError as exc:
+                if "differ" not in exc.problem and "model" not in exc.problem:
+                    raise
+                rebuilt = True
+        else:
+            rebuilt = True
+        if rebuilt:
+            try:
+                config = TrainConfig(**{**cfg, "device": str(self.device)})
+            except TypeError as exc:
+                raise CheckpointError(ckpt, f"checkpoint config does not match this version: {exc}") from None
+            t = _fed_trainer_class()(self.scene, config)
+            load_into(ckpt, t)
+        self.settings = s
+        self.trainers = [t]
+        self._events_seen = [len(t.events)]
+        self._run_id += 1
+        self._set_status(run_id=self._run_id, settings=dict(s), labels=[field_label(s, "A")],
+                         settings_seq=self._status["settings_seq"] + 1, model_config=dict(t.model.config),
+                         step=t.step_count)
+        n_hist = 0
+        if history and os.path.isfile(history):
+            with open(history, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        r = json.loads(line)
+                        rec = {"run_id": self._run_id, "step": int(r["step"]), "loss": float(r["loss"]),
+                               "psnr": float(r["psnr"]), "lr": float(r.get("lr", 0.0)), "time": 0.0}
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a torn last line of a run still being written
+                    if rec["step"] <= t.step_count:
+                        self._metrics.put(rec)
+                        n_hist += 1
+        self._note("info", f"snapshot loaded: {ckpt} (step {t.step_count})"
+                           + ("; model rebuilt to the snapshot's settings" if rebuilt else "")
+                           + (f"; {n_hist} logged steps of history" if n_hist else ""))
         self._restart_render()
 
     # -- one loop iteration ---------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """The GUI's background worker, driven without any GUI: threads, queues, rebuilds, errors."""
+import json
 import sys
 import time
 import types
@@ -314,3 +315,28 @@ def test_camera_latency_measurement(worker):
     cams = [camera(a)[0] for a in (0, 90, 180)]
     lat = measure_camera_latency(worker, cams, 40.0, timeout=WAIT)
     assert len(lat) == 3 and all(x > 0 for x in lat)
+
+
+def test_load_run_directory_brings_history(worker, tmp_path):
+    steps_after(worker, 4)
+    worker.send("pause")
+    run = tmp_path / "run"
+    run.mkdir()
+    worker.send("save", path=str(run / "checkpoint.safetensors"))
+    notes_until(worker, lambda n: "snapshot saved" in n[1])
+    saved_step = worker.run_sync(lambda w: w.trainers[0].step_count)
+    with open(run / "metrics.jsonl", "w") as f:
+        for k in (1, 2, 3, saved_step + 50):  # the last is beyond the checkpoint: not shown
+            f.write(json.dumps({"step": k, "loss": 0.1 / k, "psnr": 10.0 + k, "lr": 1e-3, "time": 0.1 * k}) + "\n")
+        f.write('{"step": 4, "loss"')  # a torn line, as from a run still being written
+    worker.send("train")
+    steps_after(worker, saved_step + 2)
+    worker.send("pause")
+    worker.drain_metrics()
+    worker.send("load", path=str(run))
+    notes = notes_until(worker, lambda n: "snapshot loaded" in n[1])
+    assert any("3 logged steps of history" in n[1] for n in notes)
+    run_id = worker.status()["run_id"]
+    hist = [m for m in worker.drain_metrics() if m["run_id"] == run_id]
+    assert [m["step"] for m in hist] == [1, 2, 3] and hist[2]["psnr"] == 13.0
+    assert worker.status()["step"] == saved_step

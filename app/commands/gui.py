@@ -30,6 +30,8 @@ def configure(p) -> None:
     p.add_argument("--model", default=None, choices=["nerf", "plenoxels", "hash"],
                    help="field to train (default: small NeRF on CPU; hash if available, else paper NeRF, on CUDA)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--snapshot", default=None, metavar="PATH",
+                   help="start from a checkpoint file or a run directory (with its logged history)")
     p.add_argument("--paused", action="store_true", help="open with training paused")
     p.add_argument("--compare", action="store_true", help="start in A/B mode: PE on vs off on the same rays")
     p.add_argument("--res-scale", type=float, default=None, help="render resolution relative to the dataset")
@@ -130,6 +132,8 @@ def run(args) -> int:
         raise UserError(f"--downscale must be >= 1, got {args.downscale}")
     if not os.path.exists(args.data):
         raise UserError(f"--data {args.data}: no such scene directory")
+    if args.snapshot and not os.path.exists(args.snapshot):
+        raise UserError(f"--snapshot {args.snapshot}: no such file or run directory")
     from app.gui import App, ViewportError
 
     try:
