@@ -722,12 +722,12 @@ class Worker:
             return
         # Same pose, new version (typically the mouse was released): keep what is rendered.
         job = self._job
-        if job is not None and job.kind == "view":
+        if job is not None:
             job.version = kw["version"]
-            if not kw["moving"]:
+            if not kw["moving"] and job.kind == "view":
                 job.last = len(job.sizes) - 1
-        elif not kw["moving"]:
-            self._refine()
+            return
+        self._refine(more=not kw["moving"])
 
     def _restart_render(self, priority: bool = True) -> None:
         if self._cam is None or not self.trainers:
@@ -738,17 +738,20 @@ class Worker:
         self._job = _RenderJob(c2w, fov, version, sizes, 0, last, priority=priority)
         self._max_level_seen = 0
 
-    def _refine(self) -> None:
-        """Continue a still camera's render from the level after the last one shown."""
+    def _refine(self, more: bool = True) -> None:
+        """Same camera again: continue from the level after the one shown (if ``more``),
+        or, when there is nothing to add, re-issue the shown frame under the new version."""
         c2w, fov, version, _ = self._cam
         sizes = self._sizes()
         f = self.frames.get()
         shown = (f is not None and f.kind in ("view", "refresh") and f.run_id == self._run_id
                  and np.array_equal(f.c2w, c2w) and f.fov == fov and f.n_levels == len(sizes))
-        nxt = f.level + 1 if shown else 0
-        if nxt < len(sizes):
-            self._job = _RenderJob(c2w, fov, version, sizes, nxt, len(sizes) - 1)
-        else:  # already at full resolution: the frame on screen is this camera's
+        if not shown:
+            self._restart_render()
+            return
+        if more and f.level + 1 < len(sizes):
+            self._job = _RenderJob(c2w, fov, version, sizes, f.level + 1, len(sizes) - 1)
+        else:
             self.frames.put(dataclasses.replace(f, version=version, ready_time=time.perf_counter()))
 
     def _refresh_due(self) -> bool:

@@ -340,3 +340,13 @@ def test_load_run_directory_brings_history(worker, tmp_path):
     hist = [m for m in worker.drain_metrics() if m["run_id"] == run_id]
     assert [m["step"] for m in hist] == [1, 2, 3] and hist[2]["psnr"] == 13.0
     assert worker.status()["step"] == saved_step
+
+
+def test_same_camera_again_is_answered(worker):
+    """Re-sending the pose on screen (a click without motion) still yields a frame for the new version."""
+    c2w, fov = camera(10.0)
+    v1 = worker.set_camera(c2w, fov, moving=True)
+    worker.wait_frame(lambda f: f.version >= v1, WAIT)
+    v2 = worker.set_camera(c2w, fov, moving=True)
+    f = worker.wait_frame(lambda f: f.version >= v2, WAIT)
+    assert f is not None and np.array_equal(f.c2w, c2w)
