@@ -36,6 +36,11 @@ def read_run(run_dir: str) -> dict:
         raise CheckpointError(p, f"malformed JSON ({exc.msg})") from None
     if not isinstance(info, dict) or "data" not in info:
         raise CheckpointError(p, "no 'data' entry")
+    if not isinstance(info["data"], str) or not info["data"]:
+        raise CheckpointError(p, "'data' must be the scene directory's path")
+    if not os.path.isabs(info["data"]):
+        # A run shipped inside the repo (assets/demo_run) names its scene relative to itself.
+        info["data"] = os.path.normpath(os.path.join(run_dir, info["data"]))
     return info
 
 
