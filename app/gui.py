@@ -616,7 +616,9 @@ class App:
             return
         last, t = self.probe_sent
         now = time.perf_counter()
-        if last is not None and (now - t < 0.1 or (abs(last[1] - hit[1]) < 1e-3 and abs(last[2] - hit[2]) < 1e-3)):
+        same = last is not None and abs(last[1] - hit[1]) < 1e-3 and abs(last[2] - hit[2]) < 1e-3
+        # New position: at most 10 probes/s; same position: refresh once a second (training moves weights).
+        if last is not None and (now - t < 0.1 or (same and now - t < 1.0)):
             return
         self.probe_sent = (hit, now)
         self.probe_point = hit
@@ -993,6 +995,11 @@ class App:
                         "tick_ms": round(1000 * self.time_tick / max(self.gui_frames, 1), 2),
                         "draw_ms": round(1000 * self.time_draw / max(self.gui_frames, 1), 2)})
             dpg.destroy_context()
+            if not stopped and not self.worker.join(30.0):
+                # The window is gone; a worker stuck in a long tool call would make the
+                # interpreter abort in C++ at exit, so leave without the usual teardown.
+                sys.stdout.flush()
+                os._exit(0)
         return 0
 
     def _emit_start(self):

@@ -27,6 +27,7 @@ import dataclasses
 import math
 import os
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -124,6 +125,10 @@ def ray_through_pixel(c2w: np.ndarray, u: float, v: float, width: int, height: i
 
 
 # -- thread plumbing -------------------------------------------------------------------------
+class WorkerStopped(Exception):
+    """Raised inside the worker's torch forward passes once stop() has been called."""
+
+
 class Latest:
     """A latest-value slot: writers replace, readers see the newest (and can wait for one)."""
 
@@ -263,6 +268,7 @@ class Worker:
         self._events_seen: list[int] = []
         self._rate_t, self._rate_n = time.perf_counter(), 0
         self._inerf = None
+        self._abort_handle = None
 
     # -- GUI-thread API -------------------------------------------------------------------
     def start(self) -> "Worker":
@@ -311,12 +317,34 @@ class Worker:
         return v
 
     def stop(self, timeout: float = 1.0) -> bool:
-        """Ask the thread to finish and wait up to ``timeout`` s; True if it has ended."""
+        """Ask the thread to finish and wait up to ``timeout`` s; True if it has ended.
+
+        Besides the flag checked between steps and render chunks, a forward pre-hook on
+        every module aborts a training step or render in progress on the worker thread,
+        so only a backward pass already running can delay the stop.
+        """
         self._stop.set()
         self._commands.put(("wake", {}))
+        self._install_abort()
         if self._thread.is_alive():
             self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _install_abort(self) -> None:
+        torch = sys.modules.get("torch")
+        if torch is None or self._abort_handle is not None or not self._thread.is_alive():
+            return
+        thread = self._thread
+
+        def abort(module, args):
+            if threading.current_thread() is thread:
+                raise WorkerStopped()
+
+        self._abort_handle = torch.nn.modules.module.register_module_forward_pre_hook(abort)
 
     @property
     def alive(self) -> bool:
@@ -385,12 +413,20 @@ class Worker:
             self._load()
         except Exception as exc:  # noqa: BLE001 - bad data etc.: report, keep serving commands
             self._fail(exc, "loading scene")
-        while not self._stop.is_set():
-            try:
-                self._iteration()
-            except Exception as exc:  # noqa: BLE001 - any failure pauses training, never kills the thread
-                self._fail(exc, "worker")
-        self._set_status(state="stopped")
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._iteration()
+                except WorkerStopped:
+                    break
+                except Exception as exc:  # noqa: BLE001 - any failure pauses training, never kills the thread
+                    if self._stop.is_set():
+                        break  # e.g. the abort hook fired inside a library that wrapped it
+                    self._fail(exc, "worker")
+        finally:
+            if self._abort_handle is not None:
+                self._abort_handle.remove()
+            self._set_status(state="stopped")
 
     def _setup_threads(self) -> None:
         import torch
@@ -571,7 +607,8 @@ class Worker:
             from app.export import export_mesh
 
             t0 = time.perf_counter()
-            res = export_mesh(self.trainers[0], kw["path"], res=int(kw.get("res", 128)))
+            res = export_mesh(self.trainers[0], kw["path"], res=int(kw.get("res", 128)),
+                              **self._log_kw(export_mesh))
             summary = ", ".join(f"{k}={v}" for k, v in (res or {}).items()
                                 if isinstance(v, (int, float, str)))
             self._note("info", f"mesh exported to {kw['path']} in {time.perf_counter() - t0:.1f} s"
@@ -580,7 +617,8 @@ class Worker:
             from app.video import render_orbit_video
 
             t0 = time.perf_counter()
-            out = render_orbit_video(self.trainers[0], kw["path"], frames=int(kw.get("frames", 60)))
+            out = render_orbit_video(self.trainers[0], kw["path"], frames=int(kw.get("frames", 60)),
+                                     **self._log_kw(render_orbit_video))
             self._note("info", f"orbit video written: {out} ({time.perf_counter() - t0:.1f} s)")
         elif name == "inerf_start":
             self._inerf_start(int(kw.get("view", 0)), kw.get("steps", 300))
@@ -590,6 +628,15 @@ class Worker:
         else:
             raise ValueError(f"unknown worker command {name!r}")
         self._set_status(state=self._state())
+
+    def _log_kw(self, fn) -> dict:
+        """Route a tool's optional ``log`` messages into the GUI's notes instead of stdout."""
+        import inspect
+
+        try:
+            return {"log": lambda m: self._note("info", str(m))} if "log" in inspect.signature(fn).parameters else {}
+        except (TypeError, ValueError):
+            return {}
 
     def _load_snapshot(self, path: str) -> None:
         """Load a checkpoint file, or a run directory (its checkpoint plus metrics.jsonl
@@ -611,25 +658,23 @@ class Worker:
         if cfg["model"] == "nerf":
             s.update(pe=opts.get("pos_encoding", "pe") != "none", L_xyz=opts.get("L_xyz", 10),
                      L_dir=opts.get("L_dir", 4), n_coarse=opts.get("n_coarse", s["n_coarse"]),
-                     n_fine=opts.get("n_fine", s["n_fine"]))
-        rebuilt = False
-        t = self.trainers[0]
-        if len(self.trainers) == 1:
-            try:
-                load_into(ckpt, t)
-            except CheckpointError as exc:
-                if "differ" not in exc.problem and "model" not in exc.problem:
-                    raise
-                rebuilt = True
-        else:
-            rebuilt = True
-        if rebuilt:
-            try:
-                config = TrainConfig(**{**cfg, "device": str(self.device)})
-            except TypeError as exc:
-                raise CheckpointError(ckpt, f"checkpoint config does not match this version: {exc}") from None
-            t = _fed_trainer_class()(self.scene, config)
-            load_into(ckpt, t)
+                     n_fine=opts.get("n_fine", s["n_fine"]),
+                     # The rest of the architecture, so Reset / rebuilds keep the snapshot's network.
+                     arch={k: v for k, v in opts.items()
+                           if k not in ("pos_encoding", "L_xyz", "L_dir", "n_coarse", "n_fine")})
+        # The snapshot's own config (learning-rate schedule included: resuming a converged
+        # field at a fresh, 10x larger learning rate would undo it), on this device, at the
+        # GUI's batch size (a GPU run's batch would make each CPU step take seconds).
+        try:
+            config = TrainConfig(**{**cfg, "device": str(self.device), "batch_rays": int(s["batch_rays"])})
+        except TypeError as exc:
+            raise CheckpointError(ckpt, f"checkpoint config does not match this version: {exc}") from None
+        mine = dict(self.trainers[0].model.config)
+        rebuilt = cfg["model"] != self.trainers[0].config.model or any(
+            opts.get(k) != mine.get(k) for k in set(opts) | set(mine) if k not in ("n_coarse", "n_fine"))
+        t = _fed_trainer_class()(self.scene, config)
+        load_into(ckpt, t)
+        t.batch_rays = int(s["batch_rays"])
         self.settings = s
         self.trainers = [t]
         self._events_seen = [len(t.events)]

@@ -350,3 +350,22 @@ def test_same_camera_again_is_answered(worker):
     v2 = worker.set_camera(c2w, fov, moving=True)
     f = worker.wait_frame(lambda f: f.version >= v2, WAIT)
     assert f is not None and np.array_equal(f.c2w, c2w)
+
+
+def test_stop_interrupts_a_long_step():
+    """A step far longer than a second (huge batch) is aborted at the next forward pass."""
+    w = Worker(scene=make_sphere_scene(), settings=dict(TINY), device="cpu", threads=1).start()
+    steps_after(w, 1)
+    started = []
+
+    def slow(trainer):
+        started.append(1)
+        time.sleep(0.3)  # stands in for the forward pass of a large batch
+
+    w.call(lambda w_: setattr(w_.trainers[0], "fault_hook", slow))
+    w.send("settings", batch_rays=200_000)
+    end = time.monotonic() + WAIT
+    while not started and time.monotonic() < end:
+        time.sleep(0.01)
+    assert w.stop(timeout=1.0)
+    assert w.status()["state"] == "stopped" and w.status()["error"] is None
