@@ -1,0 +1,133 @@
+"""Orbit videos of a trained field: mp4 through imageio-ffmpeg, GIF without it.
+
+The camera circles the world +Z axis (Blender scenes) at a fixed elevation and
+radius, looking at the origin, with ``app.commands.render.orbit_pose`` — the
+same camera as ``main.py render --orbit``.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from app.checkpoint import atomic_write
+
+FFMPEG_EXT = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+MAX_SIZE = 4096
+MAX_FRAMES = 10000
+
+
+class Cancelled(Exception):
+    """progress() returned False: the video was abandoned and nothing was written."""
+
+
+def ffmpeg_exe() -> str | None:
+    """Path of the ffmpeg binary imageio-ffmpeg would use, or None when there is none."""
+    try:
+        import imageio_ffmpeg
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError, OSError):
+        return None
+
+
+def orbit_poses(frames: int, elevation: float, radius: float, start_azimuth: float = 0.0) -> np.ndarray:
+    """c2w (frames, 4, 4): one full turn, evenly spaced, the last frame one step before the first
+    so the video loops without a repeated frame."""
+    from app.commands.render import orbit_pose
+
+    az = start_azimuth + 360.0 * np.arange(frames) / frames
+    return np.stack([orbit_pose(a, elevation, radius) for a in az])
+
+
+def video_size(trainer, size: int | None) -> tuple[int, int]:
+    """(height, width): ``size`` is the width (default: the training width); the
+    aspect ratio is kept and both are rounded down to even numbers, because
+    H.264 in yuv420p needs even dimensions and imageio would otherwise rescale."""
+    w = int(size) if size else int(trainer.width)
+    h = max(2, int(round(w * trainer.height / trainer.width)))
+    return h - h % 2, w - w % 2
+
+
+def check_args(path: str, frames: int, fps: float, size: int | None, elevation: float,
+               radius: float | None) -> None:
+    ext = os.path.splitext(str(path))[1].lower()
+    if ext not in FFMPEG_EXT + (".gif",):
+        raise ValueError(f"{path}: unsupported video type {ext or '(none)'!r}; use .mp4 or .gif")
+    if not (1 <= int(frames) <= MAX_FRAMES):
+        raise ValueError(f"frames must be between 1 and {MAX_FRAMES}, got {frames}")
+    if not (0 < float(fps) <= 240):
+        raise ValueError(f"fps must be in (0, 240], got {fps}")
+    if size is not None and not (8 <= int(size) <= MAX_SIZE):
+        raise ValueError(f"size must be between 8 and {MAX_SIZE}, got {size}")
+    if not np.isfinite(elevation) or abs(elevation) >= 90:
+        raise ValueError(f"elevation must be strictly between -90 and 90 degrees, got {elevation}")
+    if radius is not None and not (np.isfinite(radius) and radius > 0):
+        raise ValueError(f"radius must be a positive number, got {radius}")
+
+
+def render_orbit_video(trainer, path: str, frames: int = 60, fps: float = 30, radius: float | None = None,
+                       elevation: float = 30, size: int | None = None, progress=None, log=print) -> str:
+    """Render ``frames`` views on an orbit and write them to ``path``; returns the path written.
+
+    path: .mp4 (or .mov/.mkv/.webm/.avi) is encoded with H.264 by imageio-ffmpeg;
+    if no ffmpeg binary is available the video is written as a GIF next to it
+    (same name, .gif) and ``log`` says so. .gif is written directly.
+    radius: camera distance from the origin (default: the farthest training camera's).
+    size: output width in pixels (default: the training width); aspect kept, rounded to even.
+    progress(done, total) is called after each frame; returning False cancels
+    (raises Cancelled; nothing is written). The file appears atomically.
+    """
+    check_args(path, frames, fps, size, elevation, radius)
+    scene = trainer.scene
+    if getattr(scene, "ndc", False):
+        raise ValueError("orbit videos need a 360-degree scene; this one is forward-facing (NDC)")
+    if radius is None:
+        radius = scene.scene_radius
+    h, w = video_size(trainer, size)
+    poses = orbit_poses(int(frames), float(elevation), float(radius))
+
+    def frames_iter():
+        from app.commands.render import to_uint8
+        for i, c2w in enumerate(poses):
+            img = to_uint8(trainer.render(c2w, h, w, keys=("rgb",))["rgb"].numpy())
+            if progress is not None and progress(i + 1, len(poses)) is False:
+                raise Cancelled(f"cancelled after {i + 1} of {len(poses)} frames")
+            yield img
+
+    path = str(path)
+    root, ext = os.path.splitext(path)
+    if ext.lower() in FFMPEG_EXT:
+        exe = ffmpeg_exe()
+        if exe is not None:
+            atomic_write(path, lambda tmp: _write_ffmpeg(tmp, frames_iter(), fps))
+            return path
+        path = root + ".gif"
+        if log:
+            log(f"warning: ffmpeg is not available (imageio-ffmpeg found no binary); "
+                f"writing a GIF instead: {path}")
+    atomic_write(path, lambda tmp: _write_gif(tmp, frames_iter(), fps))
+    return path
+
+
+def _write_ffmpeg(tmp: str, frames, fps: float) -> None:
+    import imageio.v2 as imageio
+
+    # Frames are streamed to ffmpeg, so memory does not grow with the frame count.
+    # The temporary file keeps the real extension (atomic_write's suffix), which is
+    # how ffmpeg picks the container.
+    writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                quality=8, pixelformat="yuv420p", macro_block_size=1,
+                                ffmpeg_log_level="error")
+    try:
+        for img in frames:
+            writer.append_data(img)
+    finally:
+        writer.close()
+
+
+def _write_gif(tmp: str, frames, fps: float) -> None:
+    import imageio.v3 as iio
+
+    stack = np.stack(list(frames))
+    # GIF frame times are whole centiseconds; loop=0 repeats forever.
+    iio.imwrite(tmp, stack, extension=".gif", duration=int(round(1000.0 / fps)), loop=0)
