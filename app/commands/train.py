@@ -117,6 +117,11 @@ def run(args) -> int:
         trainer = Trainer(scene, config)
     except ValueError as exc:
         raise UserError(f"invalid model settings: {exc}") from None
+    from app.faults import install_from_env
+    try:  # testing only: NERFLAB_FAULT=oom@3,nan@5 injects faults (see app/faults.py)
+        install_from_env(trainer)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     os.makedirs(args.out, exist_ok=True)
     ckpt = os.path.join(args.out, CKPT)
     if args.resume:
