@@ -351,8 +351,8 @@ class App:
             with dpg.plot(label="", height=150, width=w, tag="plot_w", no_menus=True, show=False,
                           no_box_select=True):
                 dpg.add_plot_legend(location=dpg.mvPlot_Location_NorthEast)
-                dpg.add_plot_axis(dpg.mvXAxis, label="depth t along the ray", tag="w_x", auto_fit=True)
-                with dpg.plot_axis(dpg.mvYAxis, label="weight", tag="w_y", auto_fit=True):
+                dpg.add_plot_axis(dpg.mvXAxis, label="depth t along the ray", tag="w_x")
+                with dpg.plot_axis(dpg.mvYAxis, label="weight", tag="w_y"):
                     dpg.add_stem_series([], [], label="coarse", tag="w_coarse")
                     dpg.add_line_series([], [], label="fine", tag="w_fine")
             dpg.bind_item_theme("plot_w", self.plot_theme)
@@ -432,12 +432,14 @@ class App:
         except Exception as exc:  # noqa: BLE001
             self.lab_error = f"2D lab failed to import: {exc}"
             return
-        with dpg.tab(label="  2D lab  ", tag="tab_lab") as tab:
+        with dpg.tab(label="  2D lab  ", tag="tab_lab"):
+            # A fixed-height pane keeps the status line visible under the lab's content.
+            pane = dpg.add_child_window(tag="lab_pane", height=600, border=False)
             try:
-                self.lab = lab.build_lab_tab(tab)
+                self.lab = lab.build_lab_tab(pane)
             except Exception as exc:  # noqa: BLE001 - a broken tab must not take the app down
                 self.lab_error = f"2D lab failed to build: {exc}"
-                dpg.add_text(self.lab_error, color=ERROR)
+                dpg.add_text(self.lab_error, color=ERROR, parent=pane)
 
     # -- callbacks ---------------------------------------------------------------------------------
     def _settings(self, **kw):
@@ -637,8 +639,13 @@ class App:
             dpg.set_value("probe_line", r["unavailable"])
             return
         dpg.set_value("w_coarse", [r["t_coarse"].tolist(), r["w_coarse"].tolist()])
+        top = float(r["w_coarse"].max(initial=0.0))
         if "t_fine" in r:
             dpg.set_value("w_fine", [r["t_fine"].tolist(), r["w_fine"].tolist()])
+            top = max(top, float(r["w_fine"].max(initial=0.0)))
+        # Fixed ranges: the whole ray segment, and the tallest weight (auto-fit lags a frame).
+        dpg.set_axis_limits("w_x", float(self.info["near"]), float(self.info["far"]))
+        dpg.set_axis_limits("w_y", 0.0, max(top * 1.15, 1e-3))
         dpg.set_value("probe_line", f"{'AB'[r['index']] if self._compare_on() else ''} pixel ({r['u']:.2f}, "
                                     f"{r['v']:.2f}): depth {r['depth']:.2f}, opacity {r['acc']:.2f}; "
                                     f"coarse {len(r['t_coarse'])} / fine {len(r.get('t_fine', []))} samples")
@@ -817,6 +824,8 @@ class App:
         for tag in ("plot_loss", "plot_psnr"):
             dpg.configure_item(tag, width=(panel_w - 40) // 2)
         dpg.configure_item("plot_w", width=panel_w - 32)
+        if dpg.does_item_exist("lab_pane"):
+            dpg.configure_item("lab_pane", height=content_h)
         self._update_overlay()
 
     # -- automation ------------------------------------------------------------------------------------
