@@ -98,6 +98,8 @@ def load_transforms(json_path: str, downscale: int = 1, white_bkgd: bool = True)
         raise DataError(json_path, "missing 'camera_angle_x' (or instant-ngp 'fl_x')")
     if downscale < 1:
         raise DataError(json_path, f"downscale must be >= 1, got {downscale}")
+    if downscale > min(h, w):
+        raise DataError(json_path, f"downscale {downscale} would leave no pixels of the {w}x{h} images")
     images = [resize_area(im, downscale) for im in images]
     return Split(np.stack(images).astype(np.float32), np.stack(poses), focal / downscale, names)
 

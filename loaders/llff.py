@@ -78,6 +78,8 @@ def load_llff(root: str, downscale: int = 1, ndc: bool = True, holdout_every: in
     for f in files:
         p = os.path.join(img_dir, f)
         img = read_image(p)[..., :3]
+        if not 1 <= downscale <= min(img.shape[:2]):
+            raise DataError(p, f"downscale {downscale} must be between 1 and the image size {img.shape[1]}x{img.shape[0]}")
         if images and img.shape != images[0].shape:
             raise DataError(p, f"image size {img.shape[1]}x{img.shape[0]} differs from "
                                f"{images[0].shape[1]}x{images[0].shape[0]}")
