@@ -120,6 +120,10 @@ def load_into(path: str, trainer, optimizer: bool = True) -> dict:
         raise CheckpointError(path, "checkpoint model options differ from this run's: " + ", ".join(
             f"{k}={saved_opts.get(k)!r} (here {mine.get(k)!r})" for k in diff))
     state = _model_state(tensors)
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:  # a field with NaN weights renders garbage everywhere: refuse it, naming the tensors
+        raise CheckpointError(path, "weights contain NaN or infinity: " + ", ".join(bad[:3])
+                              + (", ..." if len(bad) > 3 else ""))
     try:
         trainer.model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -33,6 +33,31 @@ class UserError(Exception):
     """An error whose message is the whole story for the user (no traceback)."""
 
 
+def check_device(name: str) -> None:
+    """A --device value must name a device this machine has; 'auto' always does.
+    Checked once here so no command dies in torch with a traceback instead."""
+    if name == "auto":
+        return
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device: unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise UserError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
+        if dev.index is not None and dev.index >= n:
+            raise UserError(f"--device {name}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+        return
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return
+    raise UserError(f"--device {name}: unsupported device type '{dev.type}' (use auto, cpu or cuda)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="main.py", description="NeRF Lab: watch and use neural radiance fields.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     from loaders.scene import DataError
 
     try:
+        if isinstance(getattr(args, "device", None), str):
+            check_device(args.device)
         return int(args._run(args) or 0)
     except (DataError, CheckpointError, UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)

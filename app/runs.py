@@ -26,7 +26,8 @@ def write_json(path: str, obj) -> None:
 def read_run(run_dir: str) -> dict:
     p = os.path.join(run_dir, "run.json")
     if not os.path.isdir(run_dir):
-        raise CheckpointError(run_dir, "run directory does not exist")
+        raise CheckpointError(run_dir, "is not a directory (a run directory is expected)"
+                              if os.path.exists(run_dir) else "run directory does not exist")
     try:
         with open(p, encoding="utf-8") as f:
             info = json.load(f)

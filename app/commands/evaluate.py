@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from app.cli import UserError
 from app.runs import load_run, write_json
 
 
@@ -24,6 +25,8 @@ def report(res: dict) -> None:
 def run(args) -> int:
     from tqdm import tqdm
 
+    if args.max_images is not None and args.max_images < 1:
+        raise UserError(f"--max-images must be >= 1, got {args.max_images}")
     trainer, _, _ = load_run(args.run_dir, args.device)
     res = trainer.evaluate(args.split, args.max_images, progress=lambda it: tqdm(it, desc="eval", unit="view"))
     report(res)

@@ -71,8 +71,13 @@ def colorize_depth(depth: np.ndarray, acc: np.ndarray, near: float, far: float) 
 
 
 def run(args) -> int:
+    import os
+
     import imageio.v3 as iio
 
+    for flag, path in (("--out", args.out), ("--depth-out", args.depth_out), ("--acc-out", args.acc_out)):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise UserError(f"{flag}: the folder of {path} does not exist")
     trainer, scene, _ = load_run(args.run_dir, args.device)
     if args.pose:
         c2w = parse_pose(args.pose)

@@ -97,6 +97,14 @@ def run(args) -> int:
     from app.trainer import TrainConfig, Trainer, pick_device
     from loaders import load_scene
 
+    # Upper bounds far past any machine this app targets: on a CPU an allocation that
+    # large may be granted lazily and end in the kernel's OOM killer, not in an error.
+    for flag, value, most in (("--batch", args.batch, 1 << 20), ("--width", args.width, 4096),
+                              ("--n-coarse", args.n_coarse, 4096), ("--n-fine", args.n_fine, 4096)):
+        if value is not None and value > most:
+            raise UserError(f"{flag} must be at most {most}, got {value}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out}: exists and is not a directory")
     device = pick_device(args.device)
     cuda = device.type == "cuda"
     if os.path.exists(os.path.join(args.out, CKPT)) and not args.resume:
