@@ -134,6 +134,7 @@ class App:
 
         self.dpg = dpg
         self.args = args
+
         self.quit = False
         self.stats_out = sys.stdout
         self.worker = Worker(data=args.data, settings=settings, device=args.device,
@@ -285,7 +286,10 @@ class App:
             dpg.draw_image("render_tex", (0, 0), (TEX, TEX), tag="view_img")
             dpg.draw_text((12, 10), "", tag="lbl_a", size=18, color=COLOR_A)
             dpg.draw_text((12, 10), "", tag="lbl_b", size=18, color=COLOR_B)
-            dpg.draw_text((12, TEX - 26), "", tag="lbl_level", size=15, color=(200, 204, 210))
+            # A translucent plate keeps the caption readable on white backgrounds.
+            dpg.draw_rectangle((0, 0), (0, 0), tag="lbl_plate", fill=(15, 17, 21, 170), color=(0, 0, 0, 0),
+                               rounding=4)
+            dpg.draw_text((12, TEX - 26), "", tag="lbl_level", size=15, color=(220, 224, 230))
             dpg.draw_text((TEX / 2 - 150, TEX / 2 - 10), "loading scene and model...", tag="lbl_center",
                           size=20, color=(200, 204, 210))
             dpg.draw_circle((0, 0), 7, tag="probe_ring", color=(255, 255, 255, 230), thickness=2, show=False)
@@ -319,7 +323,7 @@ class App:
                         dpg.add_plot_axis(dpg.mvXAxis, label="step", tag=f"{tag}_x", auto_fit=True)
                         with dpg.plot_axis(dpg.mvYAxis, label=ylabel, tag=f"{tag}_y", auto_fit=True, scale=scale):
                             dpg.add_line_series([], [], label="train", tag=f"{tag}_a")
-                            dpg.add_line_series([], [], label=label + " B", tag=f"{tag}_b", show=False)
+                            dpg.add_line_series([], [], label="B", tag=f"{tag}_b", show=False)
                     dpg.bind_item_theme(f"plot_{tag}", self.plot_theme)
                     dpg.bind_item_theme(f"{tag}_a", self.series_theme["a"])
                     dpg.bind_item_theme(f"{tag}_b", self.series_theme["b"])
@@ -382,7 +386,7 @@ class App:
             self._slider_int("L_xyz_b", "B's L position", 0, 16, 4, rebuild=True)
         # Tools
         with self._header("Tools", open_=False):
-            dpg.add_input_text(label="output folder", default_value=os.path.abspath("nerflab_out"),
+            dpg.add_input_text(label="output folder", default_value=os.path.abspath(os.path.join("runs", "gui")),
                                tag="out_dir", width=300)
             with dpg.group(horizontal=True):
                 self._tool_button("Save snapshot", "btn_save", True, lambda: self._tool("save"))
@@ -701,7 +705,10 @@ class App:
             inf = f.info
             level = (f"iNeRF step {inf.get('step', 0)}: rotation error {inf.get('rot_err_deg', float('nan')):.2f} deg, "
                      f"loss {inf.get('loss', float('nan')):.4f}")
-        dpg.configure_item("lbl_level", text=f"{level}   step {f.step}", pos=(8, min(y + rh, self.disp_size) - 24))
+        caption = f"{level}   step {f.step}"
+        cy = min(y + rh, self.disp_size) - 26
+        dpg.configure_item("lbl_level", text=caption, pos=(12, cy + 2))
+        dpg.configure_item("lbl_plate", pmin=(6, cy), pmax=(18 + 7.6 * len(caption), cy + 22))
 
     def _update_metrics(self):
         dpg = self.dpg
