@@ -216,6 +216,9 @@ def export_mesh(trainer_or_model, path: str, res: int = 256, threshold: float | 
     surface at that level.
     """
     model = _model_of(trainer_or_model)
+    if getattr(getattr(trainer_or_model, "scene", None), "ndc", False):
+        raise ValueError("mesh export needs a 360-degree scene: a forward-facing (NDC) field's "
+                         "coordinates are warped, so a box in them is not a box in the world")
     if threshold is None:
         threshold = DEFAULT_THRESHOLD
         if log:

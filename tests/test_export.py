@@ -169,6 +169,16 @@ def test_nan_density_is_a_clear_error(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_forward_facing_runs_are_refused(tmp_path):
+    from tests.conftest import make_trainer
+
+    tr = make_trainer()
+    tr.scene.ndc = True
+    with pytest.raises(ValueError, match="NDC"):
+        export_mesh(tr, str(tmp_path / "f.ply"), res=8)
+    assert os.listdir(tmp_path) == []
+
+
 def test_write_ply_rejects_bad_indices(tmp_path):
     with pytest.raises(ValueError, match="out of range"):
         write_ply(str(tmp_path / "x.ply"), np.zeros((3, 3), np.float32), np.array([[0, 1, 3]]))

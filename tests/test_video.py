@@ -152,3 +152,13 @@ def test_cli_bad_values(tmp_path, capsys, args, word):
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and word in lines[0] and "Traceback" not in err, err
     assert os.listdir(tmp_path) == []
+
+
+def test_forward_facing_runs_are_refused(tmp_path):
+    from tests.conftest import make_trainer
+
+    tr = make_trainer()
+    tr.scene.ndc = True
+    with pytest.raises(ValueError, match="forward-facing"):
+        render_orbit_video(tr, str(tmp_path / "f.mp4"), frames=2, size=16)
+    assert os.listdir(tmp_path) == []
