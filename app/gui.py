@@ -780,11 +780,11 @@ class App:
         dpg.configure_item("st_note", color=ERROR if level == "error" else WARN if level == "warn"
                            else (170, 176, 186))
         lm = st.get("last_metrics") or {}
-        line = ""
+        line = f"{st['steps_per_s']:.1f} steps/s"
         if lm:
-            line = f"PSNR {lm['psnr']:.2f} dB"
+            line += f"   PSNR {lm['psnr']:.2f} dB"
             if "psnr_b" in lm:
-                line = f"PSNR A {lm['psnr']:.2f} / B {lm['psnr_b']:.2f} dB"
+                line = f"{st['steps_per_s']:.1f} steps/s   PSNR A {lm['psnr']:.2f} / B {lm['psnr_b']:.2f}"
         dpg.set_value("train_line", line)
         dpg.set_value("model_line", f"{st.get('model_desc', '')}  |  render {st.get('render', '')}")
         if self.camera:

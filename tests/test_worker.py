@@ -369,3 +369,37 @@ def test_stop_interrupts_a_long_step():
         time.sleep(0.01)
     assert w.stop(timeout=1.0)
     assert w.status()["state"] == "stopped" and w.status()["error"] is None
+
+
+def test_tool_hooks_run_on_the_worker_thread(worker, monkeypatch, tmp_path):
+    """Export mesh / orbit video are called as their authors specify, on the worker thread,
+    with their log lines routed into notes; a failing tool is an error note, not a crash."""
+    import threading
+
+    calls = []
+
+    def export_mesh(trainer, path, res=256, log=print):
+        calls.append(("mesh", threading.current_thread().name, path, res))
+        log("threshold: 10 (default)")
+        return {"vertices": 10, "faces": 12, "path": path}
+
+    def render_orbit_video(trainer, path, frames=60):
+        calls.append(("video", threading.current_thread().name, path, frames))
+        if path.endswith(".bad"):
+            raise ValueError(f"{path}: unsupported extension")
+        return path
+
+    monkeypatch.setitem(sys.modules, "app.export", types.SimpleNamespace(export_mesh=export_mesh))
+    monkeypatch.setitem(sys.modules, "app.video", types.SimpleNamespace(render_orbit_video=render_orbit_video))
+    steps_after(worker, 1)
+    worker.send("export_mesh", path=str(tmp_path / "m.ply"))
+    notes = notes_until(worker, lambda n: "mesh exported" in n[1])
+    assert any(n[1] == "threshold: 10 (default)" for n in notes)
+    assert any("vertices=10" in n[1] and "faces=12" in n[1] for n in notes)
+    worker.send("video", path=str(tmp_path / "o.mp4"))
+    notes_until(worker, lambda n: "orbit video written" in n[1])
+    assert calls[0] == ("mesh", "nerf-worker", str(tmp_path / "m.ply"), 128)
+    assert calls[1] == ("video", "nerf-worker", str(tmp_path / "o.mp4"), 60)
+    worker.send("video", path=str(tmp_path / "o.bad"))
+    notes = notes_until(worker, lambda n: n[0] == "error")
+    assert any("unsupported extension" in n[1] for n in notes) and worker.alive
