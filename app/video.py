@@ -102,11 +102,24 @@ def render_orbit_video(trainer, path: str, frames: int = 60, fps: float = 30, ra
             atomic_write(path, lambda tmp: _write_ffmpeg(tmp, frames_iter(), fps))
             return path
         path = root + ".gif"
+        _check_gif_memory(len(poses), h, w)
         if log:
             log(f"warning: ffmpeg is not available (imageio-ffmpeg found no binary); "
                 f"writing a GIF instead: {path}")
+    _check_gif_memory(len(poses), h, w)
     atomic_write(path, lambda tmp: _write_gif(tmp, frames_iter(), fps))
     return path
+
+
+GIF_MAX_BYTES = 2 ** 31
+
+
+def _check_gif_memory(frames: int, h: int, w: int) -> None:
+    """The GIF writer holds every frame in memory (unlike ffmpeg): refuse before rendering."""
+    need = frames * h * w * 3
+    if need > GIF_MAX_BYTES:
+        raise ValueError(f"a GIF of {frames} frames at {w}x{h} needs {need / 2**30:.1f} GiB of memory "
+                         f"(limit {GIF_MAX_BYTES / 2**30:.0f}); use fewer frames, a smaller size, or mp4 with ffmpeg")
 
 
 def _write_ffmpeg(tmp: str, frames, fps: float) -> None:

@@ -162,3 +162,15 @@ def test_forward_facing_runs_are_refused(tmp_path):
     with pytest.raises(ValueError, match="forward-facing"):
         render_orbit_video(tr, str(tmp_path / "f.mp4"), frames=2, size=16)
     assert os.listdir(tmp_path) == []
+
+
+def test_huge_gif_is_refused_before_rendering(demo, tmp_path, monkeypatch):
+    import app.video
+
+    monkeypatch.setattr(app.video, "ffmpeg_exe", lambda: None)
+    monkeypatch.setattr(demo, "render", lambda *a, **k: pytest.fail("rendered a frame"))
+    with pytest.raises(ValueError, match="GiB of memory"):
+        render_orbit_video(demo, str(tmp_path / "v.mp4"), frames=5000, size=512, log=None)
+    with pytest.raises(ValueError, match="GiB of memory"):
+        render_orbit_video(demo, str(tmp_path / "v.gif"), frames=5000, size=512)
+    assert os.listdir(tmp_path) == []
