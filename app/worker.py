@@ -940,18 +940,20 @@ class Worker:
 
     # -- iNeRF demo ---------------------------------------------------------------------------------
     def _inerf_start(self, view: int, steps) -> None:
-        from app.inerf import InvertPose
+        import app.inerf as inerf
 
         sp = self.scene.split("test") if "test" in self.scene.splits else self.scene.split("train")
         view = view % len(sp)
         truth = sp.c2w[view].astype(np.float64)
-        init = perturb_pose(truth, rot_deg=10.0, trans=0.2 * self.scene.scene_radius / 4.0, seed=view)
-        inv = InvertPose(self.trainers[0], sp.images[view], init.astype(np.float32))
-        self._inerf = {"inv": inv, "truth": truth, "target": sp.images[view], "i": 0,
+        # Prefer the iNeRF module's own pose helpers (same maths as its CLI) when it has them.
+        perturb = getattr(inerf, "perturb_pose", perturb_pose)
+        init = perturb(truth, 10.0, 0.2 * self.scene.scene_radius / 4.0, seed=view)
+        inv = inerf.InvertPose(self.trainers[0], sp.images[view], init.astype(np.float32))
+        self._inerf = {"inv": inv, "rot_err": getattr(inerf, "rotation_error_deg", rotation_error_deg), "truth": truth, "target": sp.images[view], "i": 0,
                        "steps": int(steps), "was_training": self.training, "c2w": init, "view": view}
         self.training = False
-        self._note("info", f"iNeRF: recovering the pose of test view {view} from a start 10 deg / "
-                           f"{0.2 * self.scene.scene_radius / 4.0:.2f} away; training paused")
+        self._note("info", f"iNeRF: recovering the pose of test view {view} from a start perturbed by 10 deg "
+                           f"and {0.2 * self.scene.scene_radius / 4.0:.2f} units; training paused")
         self._inerf_show()
 
     def _inerf_iteration(self) -> None:
@@ -962,7 +964,7 @@ class Worker:
         st["c2w"] = c2w
         rot = res.get("rot_err_deg")
         if rot is None:
-            rot = rotation_error_deg(c2w, st["truth"])
+            rot = st["rot_err"](c2w, st["truth"])
         st["last"] = {"step": st["i"], "loss": float(res.get("loss", float("nan"))), "rot_err_deg": float(rot),
                       "trans_err": float(np.linalg.norm(c2w[:3, 3] - st["truth"][:3, 3]))}
         self._set_status(inerf=dict(st["last"]))
