@@ -51,6 +51,16 @@ def psnr_from_mse(mse: float) -> float:
     return float("inf") if mse <= 0 else -10.0 * math.log10(mse)
 
 
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """True when no tensor holds NaN or infinity, with one device sync for the whole list
+    (a per-tensor check stalls the GPU once per parameter tensor, every step).
+    0 * x is 0 for finite x and NaN otherwise, so the summed norms are finite iff all are."""
+    if not tensors:
+        return True
+    zeros = torch._foreach_mul(tensors, 0.0)
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(zeros)).sum()).item())
+
+
 def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
@@ -154,8 +164,8 @@ class Trainer:
                 return self._skip(f"step {self.step_count}: loss is {loss.item()}, update skipped")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grads_ok = all(p.grad is None or torch.isfinite(p.grad).all()
-                           for g in self.optimizer.param_groups for p in g["params"])
+            grads_ok = all_finite([p.grad for g in self.optimizer.param_groups for p in g["params"]
+                                   if p.grad is not None])
             if not grads_ok:
                 self.optimizer.zero_grad(set_to_none=True)
                 return self._skip(f"step {self.step_count}: non-finite gradient, update skipped")

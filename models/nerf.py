@@ -65,12 +65,27 @@ class NeRFField(nn.Module):
         return self._sigma(raw), rgb
 
 
-def _query(field: NeRFField, rays_o, rays_d, t, sigma_noise: float):
-    """Evaluate a field at depths t (R, S); returns sigma (R, S), rgb (R, S, 3)."""
+def _query(field: NeRFField, rays_o, rays_d, t, sigma_noise: float, occ=None):
+    """Evaluate a field at depths t (R, S); returns sigma (R, S), rgb (R, S, 3).
+
+    occ: optional (occupancy (res^3,) uint8, bound, res). Samples in empty cells (or
+    outside the cube) are not evaluated: sigma = 0, rgb = 0, which composites to
+    the same image wherever the grid is right, with far fewer network evaluations.
+    """
     n_rays, n_samples = t.shape
     pts = rays_o[:, None, :] + rays_d[:, None, :] * t[..., None]
     viewdirs = F.normalize(rays_d, dim=-1)[:, None, :].expand(n_rays, n_samples, 3)
-    sigma, rgb = field(pts.reshape(-1, 3), viewdirs.reshape(-1, 3), sigma_noise)
+    if occ is None:
+        sigma, rgb = field(pts.reshape(-1, 3), viewdirs.reshape(-1, 3), sigma_noise)
+        return sigma.view(n_rays, n_samples), rgb.view(n_rays, n_samples, 3)
+    from renderer.occupancy import cell_index
+    grid, bound, res = occ
+    flat = pts.reshape(-1, 3)
+    keep = (flat.abs() <= bound).all(-1) & (grid[cell_index(flat, bound, res)] != 0)
+    idx = keep.nonzero().squeeze(1)
+    s_k, rgb_k = field(flat[idx], viewdirs.reshape(-1, 3)[idx], sigma_noise)
+    sigma = torch.zeros(flat.shape[0], device=flat.device).index_copy(0, idx, s_k.float())
+    rgb = torch.zeros(flat.shape[0], 3, device=flat.device).index_copy(0, idx, rgb_k.float())
     return sigma.view(n_rays, n_samples), rgb.view(n_rays, n_samples, 3)
 
 
@@ -79,14 +94,19 @@ class NeRFModel(nn.Module):
 
     config keys: pos_encoding ('pe'|'none'|'gaussian'|'basic'), L_xyz, L_dir,
     use_pe_dir, width, depth, dir_width, n_coarse, n_fine, sigma_scale (Fourier
-    features), n_features, density_activation, fine (bool: train a fine network).
+    features), n_features, density_activation, fine (bool: train a fine network),
+    occupancy_res (None: off; e.g. 64: skip samples in cells of a res^3 occupancy grid over
+    [-occupancy_bound, occupancy_bound]^3 (default 1.5) that the network finds empty; the
+    grid is refreshed by step_hook, used from step OCC_WARMUP on, and not saved).
     """
 
     kind = "nerf"
+    OCC_WARMUP = 256  # training steps before the grid is trusted to skip samples
 
     DEFAULTS = dict(pos_encoding="pe", L_xyz=10, L_dir=4, width=256, depth=8, dir_width=128,
                     skips=[4], n_coarse=64, n_fine=128, fine=True, sigma_scale=10.0,
-                    n_features=256, density_activation="relu", raw_noise_std=0.0, seed=0)
+                    n_features=256, density_activation="relu", raw_noise_std=0.0, seed=0,
+                    occupancy_res=None, occupancy_bound=None)
 
     def __init__(self, **config):
         super().__init__()
@@ -101,6 +121,14 @@ class NeRFModel(nn.Module):
             raise ValueError(f"need n_coarse >= 2 and n_fine >= 0, got {c['n_coarse']}, {c['n_fine']}")
         self.coarse = self._make_field()
         self.fine_field = self._make_field() if c["fine"] else None
+        self._occ_active = False
+        if c["occupancy_res"] is not None:
+            if not (8 <= int(c["occupancy_res"]) <= 256):
+                raise ValueError(f"occupancy_res must be in 8..256, got {c['occupancy_res']}")
+            cells = int(c["occupancy_res"]) ** 3
+            # Not persistent: checkpoints keep their layout; a loaded model re-learns the grid.
+            self.register_buffer("density_grid", torch.zeros(cells), persistent=False)
+            self.register_buffer("occupancy", torch.ones(cells, dtype=torch.uint8), persistent=False)
 
     def _make_field(self) -> NeRFField:
         c = self.config
@@ -138,21 +166,52 @@ class NeRFModel(nn.Module):
         coarse/fine depths and weights (for the GUI's weight inspector)."""
         c = self.config
         noise = c["raw_noise_std"] if train else 0.0
+        occ = self._occ_args() if self._occ_active else None
         t_c = stratified_samples(near, far, rays_o.shape[0], c["n_coarse"], perturb=train,
                                  device=rays_o.device)
-        sig, rgb = _query(self.coarse, rays_o, rays_d, t_c, noise)
+        sig, rgb = _query(self.coarse, rays_o, rays_d, t_c, noise, occ)
         out_c = composite(sig, rgb, t_c, rays_d, background)
         result = {"rgb_coarse": out_c["rgb"], "depth_coarse": out_c["depth"], "acc_coarse": out_c["acc"],
                   "t_coarse": t_c, "weights_coarse": out_c["weights"]}
         if c["n_fine"] > 0:
             t_f = hierarchical_samples(t_c, out_c["weights"], c["n_fine"], deterministic=not train)
-            sig, rgb = _query(self.fine, rays_o, rays_d, t_f, noise)
+            sig, rgb = _query(self.fine, rays_o, rays_d, t_f, noise, occ)
             out_f = composite(sig, rgb, t_f, rays_d, background)
             result.update(rgb=out_f["rgb"], depth=out_f["depth"], acc=out_f["acc"], t_fine=t_f,
                           weights_fine=out_f["weights"])
         else:
             result.update(rgb=out_c["rgb"], depth=out_c["depth"], acc=out_c["acc"])
         return result
+
+    # -- optional occupancy grid ----------------------------------------------------------
+    def _occ_args(self):
+        c = self.config
+        return self.occupancy, float(c["occupancy_bound"] or 1.5), int(c["occupancy_res"])
+
+    def step_hook(self, step: int, trainer) -> None:
+        """Refresh the occupancy grid (only with occupancy_res): every step at first, every
+        16 steps from step 256 on, decay compounded over the interval (instant-ngp's rule)."""
+        if self.config["occupancy_res"] is None:
+            return
+        interval = min(max(step // 16, 1), 16)
+        if step % interval == 0:
+            self.update_grid(decay=0.95 ** interval)
+        if step >= self.OCC_WARMUP:
+            self._occ_active = True
+
+    @torch.no_grad()
+    def update_grid(self, decay: float = 0.95, chunk: int = 1 << 18) -> None:
+        """Density of the finest network at one random point per cell, decay-max, threshold."""
+        from renderer import occupancy as oc
+        grid, bound, res = self._occ_args()
+        idx = torch.arange(res ** 3, device=self.density_grid.device)
+        pts = oc.random_points_in_cells(idx, res, bound)
+        with torch.autocast(pts.device.type, dtype=torch.bfloat16, enabled=pts.is_cuda):
+            sigma = torch.cat([self.density(pts[a:a + chunk]).float() for a in range(0, pts.shape[0], chunk)])
+        self.density_grid.copy_(oc.ema_update(self.density_grid, idx, sigma, decay))
+        # Threshold: a cell-long step through it would absorb 1% of the light, or the mean density.
+        thr = oc.occupancy_threshold(self.density_grid, 2.0 * bound / res)
+        self.occupancy.copy_(oc.occupied(self.density_grid, thr))
 
     def loss_terms(self, out: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Photometric losses; the coarse term trains the network that places fine samples."""

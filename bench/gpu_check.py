@@ -1,0 +1,180 @@
+"""Kernel checks and a step profile on the GPU (one device call).
+
+    python bench/gpu_check.py --data .data/lego            # equality + timings + profile
+    python bench/gpu_check.py --small --no-profile         # CPU smoke (TRITON_INTERPRET=1)
+
+1. Triton marching vs the torch reference on fresh random rays and grid: the
+   fraction of identical samples (fp fusion is off, so expect all) and times.
+2. Triton hash encoding forward/backward vs torch: max |diff| relative to the
+   reference's max, and times (median of do_bench-style repeats).
+3. torch.profiler over a few hash and NeRF training steps on a real scene after
+   a warm-up: top ops by device time and the CPU time per step, to see where a
+   step goes (kernels, launches, syncs).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def timeit(fn, n=20):
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    ts = []
+    for _ in range(n):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t0)
+    ts.sort()
+    return ts[len(ts) // 2] * 1e3
+
+
+def check_march(dev, n_rays, res, steps):
+    from renderer import occupancy as oc
+    from renderer.kernels.march import march_rays_triton
+    g = torch.Generator(device="cpu").manual_seed(int(time.time()) % 1000)
+    o = torch.randn(n_rays, 3, generator=g)
+    o = o / o.norm(dim=-1, keepdim=True) * 4
+    d = torch.rand(n_rays, 3, generator=g) * 2.4 - 1.2 - o
+    d = d / d.norm(dim=-1, keepdim=True)
+    o, d = o.to(dev), d.to(dev)
+    s0, s1 = oc.ray_aabb(o, d, 1.5)
+    occ = (torch.rand(res ** 3, generator=g) < 0.2).to(torch.uint8).to(dev)
+    j = torch.rand(n_rays, generator=g).to(dev)
+    dt = oc.step_size(1.5, steps)
+    a = oc.march_rays_torch(o, d, s0, s1, occ, 1.5, res, dt, steps, j)
+    b = march_rays_triton(o, d, s0, s1, occ, 1.5, res, dt, steps, j)
+    same_counts = (a["counts"] == b["counts"]).float().mean().item()
+    n = min(a["s"].numel(), b["s"].numel())
+    same_s = (a["s"][:n] == b["s"][:n]).float().mean().item() if n else 1.0
+    log(f"march: {n_rays} rays, {a['s'].numel()} vs {b['s'].numel()} samples; rays with equal counts "
+        f"{same_counts:.6f}; equal s {same_s:.6f}")
+    ta = timeit(lambda: oc.march_rays_torch(o, d, s0, s1, occ, 1.5, res, dt, steps, j), 5)
+    tb = timeit(lambda: march_rays_triton(o, d, s0, s1, occ, 1.5, res, dt, steps, j), 20)
+    log(f"march time: torch {ta:.2f} ms, triton {tb:.2f} ms")
+
+
+def check_hash(dev, n, log2):
+    from models.hashgrid import HashEncoding, hash_encode_torch
+    from models.kernels.hash_encode import hash_encode_triton
+    enc = HashEncoding(log2_hashmap_size=log2).to(dev)
+    with torch.no_grad():
+        enc.table.normal_()
+    x = torch.rand(n, 3, device=dev)
+    a = hash_encode_torch(x, enc.table, enc.resolutions, enc.offsets, enc.dense, log2)
+    b = hash_encode_triton(x, enc.table, enc.res_t, enc.off_t, enc.dense_t, log2)
+    w = torch.randn_like(a)
+    ga, = torch.autograd.grad((a * w).sum(), enc.table)
+    gb, = torch.autograd.grad((b * w).sum(), enc.table)
+    log(f"hash fwd: rel max diff {((a - b).abs().max() / a.abs().max()).item():.2e}; "
+        f"bwd rel max diff {((ga - gb).abs().max() / ga.abs().max()).item():.2e}; nan {bool(b.isnan().any())}")
+    xt = x.clone()
+
+    def fwd_t():
+        return hash_encode_triton(xt, enc.table, enc.res_t, enc.off_t, enc.dense_t, log2)
+
+    def fb_t():
+        out = hash_encode_triton(xt, enc.table, enc.res_t, enc.off_t, enc.dense_t, log2)
+        torch.autograd.grad(out, enc.table, w)
+
+    def fb_ref():
+        out = hash_encode_torch(xt, enc.table, enc.resolutions, enc.offsets, enc.dense, log2)
+        torch.autograd.grad(out, enc.table, w)
+    with torch.no_grad():
+        tf = timeit(fwd_t)
+    log(f"hash time ({n} pts): triton fwd {tf:.2f} ms, fwd+bwd {timeit(fb_t):.2f} ms; "
+        f"torch fwd+bwd {timeit(fb_ref, 3):.2f} ms")
+
+
+def profile(kind, data, steps_warm, steps_prof, autocast, batch):
+    from torch.profiler import ProfilerActivity, profile as tprof
+    from app.trainer import TrainConfig, Trainer
+    from loaders import load_scene
+    scene = load_scene(data)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    if kind == "hash":
+        cfg = TrainConfig(model="hash", batch_rays=4096, lr=1e-2, lr_final=1e-3, lr_decay_steps=30000,
+                          autocast=autocast)
+    else:
+        cfg = TrainConfig(model="nerf", model_options=dict(width=256, depth=8, n_coarse=64, n_fine=128,
+                                                           occupancy_res=64),
+                          batch_rays=batch, lr=5e-4, lr_final=5e-5, lr_decay_steps=100000, autocast=True)
+    tr = Trainer(scene, cfg)
+    t0 = time.perf_counter()
+    for _ in range(steps_warm):
+        tr.step()
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    log(f"{kind}: warm-up {steps_warm} steps in {dt:.1f} s ({steps_warm / dt:.1f} steps/s incl. compile)")
+    t0 = time.perf_counter()
+    for _ in range(50):
+        tr.step()
+    dt = time.perf_counter() - t0
+    extra = f", last batch {tr.model._last_batch}" if kind == "hash" else ""
+    log(f"{kind}: {50 / dt:.1f} steps/s (steady, batch {tr.batch_rays}{extra})")
+    with tprof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps_prof):
+            tr.step()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) / steps_prof * 1e3
+    ka = prof.key_averages()
+    cuda_total = sum(e.self_device_time_total for e in ka) / steps_prof / 1e3
+    log(f"{kind}: profiled {wall:.2f} ms/step wall; device busy {cuda_total:.2f} ms/step; "
+        f"kernels/step {sum(e.count for e in ka if e.device_type.name == 'CUDA') / steps_prof:.0f}")
+    log(ka.table(sort_by="self_cuda_time_total", row_limit=22, max_name_column_width=60))
+    if kind == "hash":
+        m = tr.model
+        c2w = scene.split("test").c2w[0]
+        for chunk in (65536, 1 << 20):
+            ms = timeit(lambda: tr.render(c2w, 800, 800, keys=("rgb",), chunk=chunk), 3)
+            log(f"hash render 800x800 chunk {chunk}: {ms:.1f} ms; occupied {m.occupancy.float().mean():.3f}")
+        with tprof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            tr.render(c2w, 800, 800, keys=("rgb",), chunk=1 << 20)
+            torch.cuda.synchronize()
+        log(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15, max_name_column_width=60))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", default=os.path.join(ROOT, "assets", "scene"))
+    p.add_argument("--small", action="store_true")
+    p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--nerf-batch", type=int, default=8192)
+    a = p.parse_args()
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if a.small:
+        check_march(dev, 64, 16, 128)
+        check_hash(dev, 500, 12)
+    else:
+        check_march(dev, 16384, 128, 1024)
+        check_hash(dev, 1 << 18, 19)
+    if not a.no_profile:
+        for kind, warm, n, ac in (("hash", 300, 10, False), ("nerf", 300, 5, True)):
+            try:
+                profile(kind, a.data, warm, n, ac, a.nerf_batch)
+            except Exception as exc:  # noqa: BLE001 - report and go on to the next section
+                import traceback
+                traceback.print_exc()
+                log(f"{kind} profile failed: {exc!r}")
+
+
+if __name__ == "__main__":
+    main()
