@@ -416,6 +416,7 @@ class LabSession:
                         return
                     t0 = time.perf_counter()
                     r.step()
+                    _sync(r.device)  # so the per-mapping seconds are real on CUDA too
                     dt = time.perf_counter() - t0
                     with self._lock:
                         self._state["runs"][k]["seconds"] += dt

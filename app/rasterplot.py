@@ -3,7 +3,6 @@ plots rendered to (H, W, 3) uint8 arrays, for PNG output and GUI textures."""
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 

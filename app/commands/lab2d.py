@@ -20,15 +20,18 @@ def _positive(kind):
     return parse
 
 
-def configure(p) -> None:
-    from app.lab2d import DEFAULT_IMAGE
+# Same path as app.lab2d.DEFAULT_IMAGE, without importing torch to build the parser.
+DEFAULT_IMAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                             "assets", "lab_image.png")
 
+
+def configure(p) -> None:
     p.add_argument("--image", default=DEFAULT_IMAGE, help="any image file (centre-cropped to a square)")
     p.add_argument("--mappings", default="none,basic,pe,gaussian", help="comma-separated: none,basic,pe,gaussian")
     p.add_argument("--steps", type=_positive(int), default=2000, help="full-batch Adam steps per mapping")
     p.add_argument("--size", type=_positive(int), default=None,
                    help="image side S (even); train on the (S/2)^2 even pixels, test on the rest. "
-                        "Default 512 (the paper) on CUDA, 256 on CPU")
+                        "Unset: 512 (the paper) on CUDA, 256 on CPU")
     p.add_argument("--out", default=os.path.join("out", "lab2d"),
                    help="directory for lab2d.png (side by side), curves.png and results.json")
     p.add_argument("--sigma", type=_positive(float), default=10.0, help="Gaussian RFF scale: B ~ N(0, sigma^2)")
@@ -43,7 +46,7 @@ def configure(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--threads", type=_positive(int), default=None,
-                   help="CPU threads for torch (default: torch's choice; 1 can be faster on a busy machine)")
+                   help="CPU threads for torch (unset: torch's choice); 1 can be much faster on a busy machine")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the matmuls (faster, not the paper)")
 
 
