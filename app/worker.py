@@ -129,6 +129,10 @@ class WorkerStopped(Exception):
     """Raised inside the worker's torch forward passes once stop() has been called."""
 
 
+class _Preempted(Exception):
+    """Raised inside a training step's forward pass when a user gesture wants a frame now."""
+
+
 class Latest:
     """A latest-value slot: writers replace, readers see the newest (and can wait for one)."""
 
@@ -268,7 +272,10 @@ class Worker:
         self._events_seen: list[int] = []
         self._rate_t, self._rate_n = time.perf_counter(), 0
         self._inerf = None
-        self._abort_handle = None
+        self._hook_handle = None
+        self._preempt = threading.Event()  # set by set_camera(priority=True), cleared when taken
+        self._in_step = False
+        self.preempted_steps = 0
 
     # -- GUI-thread API -------------------------------------------------------------------
     def start(self) -> "Worker":
@@ -312,6 +319,8 @@ class Worker:
         with self._cam_lock:
             self._cam_version += 1
             v = self._cam_version
+        if priority:
+            self._preempt.set()  # before the send: the drain that takes the camera clears it
         self.send("camera", c2w=np.array(c2w, dtype=np.float32), fov=float(fov), moving=bool(moving),
                   version=v, priority=bool(priority))
         return v
@@ -319,13 +328,12 @@ class Worker:
     def stop(self, timeout: float = 1.0) -> bool:
         """Ask the thread to finish and wait up to ``timeout`` s; True if it has ended.
 
-        Besides the flag checked between steps and render chunks, a forward pre-hook on
-        every module aborts a training step or render in progress on the worker thread,
-        so only a backward pass already running can delay the stop.
+        Besides the flag checked between steps and render chunks, the worker's forward
+        pre-hook aborts a training step or render in progress, so only a backward pass
+        already running can delay the stop.
         """
         self._stop.set()
         self._commands.put(("wake", {}))
-        self._install_abort()
         if self._thread.is_alive():
             self._thread.join(timeout)
         return not self._thread.is_alive()
@@ -334,17 +342,23 @@ class Worker:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    def _install_abort(self) -> None:
-        torch = sys.modules.get("torch")
-        if torch is None or self._abort_handle is not None or not self._thread.is_alive():
-            return
+    def _install_hook(self) -> None:
+        """A forward pre-hook on every module, active only on this worker's thread: it ends
+        a forward pass at once when stop() was called, or when a gesture's camera is waiting
+        and the pass belongs to a single-field training step (the step is dropped whole:
+        no update happens, the next step samples a fresh batch)."""
+        import torch
+
         thread = self._thread
 
-        def abort(module, args):
+        def hook(module, args):
             if threading.current_thread() is thread:
-                raise WorkerStopped()
+                if self._stop.is_set():
+                    raise WorkerStopped()
+                if self._in_step and self._preempt.is_set():
+                    raise _Preempted()
 
-        self._abort_handle = torch.nn.modules.module.register_module_forward_pre_hook(abort)
+        self._hook_handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
 
     @property
     def alive(self) -> bool:
@@ -424,8 +438,8 @@ class Worker:
                         break  # e.g. the abort hook fired inside a library that wrapped it
                     self._fail(exc, "worker")
         finally:
-            if self._abort_handle is not None:
-                self._abort_handle.remove()
+            if self._hook_handle is not None:
+                self._hook_handle.remove()
             self._set_status(state="stopped")
 
     def _setup_threads(self) -> None:
@@ -435,6 +449,7 @@ class Worker:
         # Leave a core to the GUI thread and the display thread (llvmpipe) on small machines.
         torch.set_num_threads(n)
         self._set_status(torch_threads=n)
+        self._install_hook()
 
     def _load(self) -> None:
         from app.trainer import pick_device
@@ -569,6 +584,7 @@ class Worker:
         if settings:
             self._apply_settings(settings)
         if cam is not None:
+            self._preempt.clear()  # taken: the render it asked for is scheduled now
             self._camera(cam)
 
     def _command(self, name: str, kw: dict) -> None:
@@ -728,9 +744,15 @@ class Worker:
             batch = ts[0].sample_batch(ts[0].batch_rays)
             for t in ts:
                 t.feed = batch
+        # A waiting gesture may cut a single-field step short (two fields must stay in step).
+        self._in_step = len(ts) == 1
         try:
             ms = [t.step() for t in ts]
+        except _Preempted:
+            self.preempted_steps += 1
+            return
         finally:
+            self._in_step = False
             for t in ts:
                 t.feed = None
         self._step_s = 0.8 * self._step_s + 0.2 * (time.perf_counter() - t0)

@@ -7,8 +7,9 @@ private Xvfb, the real `python main.py gui` process), and the worker's
     python bench/bench_gui.py --no-gui --device cuda        # latency only (e.g. on an H100)
     python bench/bench_gui.py --no-gui --device cuda --model hash
 
-GUI fps is measured with --idle-fps 0 (the app otherwise slows to 15 fps after a
-second without input, to leave the CPU to training) and the default 60 fps cap;
+GUI fps is measured with --idle-fps 0 (full rate all the time, 60 fps cap) and,
+for training, also with the default idle cap (the app slows its redraws after a
+second without input, to leave the CPU to training: the 'idle' row);
 frames are counted between the first and the last stats line, so start-up
 (torch import, scene load) is excluded. Latency: for each of N cameras around
 the orbit, time from Worker.set_camera to that camera's first (1/8 resolution)
@@ -48,9 +49,13 @@ def start_xvfb():
     raise SystemExit(f"Xvfb could not start on :{n}")
 
 
-def gui_run(display: str, args, training: bool) -> dict:
-    cmd = [sys.executable, "main.py", "gui", "--stats", "--idle-fps", "0", "--seconds", str(args.seconds),
+def gui_run(display: str, args, training: bool, idle: bool = False) -> dict:
+    """idle=False: full frame rate all the time (--idle-fps 0); True: the app's default
+    slow-down after a second without input, i.e. a user watching training."""
+    cmd = [sys.executable, "main.py", "gui", "--stats", "--seconds", str(args.seconds),
            "--data", args.data, "--device", "cpu"] + ([] if training else ["--paused"])
+    if not idle:
+        cmd += ["--idle-fps", "0"]
     if args.gui_settings:
         cmd += ["--settings", args.gui_settings]
     env = dict(os.environ, DISPLAY=display)
@@ -124,10 +129,11 @@ def main(argv=None) -> int:
     if not args.no_gui:
         xvfb, display = start_xvfb()
         try:
-            for training in (False, True):
-                r = gui_run(display, args, training)
-                print(f"GUI {'training' if training else 'paused'}: {r}", flush=True)
-                rows.append(("GUI fps (CPU, Xvfb)", "training" if training else "paused",
+            for training, idle in ((False, False), (True, False), (True, True)):
+                r = gui_run(display, args, training, idle)
+                mode = ("training" if training else "paused") + (", idle" if idle else "")
+                print(f"GUI {mode}: {r}", flush=True)
+                rows.append(("GUI fps (CPU, Xvfb)" if not idle else "GUI fps, no input (idle cap)", mode,
                              f"{r['fps']:.1f}", f"{r['steps_per_s']:.2f} steps/s, draw {r['draw_ms']} ms/frame, "
                                                f"worker stop {r['stop_s']} s"))
         finally:
@@ -142,9 +148,10 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\ncpu cores {os.cpu_count()}, load average {load:.1f} (shared machine: timings are noisy)")
     w0 = max(len(r[0]) for r in rows)
-    print(f"{'measure':<{w0}}  {'mode':<9} {'value':>9}  notes")
+    w1 = max(len(r[1]) for r in rows)
+    print(f"{'measure':<{w0}}  {'mode':<{w1}} {'value':>9}  notes")
     for m, mode, v, notes in rows:
-        print(f"{m:<{w0}}  {mode:<9} {v:>9}  {notes}")
+        print(f"{m:<{w0}}  {mode:<{w1}} {v:>9}  {notes}")
     return 0
 
 

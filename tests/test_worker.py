@@ -403,3 +403,33 @@ def test_tool_hooks_run_on_the_worker_thread(worker, monkeypatch, tmp_path):
     worker.send("video", path=str(tmp_path / "o.bad"))
     notes = notes_until(worker, lambda n: n[0] == "error")
     assert any("unsupported extension" in n[1] for n in notes) and worker.alive
+
+
+def test_gesture_preempts_a_long_training_step():
+    """A camera from a gesture does not wait for a long step: the step is dropped (no
+    update) and the first frame is rendered; training then goes on."""
+    w = Worker(scene=make_sphere_scene(), settings=dict(TINY), device="cpu", threads=1).start()
+    try:
+        steps_after(w, 1)
+        started = []
+
+        def slow(trainer):
+            started.append(1)
+            time.sleep(0.2)
+
+        w.call(lambda w_: setattr(w_.trainers[0], "fault_hook", slow))
+        w.send("settings", batch_rays=300_000)  # seconds per step on a CPU
+        end = time.monotonic() + WAIT
+        while not started and time.monotonic() < end:
+            time.sleep(0.01)
+        step0 = w.status()["step"]
+        c2w, fov = camera(123.0)
+        v = w.set_camera(c2w, fov, moving=True)
+        f = w.wait_frame(lambda f: f.version >= v, WAIT)
+        assert f is not None and w.preempted_steps >= 1
+        assert w.status()["step"] == step0  # the dropped step made no update
+        w.call(lambda w_: setattr(w_.trainers[0], "fault_hook", None))
+        w.send("settings", batch_rays=128)
+        steps_after(w, step0 + 2)
+    finally:
+        assert w.stop(5.0)

@@ -39,7 +39,7 @@ def configure(p) -> None:
                    help="worker settings as JSON (e.g. '{\"L_xyz\": 6, \"batch_rays\": 256}')")
     p.add_argument("--no-gl", action="store_true", help="upsample on the CPU (numpy) instead of moderngl")
     p.add_argument("--fps-cap", type=float, default=60.0, help="GUI frame-rate cap while in use")
-    p.add_argument("--idle-fps", type=float, default=15.0,
+    p.add_argument("--idle-fps", type=float, default=10.0,
                    help="frame-rate cap after 1 s without input or new renders (0: same as --fps-cap)")
     p.add_argument("--width", type=int, default=1280, help="window width")
     p.add_argument("--height", type=int, default=800, help="window height")
