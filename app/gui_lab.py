@@ -64,6 +64,7 @@ class LabTab:
         self.pe_dirty = True
         self.image_path = DEFAULT_IMAGE
         self._build(parent)
+        self._show_ground_truth(self.image_path, int(self.dpg.get_value(self.w_size)), quiet=True)
 
     # -- layout ---------------------------------------------------------------------------------
     def _build(self, parent) -> None:
@@ -100,7 +101,7 @@ class LabTab:
         dpg = self.dpg
         dpg.add_text("Image (train: every other pixel, test: the rest)")
         self.w_path = dpg.add_input_text(default_value=self.image_path, width=-1, on_enter=True,
-                                         callback=lambda s, a: setattr(self, "image_path", a))
+                                         callback=lambda s, a: self._pick(a))
         with dpg.group(horizontal=True):
             dpg.add_button(label="Browse...", callback=lambda: dpg.show_item(self.file_dialog))
             dpg.add_button(label="Default", callback=self._default_image)
@@ -190,14 +191,20 @@ class LabTab:
 
     # -- callbacks ------------------------------------------------------------------------------
     def _default_image(self) -> None:
-        self.image_path = DEFAULT_IMAGE
-        self.dpg.set_value(self.w_path, DEFAULT_IMAGE)
+        self._pick(DEFAULT_IMAGE)
 
     def _on_file(self, sender, app_data) -> None:
         path = (app_data or {}).get("file_path_name")
         if path:
-            self.image_path = path
-            self.dpg.set_value(self.w_path, path)
+            self._pick(path)
+
+    def _pick(self, path: str) -> None:
+        self.image_path = path
+        self.dpg.set_value(self.w_path, path)
+        try:
+            self._show_ground_truth(path, int(self.dpg.get_value(self.w_size)))
+        except ImageError as exc:
+            self._status(str(exc), ERROR)
 
     def _kernel_changed(self, *_):
         self.kernel_dirty = True
@@ -231,8 +238,7 @@ class LabTab:
             self._status(str(exc), ERROR)
             return
         self.image_path = path
-        dpg.set_value(self.tex_gt, _rgba(_resample(img, DISP, DISP)))
-        dpg.set_value(self.w_gt_label, f"ground truth {cfg.size}x{cfg.size}\n{os.path.basename(path)}")
+        self._show_ground_truth(path, cfg.size, img=img)
         blank = _rgba(np.full((DISP, DISP, 3), 0.12, np.float32))
         for k in MAPPINGS:
             dpg.set_value(self.tex[k], blank)
@@ -242,6 +248,17 @@ class LabTab:
         self.session.start(img, kinds, cfg, preview_every=max(1, cfg.steps // 100))
         self.seen_version = -1
         self._status(f"training {', '.join(kinds)} on {self.device}", OK)
+
+    def _show_ground_truth(self, path, size, img=None, quiet=False) -> None:
+        if img is None:
+            try:
+                img = load_image(path, size)
+            except ImageError:
+                if quiet:
+                    return
+                raise
+        self.dpg.set_value(self.tex_gt, _rgba(_resample(img, DISP, DISP)))
+        self.dpg.set_value(self.w_gt_label, f"ground truth {size}x{size}\n{os.path.basename(path)}")
 
     def _stop(self, *_):
         self.session.stop()
