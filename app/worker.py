@@ -962,7 +962,9 @@ class Worker:
 
     # -- iNeRF demo ---------------------------------------------------------------------------------
     def _inerf_start(self, view: int, steps) -> None:
-        import app.inerf as inerf
+        import importlib
+
+        inerf = importlib.import_module("app.inerf")  # (the sys.modules entry: tests substitute it)
 
         sp = self.scene.split("test") if "test" in self.scene.splits else self.scene.split("train")
         view = view % len(sp)
