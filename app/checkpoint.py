@@ -114,8 +114,11 @@ def load_into(path: str, trainer, optimizer: bool = True) -> dict:
                                     f"this run uses '{trainer.config.model}'")
     saved_opts = meta["config"]["model_options"]
     mine = trainer.model.config
+    # STATE_OPTIONS: config keys a model updates while training (a grid's current
+    # resolution) and restores from the weights themselves.
+    free = ("n_coarse", "n_fine") + tuple(getattr(trainer.model, "STATE_OPTIONS", ()))
     diff = sorted(k for k in set(saved_opts) | set(mine)
-                  if k not in ("n_coarse", "n_fine") and saved_opts.get(k) != mine.get(k))
+                  if k not in free and saved_opts.get(k) != mine.get(k))
     if diff:
         raise CheckpointError(path, "checkpoint model options differ from this run's: " + ", ".join(
             f"{k}={saved_opts.get(k)!r} (here {mine.get(k)!r})" for k in diff))

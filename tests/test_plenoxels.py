@@ -395,3 +395,28 @@ def test_rollback_to_a_smaller_grid_keeps_training():
     before = tr.model.density_data.detach().clone()
     tr.step()
     assert not torch.equal(before, tr.model.density_data.detach())
+
+
+def test_resume_into_a_run_built_at_the_starting_resolution(tmp_path):
+    """`train --resume` rebuilds the model from the command line (64^3 by default)
+    while the checkpoint holds the upsampled grid: the weights decide."""
+    from app.checkpoint import CheckpointError, load_into, save_checkpoint
+
+    scene = make_sphere_scene()
+    tr = _trainer(scene, upsample_steps=[3])
+    for _ in range(4):
+        tr.step()
+    path = str(tmp_path / "px.safetensors")
+    save_checkpoint(path, tr)
+    fresh = _trainer(scene, upsample_steps=[3])
+    assert fresh.model.resolution == 8
+    load_into(path, fresh)
+    assert fresh.model.resolution == 16 and fresh.config_dict()["model_options"]["resolution"] == 16
+    assert fresh.step_count == 4
+    c2w = scene.split("test").c2w[1]
+    torch.testing.assert_close(fresh.render(c2w)["rgb"], tr.render(c2w)["rgb"])
+    assert not fresh.step().get("skipped")
+    # Other options still have to match.
+    other = _trainer(scene, upsample_steps=[3], sh_degree=1)
+    with pytest.raises(CheckpointError, match="sh_degree"):
+        load_into(path, other)
