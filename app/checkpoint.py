@@ -36,6 +36,10 @@ def atomic_write(path: str, write_fn) -> None:
         write_fn(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -117,6 +121,10 @@ def load_into(path: str, trainer, optimizer: bool = True) -> dict:
     # STATE_OPTIONS: config keys a model updates while training (a grid's current
     # resolution) and restores from the weights themselves.
     free = ("n_coarse", "n_fine") + tuple(getattr(trainer.model, "STATE_OPTIONS", ()))
+    # An option newer than the checkpoint is read as its default, so adding an
+    # option to a model never orphans older checkpoints.
+    defaults = getattr(trainer.model, "DEFAULTS", {})
+    saved_opts = {**{k: v for k, v in defaults.items() if k not in saved_opts}, **saved_opts}
     diff = sorted(k for k in set(saved_opts) | set(mine)
                   if k not in free and saved_opts.get(k) != mine.get(k))
     if diff:

@@ -62,8 +62,12 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
 
 
 def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+    """CUDA's OutOfMemoryError, and the CPU allocator's RuntimeError/MemoryError."""
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    msg = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg
+                                              or "defaultcpuallocator" in msg)
 
 
 class Trainer:

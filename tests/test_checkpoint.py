@@ -134,3 +134,35 @@ def test_atomic_write_failure_keeps_old_file(tmp_path, scene, monkeypatch):
     # A successful overwrite replaces the file and leaves nothing else.
     atomic_write(str(d / "note.txt"), lambda tmp: open(tmp, "w").write("ok"))
     assert sorted(os.listdir(d)) == ["checkpoint.safetensors", "note.txt"]
+
+
+def test_atomic_write_gives_umask_permissions(tmp_path):
+    import os
+    from app.checkpoint import atomic_write
+    p = tmp_path / "f.bin"
+    atomic_write(str(p), lambda tmp: open(tmp, "wb").write(b"x"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (os.stat(p).st_mode & 0o777) == (0o666 & ~umask)
+
+
+def test_checkpoint_without_a_newer_option_still_loads(tmp_path):
+    """Options added to a model after a checkpoint was written read as their defaults
+    (here: density_activation, default 'relu', removed from a copy of the demo checkpoint)."""
+    import json
+    import os
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    from app.checkpoint import load_into
+    from app.runs import load_run
+
+    demo = os.path.join(os.path.dirname(__file__), "..", "assets", "demo_run")
+    trainer, _, _ = load_run(demo, "cpu")
+    src = os.path.join(demo, "checkpoint.safetensors")
+    with safe_open(src, "pt") as f:
+        meta = json.loads(f.metadata()["nerflab"])
+    assert meta["config"]["model_options"].pop("density_activation") == "relu"
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(src), str(old), metadata={"nerflab": json.dumps(meta)})
+    load_into(str(old), trainer)
+    assert trainer.step_count == meta["step"]

@@ -233,3 +233,13 @@ def _tiny_scene_for_rollback():
     c2w[:, 2, 3] = 4.0
     sp = Split(imgs, c2w, 8.0, ["a", "b"])
     return Scene({"train": sp, "test": sp, "val": sp}, 2.0, 6.0, True, "mem")
+
+
+def test_cpu_allocation_failure_counts_as_out_of_memory():
+    import torch
+    from app.trainer import is_oom
+    assert is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
+                               "can't allocate memory: you tried to allocate 80000000000 bytes."))
+    assert is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert is_oom(MemoryError())
+    assert not is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))

@@ -92,6 +92,8 @@ def run(args) -> int:
         sp = scene.split(split)
         try:
             i = int(idx or 0)
+            if i < 0:
+                raise IndexError
             c2w = sp.c2w[i]
         except (ValueError, IndexError):
             raise UserError(f"--view: {args.view!r} is not SPLIT:INDEX with INDEX < {len(sp)}") from None
