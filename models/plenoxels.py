@@ -600,7 +600,12 @@ class Plenoxels(nn.Module):
             new = 2 * self.resolution
             if new <= self.resolution_cap():
                 self.upsample()
-                msg += f", upsampled to {new}^3 ({self.n_active} active)"
+                up = self.n_active
+                # Most new vertices between a surface and pruned space interpolate a
+                # density below the threshold; dropping them at once (no rays: cheap)
+                # is what Plenoxels' resample does with its sigma threshold.
+                self.prune()
+                msg += f", upsampled to {new}^3 ({up} -> {self.n_active} active)"
             else:
                 msg += (f", upsampling to {new}^3 skipped (limit {self.resolution_cap()} on "
                         f"{self.density_data.device.type})")

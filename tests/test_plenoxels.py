@@ -356,6 +356,11 @@ def test_upsampling_beyond_the_cap_is_skipped():
     tr.step()
     assert tr.model.resolution == 8
     assert any("skipped" in e for e in tr.events)
+    # Without a cap of its own a CPU model stops at 128^3 (a 257^3 grid is ~8 GB with Adam).
+    assert Plenoxels(resolution=8).resolution_cap() == 128
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs CUDA"):
+            Plenoxels(resolution=256)
 
 
 def test_checkpoint_roundtrip_after_upsampling(tmp_path):
@@ -420,3 +425,25 @@ def test_resume_into_a_run_built_at_the_starting_resolution(tmp_path):
     other = _trainer(scene, upsample_steps=[3], sh_degree=1)
     with pytest.raises(CheckpointError, match="sh_degree"):
         load_into(path, other)
+
+
+def test_gui_worker_trains_renders_and_probes_plenoxels():
+    """The GUI path: build_model('plenoxels') with its defaults inside the worker."""
+    from app.worker import Worker
+    from renderer.orbit import OrbitCamera
+
+    w = Worker(scene=make_sphere_scene(), settings=dict(model="plenoxels", batch_rays=128),
+               device="cpu", threads=1)
+    w.start()
+    try:
+        assert w.wait_status(lambda s: s["step"] >= 3, 120.0) is not None, w.status()
+        cam = OrbitCamera(radius=4.0, azimuth=30.0, elevation=30.0)
+        v = w.set_camera(cam.c2w(), 40.0, moving=False)
+        frame = w.wait_frame(lambda f: f.version >= v and f.final, 120.0)
+        assert frame is not None and np.isfinite(frame.images[0]["rgb"]).all()
+        w.send("probe", index=0, u=0.5, v=0.5)
+        p = w.probes.wait(lambda p: True, 120.0)
+        assert p["t_coarse"].shape == p["w_coarse"].shape and p["w_coarse"].sum() <= 1 + 1e-5
+        assert w.run_sync(lambda wk: wk.trainers[0].model.kind) == "plenoxels"
+    finally:
+        w.stop(5.0)
