@@ -31,6 +31,19 @@ def _load_builtin() -> None:
                 raise
 
 
+def apply_sample_counts(config: dict, n_coarse: int | None, n_fine: int | None) -> None:
+    """Shared set_samples body: validate and store sample counts in a model config.
+    Sample counts change only the integrator, so models apply them without a rebuild."""
+    if n_coarse is not None:
+        if n_coarse < 2:
+            raise ValueError(f"n_coarse must be >= 2, got {n_coarse}")
+        config["n_coarse"] = int(n_coarse)
+    if n_fine is not None:
+        if n_fine < 0:
+            raise ValueError(f"n_fine must be >= 0, got {n_fine}")
+        config["n_fine"] = int(n_fine)
+
+
 def build_model(kind: str, **options):
     """Construct a registered model by name ('nerf', 'plenoxels', 'hash')."""
     if not REGISTRY or kind not in REGISTRY:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import register
+from models import apply_sample_counts, register
 from renderer import occupancy as occ_mod
 
 HASH_PRIMES = (1, 2654435761, 805459861)
@@ -264,14 +264,7 @@ class HashGridModel(nn.Module):
     def set_samples(self, n_coarse: int | None = None, n_fine: int | None = None) -> None:
         """n_coarse = marching steps along the cube's diagonal (1024: instant-ngp's step);
         fewer means a longer step, faster and coarser. n_fine is accepted and ignored."""
-        if n_coarse is not None:
-            if n_coarse < 2:
-                raise ValueError(f"n_coarse must be >= 2, got {n_coarse}")
-            self.config["n_coarse"] = int(n_coarse)
-        if n_fine is not None:
-            if n_fine < 0:
-                raise ValueError(f"n_fine must be >= 0, got {n_fine}")
-            self.config["n_fine"] = int(n_fine)
+        apply_sample_counts(self.config, n_coarse, n_fine)
 
     def param_groups(self, lr: float) -> list[dict]:
         # instant-ngp's Adam: beta2 0.99, eps 1e-15; weight decay on the MLPs only.

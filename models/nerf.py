@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import apply_sample_counts
 from models.encoding import make_encoding
 from renderer.compositing import composite
 from renderer.sampling import hierarchical_samples, stratified_samples
@@ -140,14 +141,7 @@ class NeRFModel(nn.Module):
 
     def set_samples(self, n_coarse: int | None = None, n_fine: int | None = None) -> None:
         """Sample counts change the integrator only, so they apply without a rebuild."""
-        if n_coarse is not None:
-            if n_coarse < 2:
-                raise ValueError(f"n_coarse must be >= 2, got {n_coarse}")
-            self.config["n_coarse"] = int(n_coarse)
-        if n_fine is not None:
-            if n_fine < 0:
-                raise ValueError(f"n_fine must be >= 0, got {n_fine}")
-            self.config["n_fine"] = int(n_fine)
+        apply_sample_counts(self.config, n_coarse, n_fine)
 
     @property
     def fine(self) -> NeRFField:

@@ -10,14 +10,7 @@ import sys
 from app.cli import UserError
 
 
-def _positive(kind):
-    def parse(s):
-        v = kind(s)
-        if v <= 0:
-            raise ValueError
-        return v
-    parse.__name__ = f"positive {kind.__name__}"
-    return parse
+from app.commands.train import positive as _positive  # noqa: E402
 
 
 # Same path as app.lab2d.DEFAULT_IMAGE, without importing torch to build the parser.
