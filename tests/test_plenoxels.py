@@ -207,6 +207,10 @@ def test_registered_and_validates_options():
         build_model("plenoxels", resolution=1)
     with pytest.raises(ValueError, match="degree"):
         build_model("plenoxels", sh_degree=3)
+    with pytest.raises(ValueError, match="upsample_steps"):
+        build_model("plenoxels", upsample_steps=[None])
+    with pytest.raises(ValueError, match="dilation"):
+        build_model("plenoxels", dilation=-1)
     groups = m.param_groups(0.01)
     assert [g["lr"] for g in groups] == pytest.approx([0.01 * m.config["density_lr_scale"],
                                                       0.01 * m.config["sh_lr_scale"]])
