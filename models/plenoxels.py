@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import register
+from models import apply_sample_counts, register
 from models.sh import num_coeffs, sh_basis
 from renderer.compositing import alpha_weights, composite
 
@@ -329,14 +329,7 @@ class Plenoxels(nn.Module):
     def set_samples(self, n_coarse: int | None = None, n_fine: int | None = None) -> None:
         """n_coarse = samples across the longest bbox side (None keeps the current
         step); n_fine is accepted for interface parity and unused (no fine pass)."""
-        if n_coarse is not None:
-            if n_coarse < 2:
-                raise ValueError(f"n_coarse must be >= 2, got {n_coarse}")
-            self.config["n_coarse"] = int(n_coarse)
-        if n_fine is not None:
-            if n_fine < 0:
-                raise ValueError(f"n_fine must be >= 0, got {n_fine}")
-            self.config["n_fine"] = int(n_fine)
+        apply_sample_counts(self.config, n_coarse, n_fine)
 
     def param_groups(self, lr: float) -> list[dict]:
         c = self.config
