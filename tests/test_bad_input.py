@@ -18,6 +18,7 @@ import zlib
 
 import numpy as np
 import pytest
+from pathlib import Path
 
 from app.checkpoint import CheckpointError
 from loaders import DataError, load_scene
@@ -199,18 +200,9 @@ def test_bad_images_are_data_errors_naming_the_file(tmp_path, kind, words):
 # --- scenes, through `main.py train` --------------------------------------------------------
 
 @pytest.fixture
-def scene(tmp_path):
-    """A valid 16 px Blender scene on disk (train 8 views, test 2)."""
-    sc = make_sphere_scene()
-    root = tmp_path / "scene"
-    for split in ("train", "test"):
-        sp = sc.split(split)
-        frames = []
-        for k in range(len(sp)):
-            write_png(root / split / f"{k:03d}.png", sp.images[k])
-            frames.append((f"{split}/{k:03d}.png", sp.c2w[k]))
-        write_transforms(root / f"transforms_{split}.json", frames)
-    return root
+def scene(scene_dir):
+    """A valid 16 px Blender scene on disk (train 8 views, test 2): conftest's scene_dir."""
+    return Path(scene_dir)
 
 
 def _edit_json(path, fn):
