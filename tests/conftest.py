@@ -168,3 +168,15 @@ def scene_dir(tmp_path):
             frames.append((f"{split}/{k:03d}.png", sp.c2w[k]))
         write_transforms(root / f"transforms_{split}.json", frames)
     return str(root)
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+        return True
+    except Exception:  # noqa: BLE001 - a broken triton install counts as absent
+        return False
+
+
+needs_triton = pytest.mark.skipif(not _has_triton(),
+                                  reason="triton not installed (kernels run only on CUDA machines)")

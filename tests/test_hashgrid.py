@@ -10,6 +10,8 @@ import textwrap
 
 import numpy as np
 import pytest
+
+from tests.conftest import needs_triton
 import torch
 
 from models import build_model
@@ -236,15 +238,7 @@ def test_checkpoint_roundtrip(tmp_path):
     tr2.step()  # the restored optimiser state fits
 
 
-def _has_triton():
-    try:
-        import triton  # noqa: F401
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-
-
-@pytest.mark.skipif(not _has_triton(), reason="triton not installed (kernels run only on CUDA machines)")
+@needs_triton
 def test_triton_hash_kernels_match_torch_in_interpreter():
     code = textwrap.dedent("""
         import torch

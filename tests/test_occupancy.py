@@ -9,6 +9,8 @@ import textwrap
 
 import numpy as np
 import pytest
+
+from tests.conftest import needs_triton
 import torch
 
 from renderer import occupancy as oc
@@ -205,15 +207,7 @@ def test_composite_packed_gradients_match_dense():
     assert torch.allclose(ga[0], gb[0], atol=1e-5) and torch.allclose(ga[1], gb[1], atol=1e-6)
 
 
-def _has_triton():
-    try:
-        import triton  # noqa: F401
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-
-
-@pytest.mark.skipif(not _has_triton(), reason="triton not installed (kernels run only on CUDA machines)")
+@needs_triton
 def test_triton_march_kernel_matches_torch_in_interpreter():
     code = textwrap.dedent("""
         import torch
