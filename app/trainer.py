@@ -31,6 +31,13 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     autocast: bool = False  # bf16 autocast on CUDA
+    # Centre-crop warm-up (the official NeRF code's precrop for Blender scenes): with a
+    # white background a wide ReLU-density MLP can settle in its first steps on "no
+    # density anywhere", after which no gradient revives it. Sampling only the central
+    # precrop_frac of each image for the first precrop_steps puts the object in every
+    # batch. The paper preset uses 500 steps (app/commands/train.py); 0 turns it off.
+    precrop_steps: int = 0
+    precrop_frac: float = 0.5
 
     def validate(self) -> None:
         if self.batch_rays < 1:
@@ -39,6 +46,10 @@ class TrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.lr_decay_steps < 1:
             raise ValueError(f"lr_decay_steps must be >= 1, got {self.lr_decay_steps}")
+        if self.precrop_steps < 0:
+            raise ValueError(f"precrop_steps must be >= 0, got {self.precrop_steps}")
+        if not (0.0 < self.precrop_frac <= 1.0):
+            raise ValueError(f"precrop_frac must be in (0, 1], got {self.precrop_frac}")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -111,7 +122,10 @@ class Trainer:
         for g in groups:
             g.setdefault("initial_lr", g["lr"])
         fused = self.device.type == "cuda"
-        return torch.optim.Adam(groups, betas=(0.9, 0.999), eps=1e-15 if fused else 1e-8,
+        # eps 1e-7 is the NeRF paper's; far smaller values (instant-ngp's 1e-15, which the
+        # hash model sets in its own groups) turn Adam into sign descent for a wide MLP's
+        # tiny early gradients and can kill its ReLU density (seen on the H100).
+        return torch.optim.Adam(groups, betas=(0.9, 0.999), eps=1e-7,
                                 **({"fused": True} if fused else {}))
 
     def rebuild_optimizer(self) -> None:
@@ -129,12 +143,18 @@ class Trainer:
 
     # -- data ---------------------------------------------------------------------------
     def sample_batch(self, n: int):
-        """Random rays across all training images: rays_o, rays_d (n, 3), target rgb (n, 3)."""
+        """Random rays across all training images: rays_o, rays_d (n, 3), target rgb (n, 3).
+        During the first precrop_steps steps, pixels come from the central crop only."""
         n_img, h, w = self.images.shape[:3]
         g = self.rng
         img = torch.randint(0, n_img, (n,), device=self.device, generator=g)
-        py = torch.randint(0, h, (n,), device=self.device, generator=g)
-        px = torch.randint(0, w, (n,), device=self.device, generator=g)
+        y0, y1, x0, x1 = 0, h, 0, w
+        if self.step_count < self.config.precrop_steps:
+            ch, cw = max(1, round(h * self.config.precrop_frac)), max(1, round(w * self.config.precrop_frac))
+            y0, x0 = (h - ch) // 2, (w - cw) // 2
+            y1, x1 = y0 + ch, x0 + cw
+        py = torch.randint(y0, y1, (n,), device=self.device, generator=g)
+        px = torch.randint(x0, x1, (n,), device=self.device, generator=g)
         K = self.K
         dirs = torch.stack([(px.float() + 0.5 - K[0, 2]) / K[0, 0],
                             -(py.float() + 0.5 - K[1, 2]) / K[1, 1],

@@ -490,13 +490,16 @@ class Worker:
 
     # -- model (re)building ----------------------------------------------------------------
     def _config(self, variant: str):
+        from app.commands.train import PRECROP
         from app.trainer import TrainConfig
 
         s = self.settings
         lr = float(s.get("lr") or (5e-4 if s["model"] == "nerf" else 1e-2))
+        precrop = PRECROP[s.get("preset", "cpu")] if s["model"] == "nerf" else 0
         return TrainConfig(model=s["model"], model_options=model_options(s, variant),
                            batch_rays=int(s["batch_rays"]), lr=lr, lr_final=lr / 10,
-                           lr_decay_steps=100_000, seed=self.seed, device=str(self.device))
+                           lr_decay_steps=100_000, seed=self.seed, device=str(self.device),
+                           precrop_steps=precrop)
 
     def _build(self, reason: str) -> None:
         """Fresh trainer(s) from self.settings; on failure the old ones stay."""

@@ -88,10 +88,11 @@ def make_trainer(kind: str, scene, args, device: str):
             opts["occupancy_res"] = args.nerf_occupancy
         cfg = TrainConfig(model="nerf", model_options=opts, batch_rays=args.nerf_batch, lr=5e-4,
                           lr_final=5e-5, lr_decay_steps=args.nerf_decay_steps, seed=args.seed,
-                          device=device, autocast=True)
+                          device=device, autocast=True, precrop_steps=args.precrop)
     elif kind == "nerf-plain":
         cfg = TrainConfig(model="nerf", model_options=dict(PAPER), batch_rays=4096, lr=5e-4, lr_final=5e-5,
-                          lr_decay_steps=args.nerf_decay_steps, seed=args.seed, device=device, autocast=False)
+                          lr_decay_steps=args.nerf_decay_steps, seed=args.seed, device=device, autocast=False,
+                          precrop_steps=args.precrop)
     else:
         raise ValueError(kind)
     return Trainer(scene, cfg)
@@ -286,6 +287,7 @@ def main(argv=None) -> int:
     p.add_argument("--nerf-batch", type=int, default=8192)
     p.add_argument("--nerf-occupancy", type=int, default=64, help="NeRF occupancy grid res (0: off)")
     p.add_argument("--nerf-decay-steps", type=int, default=100000)
+    p.add_argument("--precrop", type=int, default=500, help="NeRF centre-crop warm-up steps (0: off)")
     p.add_argument("--ref-batch", type=int, default=4096)
     p.add_argument("--ref-eval", action="store_true", help="also evaluate the reference (slow: fp32)")
     p.add_argument("--ref-render", action="store_true", help="also time the reference's 800x800 frame")

@@ -85,8 +85,14 @@ def occupancy_threshold(grid: torch.Tensor, dt: float,
 
 
 def occupied(grid: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
-    """Occupancy (C,) uint8 from a density grid (C,)."""
-    return (grid > threshold).to(torch.uint8)
+    """Occupancy (C,) uint8 from a density grid (C,).
+
+    A grid with no cell above the threshold (a field whose density is zero everywhere,
+    e.g. a ReLU MLP early in training) marks every cell occupied: skipping everything
+    would leave no sample, hence no gradient, to bring the density back.
+    """
+    occ = grid > threshold
+    return torch.where(occ.any(), occ, torch.ones_like(occ)).to(torch.uint8)
 
 
 # --------------------------------------------------------------------------------------

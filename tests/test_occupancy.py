@@ -59,6 +59,13 @@ def test_threshold_is_min_of_mean_and_optical_thickness():
     assert oc.occupied(grid * 100, 2.0).tolist() == [0, 0, 1, 1]
 
 
+def test_a_grid_with_nothing_above_threshold_keeps_every_cell():
+    # A dead (all-zero) density field must still be sampled, or it can never recover.
+    zeros = torch.zeros(5)
+    assert oc.occupied(zeros, oc.occupancy_threshold(zeros, 0.01)).tolist() == [1] * 5
+    assert oc.occupied(torch.tensor([0.1, 0.2]), 0.5).tolist() == [1, 1]
+
+
 def _random_rays(n, seed):
     g = torch.Generator().manual_seed(seed)
     o = torch.randn(n, 3, generator=g)

@@ -243,3 +243,29 @@ def test_cpu_allocation_failure_counts_as_out_of_memory():
     assert is_oom(torch.cuda.OutOfMemoryError("CUDA out of memory"))
     assert is_oom(MemoryError())
     assert not is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+def test_precrop_samples_centre_pixels_then_whole_image():
+    # Paint each training pixel with its own (x, y) so a target tells where it came from.
+    tr = make_trainer()
+    tr.config.precrop_steps = 500
+    n, h, w = tr.images.shape[:3]
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    tr.images = torch.stack([xs.float(), ys.float(), torch.zeros(h, w)], -1).expand(n, h, w, 3).clone()
+    ch, cw = round(h * 0.5), round(w * 0.5)
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    _, _, t = tr.sample_batch(4000)
+    assert t[:, 0].min() == x0 and t[:, 0].max() == x0 + cw - 1
+    assert t[:, 1].min() == y0 and t[:, 1].max() == y0 + ch - 1
+    tr.step_count = 500
+    _, _, t = tr.sample_batch(4000)
+    assert t[:, 0].min() == 0 and t[:, 0].max() == w - 1
+    assert t[:, 1].min() == 0 and t[:, 1].max() == h - 1
+
+
+def test_precrop_config_is_validated():
+    assert TrainConfig().precrop_steps == 0
+    with pytest.raises(ValueError, match="precrop_frac"):
+        TrainConfig(precrop_frac=0.0).validate()
+    with pytest.raises(ValueError, match="precrop_steps"):
+        TrainConfig(precrop_steps=-1).validate()
