@@ -147,3 +147,21 @@ def test_config_roundtrip_and_validation():
         NeRFModel(L_xyz=30)
     with pytest.raises(ValueError, match="unknown model"):
         build_model("nope")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_untrained_paper_density_varies_and_is_not_dead(seed):
+    # A paper-size field at init must give a raw density that varies across space with both
+    # signs present in every network: if every raw value is negative, ReLU density and its
+    # gradient are zero everywhere and the network can never learn (a dead field).
+    torch.manual_seed(seed)
+    m = NeRFModel()
+    x = (torch.rand(4096, 3) * 2 - 1) * 1.5
+    with torch.no_grad():
+        for f in (m.coarse, m.fine_field):
+            raw = f.sigma_head(f._trunk(x)).squeeze(-1)
+            positive = (raw > 0).float().mean().item()
+            assert positive > 0.05, positive
+            assert raw.std().item() > 0.02  # not a constant dictated by the bias
+            for layer in [*f.trunk, f.sigma_head, f.feature, f.dir_layer, f.rgb_head]:
+                assert torch.count_nonzero(layer.bias) == 0
