@@ -83,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2
+    from app.allocator import keep_freed_memory
     from app.checkpoint import CheckpointError
     from loaders.scene import DataError
+
+    keep_freed_memory()
 
     try:
         if isinstance(getattr(args, "device", None), str):

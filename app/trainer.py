@@ -30,7 +30,7 @@ class TrainConfig:
     lr_decay_steps: int = 200_000
     seed: int = 0
     device: str = "auto"
-    autocast: bool = False  # bf16 autocast on CUDA
+    autocast: bool = False  # bf16 autocast (CUDA, or a CPU with native bf16: avx512_bf16 / AMX)
     # Centre-crop warm-up (the official NeRF code's precrop for Blender scenes): with a
     # white background a wide ReLU-density MLP can settle in its first steps on "no
     # density anywhere", after which no gradient revives it. Sampling only the central
@@ -38,6 +38,11 @@ class TrainConfig:
     # batch. The paper preset uses 500 steps (app/commands/train.py); 0 turns it off.
     precrop_steps: int = 0
     precrop_frac: float = 0.5
+    # torch.compile the NeRF networks (CUDA only: on a CPU it needs a C++ toolchain and was
+    # not measured). On an H200, lego, 8192 rays: 22.2 -> 27.6 steps/s and 32.6 -> 18.4 GiB
+    # peak, after ~20 s of compilation (docs/bench_gpu.md). Models without compile_fields
+    # (the hash model, where it was measured not to pay) ignore it.
+    compile: bool = False
 
     def validate(self) -> None:
         if self.batch_rays < 1:
@@ -103,6 +108,8 @@ class Trainer:
         self.model = model if model is not None else build_model(self.config.model,
                                                                   **self.config.model_options)
         self.model.to(self.device)
+        if self.config.compile and self.device.type == "cuda" and hasattr(self.model, "compile_fields"):
+            self.model.compile_fields()
         self.optimizer = self._make_optimizer()
         self.step_count = 0
         self.batch_rays = self.config.batch_rays
@@ -179,7 +186,7 @@ class Trainer:
                 self.fault_hook(self)
             rays_o, rays_d, target = self.sample_batch(self.batch_rays)
             with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                enabled=self.config.autocast and self.device.type == "cuda"):
+                                enabled=self.config.autocast):
                 out = self.model.render_rays(rays_o, rays_d, self.scene.near, self.scene.far,
                                              background=self.background, train=True)
             terms = self.model.loss_terms({k: v.float() for k, v in out.items()}, target)
@@ -210,7 +217,10 @@ class Trainer:
         if self.step_count % self.SNAPSHOT_EVERY == 0 or self._good_state is None:
             self._snapshot()
         if hasattr(self.model, "step_hook"):
-            self.model.step_hook(self.step_count, self)
+            # Grid refreshes run the field too: same precision as the step (on a CPU with native
+            # bf16 a 64^3 refresh in fp32 would cost as much as a dozen bf16 steps).
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.autocast):
+                self.model.step_hook(self.step_count, self)
         mse = terms["mse"].item()
         self.last_metrics = {"step": self.step_count, "loss": loss.item(), "mse": mse,
                              "psnr": psnr_from_mse(mse), "lr": lr, "batch_rays": self.batch_rays,
@@ -267,7 +277,7 @@ class Trainer:
             chunk = 65536 if self.device.type == "cuda" else 4096
         return render_image(self.model, c2w, h, w, K, self.scene.near, self.scene.far,
                             background=self.background, chunk=chunk, ndc=self.scene.ndc, keys=keys,
-                            autocast=self.config.autocast and self.device.type == "cuda")
+                            autocast=self.config.autocast)
 
     def evaluate(self, split: str = "test", max_images: int | None = None, ssim: bool = True,
                  progress=None) -> dict:

@@ -187,6 +187,14 @@ class NeRFModel(nn.Module):
             result.update(rgb=out_c["rgb"], depth=out_c["depth"], acc=out_c["acc"])
         return result
 
+    def compile_fields(self, backend: str = "inductor") -> None:
+        """torch.compile each network's forward (bias, ReLU, skip concat and heads fused
+        around the matmuls). dynamic=True: the occupancy grid makes the number of
+        evaluated samples change every step. Parameters and state_dict are untouched."""
+        for f in (self.coarse, self.fine_field):
+            if f is not None:
+                f.forward = torch.compile(f.forward, dynamic=True, backend=backend)
+
     # -- optional occupancy grid ----------------------------------------------------------
     def _occ_args(self):
         c = self.config
@@ -211,7 +219,10 @@ class NeRFModel(nn.Module):
         grid, bound, res = self._occ_args()
         idx = torch.arange(res ** 3, device=self.density_grid.device)
         pts = oc.random_points_in_cells(idx, res, bound)
-        with torch.autocast(pts.device.type, dtype=torch.bfloat16, enabled=pts.is_cuda):
+        # Always bf16 on CUDA (a threshold decision needs no more); on a CPU only when the
+        # caller's step runs in bf16, since CPUs without native bf16 would be slower.
+        with torch.autocast(pts.device.type, dtype=torch.bfloat16,
+                            enabled=pts.is_cuda or torch.is_autocast_enabled(pts.device.type)):
             sigma = torch.cat([self.density(pts[a:a + chunk]).float() for a in range(0, pts.shape[0], chunk)])
         self.density_grid.copy_(oc.ema_update(self.density_grid, idx, sigma, decay))
         # Threshold: a cell-long step through it would absorb 1% of the light, or the mean density.
