@@ -68,8 +68,12 @@ def default_settings(cuda: bool, registry: list[str] | None = None) -> dict:
         model = "hash"
     else:
         model = "nerf"
+    from app.trainer import cpu_has_native_bf16
+
     preset = PRESETS["paper" if cuda else "cpu"]
+    # bf16 NeRF matmuls where they are native: CUDA, or a CPU with avx512_bf16 / AMX (2x steps).
     return dict(model=model, preset="paper" if cuda else "cpu", pe=True, L_xyz=10, L_dir=4,
+                bf16=cuda or cpu_has_native_bf16(),
                 n_coarse=preset["n_coarse"], n_fine=preset["n_fine"], res_scale=1.0,
                 batch_rays=4096 if cuda else 512, compare=False, compare_b="pe_off", L_xyz_b=4)
 
@@ -499,7 +503,9 @@ class Worker:
         return TrainConfig(model=s["model"], model_options=model_options(s, variant),
                            batch_rays=int(s["batch_rays"]), lr=lr, lr_final=lr / 10,
                            lr_decay_steps=100_000, seed=self.seed, device=str(self.device),
-                           precrop_steps=precrop)
+                           precrop_steps=precrop,
+                           # The MLP is what bf16 speeds up; grid models keep fp32 colour/SH math.
+                           autocast=bool(s.get("bf16", False)) and s["model"] == "nerf")
 
     def _build(self, reason: str) -> None:
         """Fresh trainer(s) from self.settings; on failure the old ones stay."""
@@ -883,7 +889,7 @@ class Worker:
         model.eval()
         try:
             with torch.no_grad(), torch.autocast(tr0.device.type, dtype=torch.bfloat16,
-                                                 enabled=tr0.config.autocast and tr0.device.type == "cuda"):
+                                                 enabled=tr0.config.autocast):
                 out = model.render_rays(job.rays[0][s:e], job.rays[1][s:e], self.scene.near, self.scene.far,
                                         background=tr0.background, train=False)
         finally:

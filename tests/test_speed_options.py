@@ -80,3 +80,32 @@ def test_keep_freed_memory_applies_once():
         pytest.skip("no glibc mallopt here")
     assert keep_freed_memory() is True
     assert keep_freed_memory() is True
+
+
+def test_cpu_bf16_detection_reads_cpu_flags(monkeypatch, tmp_path):
+    import builtins
+
+    from app import trainer as trainer_mod
+    real_open = builtins.open
+
+    def fake(flags):
+        p = tmp_path / "cpuinfo"
+        p.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\n")
+        return lambda path, *a, **k: real_open(p if path == "/proc/cpuinfo" else path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", fake("avx2 avx512f avx512_bf16"))
+    assert trainer_mod.cpu_has_native_bf16() is True
+    monkeypatch.setattr(builtins, "open", fake("avx2 amx_bf16 amx_tile"))
+    assert trainer_mod.cpu_has_native_bf16() is True
+    monkeypatch.setattr(builtins, "open", fake("avx2 avx512f"))
+    assert trainer_mod.cpu_has_native_bf16() is False
+
+
+def test_gui_worker_uses_bf16_only_for_the_nerf_and_where_native(monkeypatch):
+    from app import trainer as trainer_mod
+    from app import worker as worker_mod
+    monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda: False)
+    assert worker_mod.default_settings(cuda=False)["bf16"] is False
+    monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda: True)
+    assert worker_mod.default_settings(cuda=False)["bf16"] is True
+    assert worker_mod.default_settings(cuda=True, registry=["nerf", "hash"])["bf16"] is True

@@ -433,3 +433,17 @@ def test_gesture_preempts_a_long_training_step():
         steps_after(w, step0 + 2)
     finally:
         assert w.stop(5.0)
+
+
+def test_bf16_setting_reaches_only_the_nerf_trainer():
+    from app.worker import default_settings
+    worker = Worker(scene=make_sphere_scene(), settings=dict(TINY), device="cpu", threads=1)  # not started
+    worker.device = torch.device("cpu")  # set by the thread on start
+    worker.settings = {**default_settings(False), **TINY, "bf16": True}
+    assert worker._config("A").autocast is True
+    # Grid models keep fp32: their colour and SH math is not matmul-bound.
+    for kind in ("plenoxels", "hash"):
+        worker.settings = {**worker.settings, "model": kind}
+        assert worker._config("A").autocast is False
+    worker.settings = {**worker.settings, "model": "nerf", "bf16": False}
+    assert worker._config("A").autocast is False
