@@ -47,6 +47,8 @@ def main(argv=None) -> int:
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--image", default=DEFAULT_IMAGE)
     a = p.parse_args(argv)
+    from app.allocator import keep_freed_memory
+    keep_freed_memory()  # as main.py does for every command
     if a.threads:
         torch.set_num_threads(a.threads)
     kinds = parse_mappings(a.mappings)
