@@ -6,6 +6,7 @@ events in between (their own cost included in the block they fall in).
 
     python bench/bench_plenoxels.py                      # embedded scene
     python bench/bench_plenoxels.py --data ../shared/data/nerf_synthetic/lego --downscale 8
+    python3 bench/bench_plenoxels.py --data .data/lego --device cuda --steps 3000 --batch 8192
 
 The CPU is usually shared: run it on a quiet machine, and read the numbers as
 noisy. One thread by default (with other jobs on a 2-core machine, a 2-thread
@@ -36,11 +37,12 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--eval-images", type=int, default=4)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA the grid goes on to 256^3)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     scene = load_scene(a.data, downscale=a.downscale)
     cfg = TrainConfig(model="plenoxels", batch_rays=a.batch, lr=1e-2, lr_final=1e-3,
-                      lr_decay_steps=a.steps, device="cpu")
+                      lr_decay_steps=a.steps, device=a.device)
     tr = Trainer(scene, cfg)
     print(f"{os.path.basename(os.path.normpath(a.data))}: {tr.width}x{tr.height}, {a.batch} rays/step, "
           f"{a.threads} thread(s), torch {torch.__version__}")
@@ -54,12 +56,15 @@ def main() -> int:
             m = tr.step()
             if not m.get("skipped"):
                 psnrs.append(m["psnr"])
+        if tr.device.type == "cuda":
+            torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         total += dt
         ev = "; ".join(e.split(": ", 1)[1] for e in tr.events[n_events:])
         print(f"{start + 1:>5}-{tr.step_count:<5} {tr.model.resolution:>4} {tr.model.n_active:>8} "
               f"{1000 * dt / max(tr.step_count - start, 1):>8.1f} {sum(psnrs) / max(len(psnrs), 1):>6.2f}  {ev}")
-    print(f"total training time {total:.1f} s")
+    print(f"total training time {total:.1f} s" + (f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+                                                   if tr.device.type == "cuda" else ""))
     if a.eval_images > 0:
         t0 = time.perf_counter()
         res = tr.evaluate("test", max_images=a.eval_images, ssim=False)
