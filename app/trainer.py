@@ -43,6 +43,11 @@ class TrainConfig:
     # peak, after ~20 s of compilation (docs/bench_gpu.md). Models without compile_fields
     # (the hash model, where it was measured not to pay) ignore it.
     compile: bool = False
+    # A random colour behind every training pixel of a scene with alpha (instant-ngp's and
+    # nerfstudio's default for the synthetic scenes): a constant background lets the field
+    # explain empty space with background-coloured density ("floaters"); with a random one
+    # only transparency explains it. Evaluation still uses the scene's background.
+    random_background: bool = False
 
     def validate(self) -> None:
         if self.batch_rays < 1:
@@ -119,6 +124,9 @@ class Trainer:
         self.height, self.width, self.focal = tr.height, tr.width, tr.focal
         self.K = intrinsics(self.width, self.height, self.focal)
         self.images = torch.from_numpy(tr.images).to(self.device)  # (N, H, W, 3)
+        # (N, H, W) coverage, kept only when training swaps the background.
+        self.alpha = (torch.from_numpy(tr.alpha).to(self.device)
+                      if self.config.random_background and tr.alpha is not None else None)
         self.c2w = torch.from_numpy(tr.c2w).to(self.device)  # (N, 4, 4)
         self.model = model if model is not None else build_model(self.config.model,
                                                                   **self.config.model_options)
@@ -165,8 +173,10 @@ class Trainer:
 
     # -- data ---------------------------------------------------------------------------
     def sample_batch(self, n: int):
-        """Random rays across all training images: rays_o, rays_d (n, 3), target rgb (n, 3).
-        During the first precrop_steps steps, pixels come from the central crop only."""
+        """Random rays across all training images: rays_o, rays_d (n, 3), target (n, 3) rgb on
+        the scene's background, or (n, 4) rgb + alpha with random_background on a scene with
+        alpha (``step`` then picks the colours). During the first precrop_steps steps, pixels
+        come from the central crop only."""
         n_img, h, w = self.images.shape[:3]
         g = self.rng
         img = torch.randint(0, n_img, (n,), device=self.device, generator=g)
@@ -186,7 +196,19 @@ class Trainer:
         rays_o = c2w[:, :3, 3]
         if self.scene.ndc:
             rays_o, rays_d = ndc_rays(h, w, self.focal, 1.0, rays_o, rays_d)
-        return rays_o, rays_d, self.images[img, py, px]
+        target = self.images[img, py, px]
+        if self.alpha is not None:
+            target = torch.cat([target, self.alpha[img, py, px, None].float()], -1)
+        return rays_o, rays_d, target
+
+    def _swap_background(self, target: torch.Tensor):
+        """target (n, 3 or 4) -> (rgb target (n, 3), background to render with: the scene's,
+        or (n, 3) random colours that the target is re-composited on)."""
+        if target.shape[-1] != 4:
+            return target, self.background
+        bg = torch.rand(target.shape[0], 3, device=target.device, generator=self.rng)
+        # Exact: the stored rgb is rgb*a + (1 - a)*old, so adding (1 - a)*(bg - old) swaps it.
+        return target[:, :3] + (1.0 - target[:, 3:]) * (bg - self.background), bg
 
     # -- training -----------------------------------------------------------------------
     def step(self) -> dict:
@@ -200,10 +222,11 @@ class Trainer:
             if self.fault_hook is not None:
                 self.fault_hook(self)
             rays_o, rays_d, target = self.sample_batch(self.batch_rays)
+            target, background = self._swap_background(target)
             with torch.autocast(self.device.type, dtype=torch.bfloat16,
                                 enabled=self.config.autocast):
                 out = self.model.render_rays(rays_o, rays_d, self.scene.near, self.scene.far,
-                                             background=self.background, train=True)
+                                             background=background, train=True)
             terms = self.model.loss_terms({k: v.float() for k, v in out.items()}, target)
             loss = sum(terms.values())
             if not torch.isfinite(loss):

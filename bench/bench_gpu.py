@@ -81,7 +81,8 @@ def make_trainer(kind: str, scene, args, device: str):
         opts = {"sample_budget": args.hash_budget, **json.loads(args.hash_options)}
         cfg = TrainConfig(model="hash", model_options=opts, batch_rays=4096,
                           lr=1e-2, lr_final=1e-2 * args.hash_lr_drop, lr_decay_steps=args.hash_decay_steps,
-                          seed=args.seed, device=device, autocast=args.hash_bf16)
+                          seed=args.seed, device=device, autocast=args.hash_bf16,
+                          random_background=args.random_bkgd)
     elif kind == "nerf":
         opts = dict(PAPER)
         if args.nerf_occupancy:
@@ -293,6 +294,8 @@ def main(argv=None) -> int:
                    help="torch.compile the nerf fields (TrainConfig.compile; not the hash model, where it "
                         "was measured not to pay); the warm-up then runs past the occupancy grid's "
                         "activation so that compilation stays out of the timed run")
+    p.add_argument("--random-bkgd", action="store_true",
+                   help="hash model: random training background behind transparent pixels")
     p.add_argument("--nerf-batch", type=int, default=8192)
     p.add_argument("--nerf-occupancy", type=int, default=64, help="NeRF occupancy grid res (0: off)")
     p.add_argument("--nerf-decay-steps", type=int, default=100000)

@@ -65,17 +65,19 @@ def load_transforms(json_path: str, downscale: int = 1, white_bkgd: bool = True)
         raise DataError(json_path, "missing 'frames' list")
     if not frames:
         raise DataError(json_path, "split has no frames")
-    images, poses, names = [], [], []
+    images, alphas, poses, names = [], [], [], []
     for i, fr in enumerate(frames):
         if not isinstance(fr, dict) or "file_path" not in fr or "transform_matrix" not in fr:
             raise DataError(json_path, f"frame {i}: needs 'file_path' and 'transform_matrix'")
         poses.append(check_pose(json_path, i, fr["transform_matrix"]))
         ip = _image_path(root, str(fr["file_path"]))
-        img = composite_alpha(read_image(ip), white_bkgd)
+        raw = read_image(ip)
+        img = composite_alpha(raw, white_bkgd)
         if images and img.shape != images[0].shape:
             raise DataError(ip, f"image size {img.shape[1]}x{img.shape[0]} differs from the first "
                                 f"image's {images[0].shape[1]}x{images[0].shape[0]}")
         images.append(img)
+        alphas.append(raw[..., 3] if raw.shape[-1] == 4 else None)
         names.append(os.path.relpath(ip, root))
     h, w = images[0].shape[:2]
     if "camera_angle_x" in meta:
@@ -101,7 +103,11 @@ def load_transforms(json_path: str, downscale: int = 1, white_bkgd: bool = True)
     if downscale > min(h, w):
         raise DataError(json_path, f"downscale {downscale} would leave no pixels of the {w}x{h} images")
     images = [resize_area(im, downscale) for im in images]
-    return Split(np.stack(images).astype(np.float32), np.stack(poses), focal / downscale, names)
+    alpha = None
+    if any(a is not None for a in alphas):  # opaque (RGB) files in an RGBA set get alpha 1
+        alpha = np.stack([resize_area((a if a is not None else np.ones((h, w), np.float32))[..., None],
+                                      downscale)[..., 0] for a in alphas]).astype(np.float16)
+    return Split(np.stack(images).astype(np.float32), np.stack(poses), focal / downscale, names, alpha)
 
 
 def load_blender(root: str, downscale: int = 1, white_bkgd: bool = True, holdout_every: int = 8,
@@ -133,10 +139,11 @@ def load_blender(root: str, downscale: int = 1, white_bkgd: bool = True, holdout
         test_mask = idx % holdout_every == 0
         if test_mask.all():
             raise DataError(root, "too few training views to hold out a test split")
+        cut = lambda m: None if tr.alpha is None else tr.alpha[m]
         splits["test"] = Split(tr.images[test_mask], tr.c2w[test_mask], tr.focal,
-                               [n for n, m in zip(tr.names, test_mask) if m])
+                               [n for n, m in zip(tr.names, test_mask) if m], cut(test_mask))
         splits["train"] = Split(tr.images[~test_mask], tr.c2w[~test_mask], tr.focal,
-                                [n for n, m in zip(tr.names, test_mask) if not m])
+                                [n for n, m in zip(tr.names, test_mask) if not m], cut(~test_mask))
         notes.append(f"no test split: held out every {holdout_every}th train view "
                      f"({int(test_mask.sum())} views) as test")
     if "val" not in splits:

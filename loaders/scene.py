@@ -20,12 +20,16 @@ class Split:
 
     images (N, H, W, 3) float32 in [0, 1] (already composited on the background),
     c2w (N, 4, 4) float32 OpenGL camera-to-world, focal in pixels, names (N,).
+    alpha (N, H, W) float16 coverage when the files had an alpha channel (else None):
+    with it a trainer can swap the background (``image + (1 - alpha) * (new - old)``
+    is exact, also after box downscaling, since both are linear).
     """
 
     images: np.ndarray
     c2w: np.ndarray
     focal: float
     names: list[str] = field(default_factory=list)
+    alpha: np.ndarray | None = None
 
     @property
     def height(self) -> int:

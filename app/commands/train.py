@@ -67,6 +67,9 @@ def configure(p) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the NeRF networks on CUDA (about 25%% more steps/s and less "
                         "memory, after ~20 s of compilation; ignored on CPU and by other models)")
+    p.add_argument("--random-bkgd", action="store_true",
+                   help="train with a random colour behind transparent pixels (scenes with alpha; "
+                        "instant-ngp's default), which discourages floaters; eval keeps white/black")
     p.add_argument("--black-bkgd", action="store_true", help="composite RGBA on black instead of white")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -141,7 +144,7 @@ def run(args) -> int:
     config = TrainConfig(model=args.model, model_options=opts,
                          batch_rays=args.batch or defaults["batch_rays"], lr=args.lr or defaults["lr"],
                          lr_final=(args.lr or defaults["lr"]) / 10, lr_decay_steps=max(args.steps, 1),
-                         seed=args.seed, device=str(device), autocast=args.bf16, compile=args.compile and cuda,
+                         seed=args.seed, device=str(device), autocast=args.bf16, compile=args.compile and cuda, random_background=args.random_bkgd,
                          precrop_steps=(args.precrop_steps if args.precrop_steps is not None
                                         else precrop_for(args.model, args.preset, cuda)))
     try:
