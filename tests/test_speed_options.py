@@ -109,3 +109,19 @@ def test_gui_worker_uses_bf16_only_for_the_nerf_and_where_native(monkeypatch):
     monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda: True)
     assert worker_mod.default_settings(cuda=False)["bf16"] is True
     assert worker_mod.default_settings(cuda=True, registry=["nerf", "hash"])["bf16"] is True
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cli_bf16_on_cpu_trains_and_warns_only_without_native_bf16(native, scene_dir, tmp_path, monkeypatch,
+                                                                   capsys):
+    from app import trainer as trainer_mod
+    from app.cli import main
+    monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda: native)
+    out = tmp_path / "run"
+    assert main(["train", "--data", scene_dir, "--out", str(out), "--steps", "3", "--device", "cpu",
+                 "--bf16", "--width", "16", "--n-coarse", "4", "--n-fine", "4", "--batch", "32",
+                 "--eval-images", "0"]) == 0
+    text = capsys.readouterr().out
+    assert ("emulated" in text) is (not native)
+    import json
+    assert json.load(open(out / "run.json"))["config"]["autocast"] is True

@@ -140,6 +140,11 @@ def run(args) -> int:
     scene = load_scene(args.data, downscale=args.downscale, white_bkgd=not args.black_bkgd)
     for note in scene.notes:
         print(f"note: {note}")
+    if args.bf16 and not cuda:
+        from app.trainer import cpu_has_native_bf16
+        if not cpu_has_native_bf16():
+            print("note: this CPU lists neither avx512_bf16 nor amx_bf16: --bf16 is emulated here "
+                  "and will likely be slower than fp32")
     defaults = dict(batch_rays=4096 if cuda else 1024, lr=5e-4 if args.model == "nerf" else 1e-2)
     config = TrainConfig(model=args.model, model_options=opts,
                          batch_rays=args.batch or defaults["batch_rays"], lr=args.lr or defaults["lr"],
