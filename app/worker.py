@@ -74,6 +74,9 @@ def default_settings(cuda: bool, registry: list[str] | None = None) -> dict:
     # bf16 NeRF matmuls where they are native: CUDA, or a CPU with avx512_bf16 / AMX (2x steps).
     return dict(model=model, preset="paper" if cuda else "cpu", pe=True, L_xyz=10, L_dir=4,
                 bf16=cuda or cpu_has_native_bf16(),
+                # NeRF occupancy grid over [-1.5, 1.5]^3 (the cube the hash model also assumes):
+                # samples in empty cells are skipped once the grid has settled (step 256 on).
+                occupancy=True,
                 n_coarse=preset["n_coarse"], n_fine=preset["n_fine"], res_scale=1.0,
                 batch_rays=4096 if cuda else 512, compare=False, compare_b="pe_off", L_xyz_b=4)
 
@@ -94,6 +97,8 @@ def model_options(s: dict, variant: str = "A") -> dict:
             pe, L = True, s["L_xyz_b"]
     opts.update(pos_encoding="pe" if pe else "none", L_xyz=int(L), L_dir=int(s["L_dir"]),
                 n_coarse=int(s["n_coarse"]), n_fine=int(s["n_fine"]))
+    if s.get("occupancy"):
+        opts.update(occupancy_res=64, occupancy_bound=1.5)
     return opts
 
 
@@ -494,13 +499,17 @@ class Worker:
 
     # -- model (re)building ----------------------------------------------------------------
     def _config(self, variant: str):
-        from app.commands.train import PRECROP
+        from app.commands.train import PRECROP, PRESET_LR
         from app.trainer import TrainConfig
 
         s = self.settings
-        lr = float(s.get("lr") or (5e-4 if s["model"] == "nerf" else 1e-2))
+        lr = float(s.get("lr") or (PRESET_LR[s.get("preset", "cpu")] if s["model"] == "nerf" else 1e-2))
         precrop = PRECROP[s.get("preset", "cpu")] if s["model"] == "nerf" else 0
-        return TrainConfig(model=s["model"], model_options=model_options(s, variant),
+        opts = model_options(s, variant)
+        if self.scene.ndc:  # forward-facing scenes: NDC coordinates, not the object cube
+            opts.pop("occupancy_res", None)
+            opts.pop("occupancy_bound", None)
+        return TrainConfig(model=s["model"], model_options=opts,
                            batch_rays=int(s["batch_rays"]), lr=lr, lr_final=lr / 10,
                            lr_decay_steps=100_000, seed=self.seed, device=str(self.device),
                            precrop_steps=precrop,

@@ -156,3 +156,21 @@ def test_existing_run_is_not_overwritten(trained_run, capsys):
     assert main(["train", "--data", str(data), "--out", str(run), "--steps", "2", "--device", "cpu"]) == 2
     assert "--resume" in capsys.readouterr().err
     assert open(run / "checkpoint.safetensors", "rb").read() == before
+
+
+@pytest.mark.parametrize("preset,lr", [("cpu", 3e-3), ("paper", 5e-4)])
+def test_default_learning_rate_follows_the_preset(scene_dir, tmp_path, preset, lr):
+    from app.cli import main
+
+    out = tmp_path / preset
+    assert main(["train", "--data", scene_dir, "--out", str(out), "--steps", "1", "--device", "cpu",
+                 "--preset", preset, "--width", "8", "--n-coarse", "4", "--n-fine", "0", "--batch", "16",
+                 "--eval-images", "0"]) == 0
+    cfg = json.load(open(out / "run.json"))["config"]
+    assert cfg["lr"] == lr and cfg["lr_final"] == pytest.approx(lr / 10)
+    # An explicit --lr still wins.
+    out2 = tmp_path / (preset + "_lr")
+    assert main(["train", "--data", scene_dir, "--out", str(out2), "--steps", "1", "--device", "cpu",
+                 "--preset", preset, "--width", "8", "--n-coarse", "4", "--n-fine", "0", "--batch", "16",
+                 "--eval-images", "0", "--lr", "1e-3"]) == 0
+    assert json.load(open(out2 / "run.json"))["config"]["lr"] == 1e-3

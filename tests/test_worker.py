@@ -438,7 +438,8 @@ def test_gesture_preempts_a_long_training_step():
 def test_bf16_setting_reaches_only_the_nerf_trainer():
     from app.worker import default_settings
     worker = Worker(scene=make_sphere_scene(), settings=dict(TINY), device="cpu", threads=1)  # not started
-    worker.device = torch.device("cpu")  # set by the thread on start
+    worker.device = torch.device("cpu")  # these two are set by the thread on start
+    worker.scene = make_sphere_scene()
     worker.settings = {**default_settings(False), **TINY, "bf16": True}
     assert worker._config("A").autocast is True
     # Grid models keep fp32: their colour and SH math is not matmul-bound.
@@ -447,3 +448,18 @@ def test_bf16_setting_reaches_only_the_nerf_trainer():
         assert worker._config("A").autocast is False
     worker.settings = {**worker.settings, "model": "nerf", "bf16": False}
     assert worker._config("A").autocast is False
+
+
+def test_gui_nerf_gets_the_occupancy_grid_except_on_ndc_scenes():
+    from app.worker import default_settings
+    worker = Worker(scene=make_sphere_scene(), settings=dict(TINY), device="cpu", threads=1)  # not started
+    worker.device = torch.device("cpu")
+    worker.scene = make_sphere_scene()
+    worker.settings = {**default_settings(False), **TINY}
+    opts = worker._config("A").model_options
+    assert opts["occupancy_res"] == 64 and opts["occupancy_bound"] == 1.5
+    worker.settings["occupancy"] = False
+    assert "occupancy_res" not in worker._config("A").model_options
+    worker.settings["occupancy"] = True
+    worker.scene.ndc = True  # forward-facing (LLFF) scenes live in NDC, not in the object cube
+    assert "occupancy_res" not in worker._config("A").model_options

@@ -19,6 +19,10 @@ PRESETS = {
 # the official NeRF recipe for Blender scenes; the small CPU net does not need it and
 # a 5-minute CPU run cannot spare the steps.
 PRECROP = {"paper": 500, "cpu": 0}
+# Adam learning rate per preset: the paper's 5e-4 for the paper network; the narrow CPU
+# network learns far faster with 3e-3 (embedded scene, 2 minutes on the 2-core CPU,
+# 512 rays, bf16, occupancy grid: 16.91 dB at 5e-4 vs 20.26 dB at 3e-3, 20 test views).
+PRESET_LR = {"paper": 5e-4, "cpu": 3e-3}
 
 
 def precrop_for(model: str, preset: str | None, cuda: bool) -> int:
@@ -56,7 +60,8 @@ def configure(p) -> None:
     p.add_argument("--n-fine", type=int, default=None, help="fine (importance) samples per ray")
     p.add_argument("--width", type=positive(int), default=None)
     p.add_argument("--batch", type=positive(int), default=None, help="rays per step")
-    p.add_argument("--lr", type=positive(float), default=None)
+    p.add_argument("--lr", type=positive(float), default=None,
+                   help="Adam learning rate (default: 5e-4 paper preset, 3e-3 cpu preset, 1e-2 grid models)")
     p.add_argument("--precrop-steps", type=int, default=None,
                    help="first steps that sample only the central half of each image "
                         "(default 500 with the paper preset, else 0)")
@@ -145,7 +150,8 @@ def run(args) -> int:
         if not cpu_has_native_bf16():
             print("note: this CPU lists neither avx512_bf16 nor amx_bf16: --bf16 is emulated here "
                   "and will likely be slower than fp32")
-    defaults = dict(batch_rays=4096 if cuda else 1024, lr=5e-4 if args.model == "nerf" else 1e-2)
+    nerf_lr = PRESET_LR[args.preset or ("paper" if cuda else "cpu")]
+    defaults = dict(batch_rays=4096 if cuda else 1024, lr=nerf_lr if args.model == "nerf" else 1e-2)
     config = TrainConfig(model=args.model, model_options=opts,
                          batch_rays=args.batch or defaults["batch_rays"], lr=args.lr or defaults["lr"],
                          lr_final=(args.lr or defaults["lr"]) / 10, lr_decay_steps=max(args.steps, 1),
