@@ -188,8 +188,8 @@ class NeRFModel(nn.Module):
         return result
 
     def compile_fields(self, backend: str = "inductor") -> None:
-        """torch.compile each network's forward (bias, ReLU, skip concat and heads fused
-        around the matmuls). dynamic=True: the occupancy grid makes the number of
+        """torch.compile each network's forward, so that the element-wise work between
+        the matmuls can be fused. dynamic=True: the occupancy grid makes the number of
         evaluated samples change every step. Parameters and state_dict are untouched."""
         for f in (self.coarse, self.fine_field):
             if f is not None:
