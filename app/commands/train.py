@@ -155,7 +155,8 @@ def run(args) -> int:
     config = TrainConfig(model=args.model, model_options=opts,
                          batch_rays=args.batch or defaults["batch_rays"], lr=args.lr or defaults["lr"],
                          lr_final=(args.lr or defaults["lr"]) / 10, lr_decay_steps=max(args.steps, 1),
-                         seed=args.seed, device=str(device), autocast=args.bf16, compile=args.compile and cuda, random_background=args.random_bkgd,
+                         seed=args.seed, device=str(device), autocast=args.bf16,
+                         compile=args.compile and cuda, random_background=args.random_bkgd,
                          precrop_steps=(args.precrop_steps if args.precrop_steps is not None
                                         else precrop_for(args.model, args.preset, cuda)))
     try:
