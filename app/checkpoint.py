@@ -47,6 +47,14 @@ def atomic_write(path: str, write_fn) -> None:
         raise
 
 
+def _portable_group(g: dict) -> dict:
+    """A param group as JSON that any device can load: the CUDA-graph step (app/graph_step.py)
+    keeps lr in a device tensor and marks groups capturable, neither of which a CPU resume takes."""
+    out = {k: (float(v) if torch.is_tensor(v) else v) for k, v in g.items()}
+    out["capturable"] = False
+    return out
+
+
 def save_checkpoint(path: str, trainer) -> None:
     """Model, optimiser state, config and step of a Trainer."""
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in trainer.model.state_dict().items()}
@@ -64,8 +72,7 @@ def save_checkpoint(path: str, trainer) -> None:
     meta = {"format": FORMAT, "version": VERSION, "model": trainer.config.model,
             "config": trainer.config_dict(), "step": trainer.step_count,
             "batch_rays": trainer.batch_rays,
-            "param_groups": [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]}
-                             for g in osd["param_groups"]]}
+            "param_groups": [_portable_group(g) for g in osd["param_groups"]]}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"nerflab": json.dumps(meta)}))
 
 

@@ -48,6 +48,10 @@ class TrainConfig:
     # explain empty space with background-coloured density ("floaters"); with a random one
     # only transparency explains it. Evaluation still uses the scene's background.
     random_background: bool = False
+    # Replay the whole training step as one CUDA graph (app/graph_step.py) for models that
+    # offer a static-shape step (the hash model). CUDA only; ignored elsewhere. The step
+    # then uses a fixed 2^18-slot sample buffer and steers its own ray count.
+    cuda_graph: bool = False
 
     def validate(self) -> None:
         if self.batch_rays < 1:
@@ -141,6 +145,9 @@ class Trainer:
         self.last_metrics: dict = {}
         self._consecutive_bad = 0
         self._good_state = None  # (step, model state, optimizer state) to roll back to
+        self._static = None  # app.graph_step.StaticStep while the graphed step is in use
+        self._static_failed = False
+        self.static_on_cpu = False  # tests: run the static step eagerly on a CPU
 
     # -- construction -----------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -160,7 +167,23 @@ class Trainer:
 
     def rebuild_optimizer(self) -> None:
         """Called by models whose parameter tensors change shape (grid upsampling)."""
+        self._drop_static()
         self.optimizer = self._make_optimizer()
+
+    def _drop_static(self) -> None:
+        """Forget the graphed step (it holds the optimiser's state tensors); the next step
+        captures a new one."""
+        if self._static is not None:
+            self._static.release()
+            self._static = None
+
+    def _use_static(self) -> bool:
+        if not self.config.cuda_graph or self._static_failed or self.fault_hook is not None:
+            return False
+        if self.device.type != "cuda" and not self.static_on_cpu:
+            return False
+        from app.graph_step import supports_graph
+        return self.step_count >= self.config.precrop_steps and supports_graph(self)
 
     @property
     def background(self) -> float:
@@ -172,13 +195,14 @@ class Trainer:
         return c.lr * (c.lr_final / c.lr) ** (step / c.lr_decay_steps)
 
     # -- data ---------------------------------------------------------------------------
-    def sample_batch(self, n: int):
+    def sample_batch(self, n: int, generator: torch.Generator | None | str = "trainer"):
         """Random rays across all training images: rays_o, rays_d (n, 3), target (n, 3) rgb on
         the scene's background, or (n, 4) rgb + alpha with random_background on a scene with
         alpha (``step`` then picks the colours). During the first precrop_steps steps, pixels
-        come from the central crop only."""
+        come from the central crop only. ``generator``: the trainer's own by default; None
+        for torch's default one (the only one a CUDA graph replays)."""
         n_img, h, w = self.images.shape[:3]
-        g = self.rng
+        g = self.rng if generator == "trainer" else generator
         img = torch.randint(0, n_img, (n,), device=self.device, generator=g)
         y0, y1, x0, x1 = 0, h, 0, w
         if self.step_count < self.config.precrop_steps:
@@ -201,12 +225,13 @@ class Trainer:
             target = torch.cat([target, self.alpha[img, py, px, None].float()], -1)
         return rays_o, rays_d, target
 
-    def _swap_background(self, target: torch.Tensor):
+    def _swap_background(self, target: torch.Tensor, generator: torch.Generator | None | str = "trainer"):
         """target (n, 3 or 4) -> (rgb target (n, 3), background to render with: the scene's,
         or (n, 3) random colours that the target is re-composited on)."""
         if target.shape[-1] != 4:
             return target, self.background
-        bg = torch.rand(target.shape[0], 3, device=target.device, generator=self.rng)
+        bg = torch.rand(target.shape[0], 3, device=target.device,
+                        generator=self.rng if generator == "trainer" else generator)
         # Exact: the stored rgb is rgb*a + (1 - a)*old, so adding (1 - a)*(bg - old) swaps it.
         return target[:, :3] + (1.0 - target[:, 3:]) * (bg - self.background), bg
 
@@ -216,6 +241,10 @@ class Trainer:
         records an event instead; other exceptions propagate."""
         t0 = time.perf_counter()
         lr = self.lr_at(self.step_count)
+        if self._use_static():
+            res = self._static_step(t0, lr)
+            if res is not None:
+                return res
         for g in self.optimizer.param_groups:
             g["lr"] = g["initial_lr"] * lr / self.config.lr
         try:
@@ -265,6 +294,48 @@ class Trainer:
                              "time": time.perf_counter() - t0}
         return self.last_metrics
 
+    def _static_step(self, t0: float, lr: float) -> dict | None:
+        """One step through app.graph_step.StaticStep. Returns None when the graphed step
+        cannot run here (then it is off for the rest of the run and the caller falls back to
+        the eager step); recovery rules are the eager step's."""
+        from app.graph_step import StaticStep
+        try:
+            if self._static is None:
+                self._static = StaticStep(self)
+            self._static.set_lr(lr / self.config.lr)
+            st = self._static.run()
+        except Exception as exc:  # noqa: BLE001 - capture problems must not stop training
+            self._drop_static()
+            self._static_failed = True
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            what = "out of memory" if is_oom(exc) else f"{type(exc).__name__}: {exc}"[:200]
+            self.events.append(f"step {self.step_count}: CUDA-graph step unavailable ({what}); "
+                               "continuing with the eager step")
+            return None
+        if st["found_inf"]:
+            msg = f"step {self.step_count}: loss {st['loss']:.4g}, non-finite loss or gradient, update skipped"
+            res = self._skip(msg)
+            return res
+        n = int(st["steps"])
+        self._consecutive_bad = 0
+        before = self.step_count
+        self.step_count += n
+        if self.step_count // self.SNAPSHOT_EVERY != before // self.SNAPSHOT_EVERY or self._good_state is None:
+            self._snapshot()
+        if hasattr(self.model, "step_hook"):
+            # The graph steers its own ray count: the hook only refreshes the occupancy grid.
+            self.model._last_batch = None
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.autocast):
+                self.model.step_hook(self.step_count, self)
+        self.model._last_batch = (int(st["rays"]), int(st["kept"]))
+        self.batch_rays = int(st["n_active"])
+        self.last_metrics = {"step": self.step_count, "loss": st["loss"], "mse": st["mse"],
+                             "psnr": psnr_from_mse(st["mse"]), "lr": lr, "batch_rays": self.batch_rays,
+                             "time": time.perf_counter() - t0}
+        return self.last_metrics
+
     def _snapshot(self) -> None:
         """Keep an in-memory copy of the last healthy state (cheap next to a step every
         SNAPSHOT_EVERY steps) so a diverged model can be rolled back instead of stalling."""
@@ -289,6 +360,7 @@ class Trainer:
                 # Shapes changed since the snapshot (grid upsampling): keep the weights,
                 # reset the optimiser moments, which is where divergence usually lives.
                 self.rebuild_optimizer()
+            self._drop_static()  # its captured kernels point at the replaced optimiser state
             self.step_count = step
             self._consecutive_bad = 0
             msg2 = f"rolled back to the last healthy state at step {step}"

@@ -348,6 +348,44 @@ class HashGridModel(nn.Module):
         return {"rgb": color, "depth": depth, "acc": acc, "valid": valid,
                 "samples": torch.tensor(float(n_samples), device=dev)}
 
+    def render_rays_static(self, rays_o: torch.Tensor, rays_d: torch.Tensor, near: float, far: float,
+                           background, active: torch.Tensor, capacity: int) -> dict[str, torch.Tensor]:
+        """The training render of ``render_rays(train=True)`` with fixed shapes and no host
+        sync, so that a whole step can be captured as one CUDA graph (app/graph_step.py).
+
+        rays (R, 3) with R >= 1; active (R,) bool: the adaptive batch is the active rays,
+        the others march nothing. Exactly ``capacity`` samples are evaluated: the packed
+        ones, then padding (renderer.occupancy.march_rays_static). background: a float or
+        (R, 3). Returns rgb (R, 3), acc (R,), valid (R,) float (active and all samples
+        packed), marched and kept (0-dim: samples asked for, samples packed).
+        """
+        c = self.config
+        n = rays_o.shape[0]
+        rays_o = rays_o.float()
+        dnorm = rays_d.float().norm(dim=-1).clamp(min=1e-12)
+        dirs = rays_d.float() / dnorm[:, None]
+        s0, s1 = occ_mod.ray_aabb(rays_o, dirs, c["bound"])
+        # Python floats, not tensors: a host-to-device copy cannot be captured.
+        s0 = torch.maximum(s0, dnorm * float(near))
+        s1 = torch.minimum(s1, dnorm * float(far))
+        s1 = torch.where(active, s1, s0)
+        jitter = torch.rand(n, device=rays_o.device)
+        pk = occ_mod.march_rays_static(rays_o, dirs, s0, s1, self.occupancy, c["bound"], c["grid_res"],
+                                       self.dt, c["n_coarse"], jitter, capacity)
+        # Padding samples belong to an extra ray n at the origin (inside the cube).
+        o_pad = torch.cat([rays_o, torch.zeros_like(rays_o[:1])])
+        d_pad = torch.cat([dirs, dirs[:1]])
+        sh = sh_encode(d_pad, self.sh_C)
+        sigma, rgb = self._field_packed(o_pad, d_pad, sh, pk["ray_ids"], pk["s"])
+        out = occ_mod.composite_packed(sigma, rgb, pk["s"], self.dt, pk["ray_ids"], n + 1)
+        color, acc = out["rgb"][:n], out["acc"][:n]
+        if torch.is_tensor(background):
+            color = color + (1.0 - acc)[:, None] * background.to(color.dtype)
+        elif background is not None:
+            color = color + (1.0 - acc)[:, None] * float(background)
+        return {"rgb": color, "acc": acc, "valid": (pk["fits"] & active).float(),
+                "marched": pk["marched"], "kept": pk["kept"]}
+
     def _render_terminating(self, rays_o, dirs, sh, s0, s1, first_round: int = 16):
         """Front-to-back rounds of 16, 32, 64, ... samples per ray; a ray leaves once its
         transmittance drops below min_transmittance. Returns (composite dict, samples used)."""

@@ -140,6 +140,43 @@ def march_rays(rays_o: torch.Tensor, dirs: torch.Tensor, s_start: torch.Tensor, 
                             max_samples)
 
 
+def march_rays_static(rays_o: torch.Tensor, dirs: torch.Tensor, s_start: torch.Tensor,
+                      s_end: torch.Tensor, occ: torch.Tensor, bound: float, res: int, dt: float,
+                      max_steps: int, jitter: torch.Tensor, capacity: int) -> dict[str, torch.Tensor]:
+    """``march_rays`` with fixed output shapes and, on CUDA, no host sync (CUDA-graph capturable).
+
+    Samples are packed into a buffer of exactly ``capacity`` slots. Rays whose samples
+    would not all fit are dropped whole, as with ``max_samples``; the slots after the
+    last sample are padding: ray id R (one past the last ray, so ``ray_ids`` stays
+    sorted) at s = 0. Callers evaluate the padding and discard ray R.
+
+    Returns ray_ids (capacity,) int64, s (capacity,) float32, fits (R,) bool, marched
+    (0-dim int64: samples all rays asked for) and kept (0-dim int64: samples packed).
+    """
+    if _use_triton(rays_o):
+        try:
+            from renderer.kernels.march import march_rays_triton_static
+            return march_rays_triton_static(rays_o, dirs, s_start, s_end, occ, bound, res, dt,
+                                            max_steps, jitter, capacity)
+        except Exception as exc:  # noqa: BLE001 - a kernel that fails must not stop training
+            if os.environ.get("NERFLAB_KERNELS") == "triton":
+                raise
+            from renderer import kernels
+            kernels.disable(f"march_rays_static: {exc!r}"[:300])
+    n_rays = rays_o.shape[0]
+    dev = rays_o.device
+    pk = march_rays_torch(rays_o, dirs, s_start, s_end, occ, bound, res, dt, max_steps, jitter)
+    counts, fits = _fit_budget(pk["counts"], capacity)
+    keep = fits[pk["ray_ids"]]
+    n = int(counts.sum().item())
+    ray_ids = torch.full((capacity,), n_rays, dtype=torch.int64, device=dev)
+    s = torch.zeros(capacity, device=dev)
+    ray_ids[:n] = pk["ray_ids"][keep]
+    s[:n] = pk["s"][keep]
+    return {"ray_ids": ray_ids, "s": s, "fits": fits, "marched": pk["counts"].sum(),
+            "kept": counts.sum()}
+
+
 def _fit_budget(counts: torch.Tensor, max_samples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(counts (R,) with the rays that overflow ``max_samples`` set to 0, fits (R,) bool)."""
     if max_samples is None:
@@ -219,9 +256,11 @@ def composite_packed(sigma: torch.Tensor, rgb: torch.Tensor, s: torch.Tensor, de
     sd64 = sd.double()
     excl = torch.cumsum(sd64, 0) - sd64
     first = first_index(ray_ids, n_rays).clamp(max=n - 1)
-    tau_in = (excl - excl[first][ray_ids]).float()  # (N,) optical depth before each sample
+    # index_select, not a[idx]: its backward is an atomic index_add, where indexing's
+    # backward sorts all N indices first (a radix sort per step on the GPU).
+    tau_in = (excl - excl.index_select(0, first).index_select(0, ray_ids)).float()  # (N,) depth before
     if tau0 is not None:
-        tau_in = tau_in + tau0[ray_ids]
+        tau_in = tau_in + tau0.index_select(0, ray_ids)
     w = (1.0 - torch.exp(-sd)) * torch.exp(-tau_in)  # (N,)
     z1 = torch.zeros(n_rays, device=dev, dtype=w.dtype)
     acc = z1.index_add(0, ray_ids, w)

@@ -97,3 +97,35 @@ def march_rays_triton(rays_o, dirs, s_start, s_end, occ, bound, res, dt, max_ste
         _march_kernel[(n_rays,)](o, d, s0, s1, j, occ, offsets, counts, s_out, r_out, *args,
                                  MAX_STEPS=int(max_steps), WRITE=True, BLOCK=BLOCK, num_warps=4, enable_fp_fusion=False)
     return {"ray_ids": r_out, "s": s_out, "offsets": offsets, "counts": counts, "fits": fits}
+
+
+def march_rays_triton_static(rays_o, dirs, s_start, s_end, occ, bound, res, dt, max_steps, jitter,
+                             capacity: int) -> dict[str, torch.Tensor]:
+    """Same contract as renderer.occupancy.march_rays_static: the same two launches, but
+    the write goes into a ``capacity``-slot buffer, so nothing waits for the count."""
+    n_rays = rays_o.shape[0]
+    dev = rays_o.device
+    o = rays_o.float().contiguous()
+    d = dirs.float().contiguous()
+    s0 = s_start.float().contiguous()
+    s1 = s_end.float().contiguous()
+    j = jitter.float().contiguous()
+    occ = occ.contiguous()
+    args = (float(dt), float(1.0 / dt), float(bound), float(res / (2.0 * bound)), int(res))
+    counts32 = torch.empty(n_rays, dtype=torch.int32, device=dev)
+    dummy_f = torch.empty(1, device=dev)
+    dummy_i = torch.empty(1, dtype=torch.int64, device=dev)
+    _march_kernel[(n_rays,)](o, d, s0, s1, j, occ, dummy_i, counts32, dummy_f, dummy_i, *args,
+                             MAX_STEPS=int(max_steps), WRITE=False, BLOCK=BLOCK, num_warps=4,
+                             enable_fp_fusion=False)
+    raw = counts32.long()
+    ends = torch.cumsum(raw, 0)
+    fits = ends <= capacity
+    counts = torch.where(fits, raw, torch.zeros_like(raw))
+    offsets = torch.cumsum(counts, 0) - counts
+    s_out = torch.zeros(capacity, device=dev)
+    r_out = torch.full((capacity,), n_rays, dtype=torch.int64, device=dev)
+    _march_kernel[(n_rays,)](o, d, s0, s1, j, occ, offsets, counts, s_out, r_out, *args,
+                             MAX_STEPS=int(max_steps), WRITE=True, BLOCK=BLOCK, num_warps=4,
+                             enable_fp_fusion=False)
+    return {"ray_ids": r_out, "s": s_out, "fits": fits, "marched": ends[-1], "kept": counts.sum()}

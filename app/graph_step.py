@@ -1,0 +1,164 @@
+"""A whole hash-grid training step replayed as one CUDA graph.
+
+Why: profiled on the H100 the eager hash step launched 256 kernels and spent
+about half its wall time on the CPU side of those launches (docs/bench_gpu.md).
+A CUDA graph replays the same kernels with one launch. Capturing needs fixed
+shapes and no host synchronisation inside the step, so the step here differs
+from ``Trainer.step`` in three ways, all of them instant-ngp's own choices:
+
+- A fixed ray buffer of ``max_rays`` rays of which the first ``n_active`` are
+  marched; ``n_active`` is a device scalar that the step itself steers so that
+  the marched samples match the sample budget (instant-ngp's rays-per-batch rule).
+- A fixed sample buffer of ``capacity`` slots (the budget, 2^18 by default);
+  rays that do not fit whole are dropped for that step, the rest is padding.
+- A step with a non-finite gradient is skipped inside the graph: the fused Adam
+  kernel takes a ``found_inf`` flag (the mechanism GradScaler uses) and leaves
+  parameters, moments and step count untouched. The host reads the flag with the
+  loss in the step's single sync and applies the trainer's usual recovery rules.
+
+``StaticStep.run`` without CUDA runs the same computation eagerly: the tests use
+that to check it against the eager step on a CPU.
+"""
+from __future__ import annotations
+
+import torch
+
+STATS = ("loss", "mse", "found_inf", "rays", "marched", "kept", "n_active")
+
+
+def supports_graph(trainer) -> bool:
+    """True when the trainer's model and scene allow the static step."""
+    m = trainer.model
+    near, far = trainer.scene.near, trainer.scene.far
+    return (hasattr(m, "render_rays_static") and isinstance(near, (int, float))
+            and isinstance(far, (int, float)))
+
+
+class StaticStep:
+    """Fixed-shape training step for a trainer whose model has ``render_rays_static``.
+
+    Construction switches the trainer's optimiser to tensor learning rates and a
+    ``found_inf`` flag (both read by the fused Adam kernel on every step); ``release``
+    switches it back. ``run`` performs one step (the first graphed call also the warm-up steps) and
+    returns the STATS as floats plus "steps", the number of steps taken.
+    """
+
+    WARMUP = 3  # eager steps on a side stream before capture (PyTorch's recipe)
+
+    def __init__(self, trainer, capacity: int | None = None, max_rays: int | None = None):
+        self.trainer = trainer
+        model = trainer.model
+        self.device = trainer.device
+        self.capacity = int(capacity or model.config["sample_budget"])
+        # The eager path's cap on rays (a quarter of the budget: 4 samples per ray).
+        self.max_rays = int(max_rays or max(64, self.capacity // 4))
+        self.use_graph = self.device.type == "cuda"
+        opt = trainer.optimizer
+        # The fused Adam kernel (CUDA; on a CPU when a test builds one) skips a step itself
+        # when found_inf is set; otherwise the eager path checks the flag on the host.
+        self.fused = all(g.get("fused") for g in opt.param_groups)
+        dev = self.device
+        start = min(max(trainer.batch_rays, 64), self.max_rays)
+        self.n_active = torch.tensor(float(start), device=dev)
+        self.ray_index = torch.arange(self.max_rays, device=dev, dtype=torch.float32)
+        # 0-dim: the fused kernel subtracts it from each 0-dim Adam step count.
+        self.found_inf = torch.zeros((), device=dev)
+        if self.use_graph and not self.fused:
+            raise RuntimeError("the CUDA-graph step needs the fused Adam optimiser")
+        if self.fused:
+            for g in opt.param_groups:
+                g["lr"] = torch.tensor(float(g["lr"]), device=dev)
+                g["capturable"] = self.use_graph
+            opt.found_inf = self.found_inf
+        self.stats = None
+        self.graph = None
+        self.steps_run = 0
+
+    def release(self) -> None:
+        """Give the optimiser back its float learning rates; forget the graph."""
+        opt = self.trainer.optimizer
+        for g in opt.param_groups:
+            if torch.is_tensor(g["lr"]):
+                g["lr"] = float(g["lr"].item())
+                g["capturable"] = False
+        if getattr(opt, "found_inf", None) is self.found_inf:
+            del opt.found_inf
+        self.graph = None
+        self.stats = None
+
+    def set_lr(self, factor: float) -> None:
+        """lr of each group = its initial lr x factor, written into the tensors in place."""
+        for g in self.trainer.optimizer.param_groups:
+            if torch.is_tensor(g["lr"]):
+                g["lr"].fill_(g["initial_lr"] * factor)
+            else:
+                g["lr"] = g["initial_lr"] * factor
+
+    # -- the step -------------------------------------------------------------------------
+    def _body(self) -> torch.Tensor:
+        """One step, fixed shapes, no host sync. Returns the STATS (7,) on the device."""
+        tr = self.trainer
+        model = tr.model
+        gen = None if self.use_graph else tr.rng  # graphs replay the default generator's stream
+        rays_o, rays_d, target = tr.sample_batch(self.max_rays, generator=gen)
+        target, background = tr._swap_background(target, generator=gen)
+        active = self.ray_index < self.n_active
+        # Autocast's weight cache must be off while capturing (PyTorch's CUDA-graph notes).
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tr.config.autocast,
+                            cache_enabled=False):
+            out = model.render_rays_static(rays_o, rays_d, tr.scene.near, tr.scene.far, background,
+                                           active, self.capacity)
+        terms = model.loss_terms({"rgb": out["rgb"].float(), "valid": out["valid"]}, target)
+        loss = sum(terms.values())
+        loss.backward()
+        grads = [p.grad for g in tr.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        # 0 * g is 0 for finite g, NaN otherwise: one reduction flags any bad gradient.
+        total = torch.stack(torch._foreach_norm(torch._foreach_mul(grads, 0.0))).sum()
+        self.found_inf.copy_((~torch.isfinite(total + loss.detach())).float())
+        if self.fused:
+            tr.optimizer.step()  # the fused kernel skips the update when found_inf is set
+        elif not bool(self.found_inf.item()):
+            tr.optimizer.step()
+        # instant-ngp's batch rule: scale the rays by budget / marched, at most x2 per step.
+        marched = out["marched"].float()
+        ratio = (self.capacity / marched.clamp(min=1.0)).clamp(0.5, 2.0)
+        rays = out["valid"].sum()
+        stats = torch.stack([loss.detach().float(), terms["mse"].detach().float(),
+                             self.found_inf, rays, marched, out["kept"].float(),
+                             self.n_active.clone()])
+        self.n_active.copy_((self.n_active * ratio).round().clamp(64.0, float(self.max_rays)))
+        return stats
+
+    def _capture(self) -> None:
+        opt = self.trainer.optimizer
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP):
+                opt.zero_grad(set_to_none=True)
+                self._body()
+        torch.cuda.current_stream().wait_stream(side)
+        # Gradients allocated during capture live in the graph's pool and are overwritten,
+        # not accumulated, on every replay.
+        opt.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.stats = self._body()
+        self.graph = graph
+
+    def run(self) -> dict:
+        """One training step; returns the STATS as Python floats (one device sync)."""
+        steps = 1
+        if not self.use_graph:
+            self.trainer.optimizer.zero_grad(set_to_none=True)
+            stats = self._body()
+        else:
+            if self.graph is None:
+                # Capture does not run the kernels; the warm-up steps before it do, and are
+                # real training steps, so this call reports them in "steps".
+                self._capture()
+                steps += self.WARMUP
+            self.graph.replay()
+            stats = self.stats
+        self.steps_run += steps
+        return {**dict(zip(STATS, stats.tolist())), "steps": steps}
