@@ -73,6 +73,15 @@ class StaticStep:
         self.stats = None
         self.graph = None
         self.steps_run = 0
+        self.signature = self.current_signature()
+
+    def current_signature(self) -> tuple:
+        """What the captured kernels bake in: the model's options (sample counts, step size,
+        grid size, budget) and the precision. A change (the GUI's sample slider) makes the
+        trainer capture a new graph."""
+        tr = self.trainer
+        return (tuple(sorted((k, repr(v)) for k, v in tr.model.config.items())), bool(tr.config.autocast),
+                tr.config.random_background)
 
     def release(self) -> None:
         """Give the optimiser back its float learning rates; forget the graph."""
@@ -142,7 +151,8 @@ class StaticStep:
         # not accumulated, on every replay.
         opt.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the GUI's other threads may use CUDA while the worker captures.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self.stats = self._body()
         self.graph = graph
 

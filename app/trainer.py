@@ -300,6 +300,8 @@ class Trainer:
         the eager step); recovery rules are the eager step's."""
         from app.graph_step import StaticStep
         try:
+            if self._static is not None and self._static.signature != self._static.current_signature():
+                self._drop_static()
             if self._static is None:
                 self._static = StaticStep(self)
             self._static.set_lr(lr / self.config.lr)

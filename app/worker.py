@@ -513,8 +513,12 @@ class Worker:
                            batch_rays=int(s["batch_rays"]), lr=lr, lr_final=lr / 10,
                            lr_decay_steps=100_000, seed=self.seed, device=str(self.device),
                            precrop_steps=precrop,
-                           # The MLP is what bf16 speeds up; grid models keep fp32 colour/SH math.
-                           autocast=bool(s.get("bf16", False)) and s["model"] == "nerf")
+                           # bf16 speeds up the NeRF MLP everywhere it is native, and the hash
+                           # model's graphed CUDA step (339 vs 302 steps/s on an H200,
+                           # docs/bench_gpu.md); Plenoxels has no MLP and stays fp32.
+                           autocast=bool(s.get("bf16", False)) and (
+                               s["model"] == "nerf" or (s["model"] == "hash" and self.device.type == "cuda")),
+                           cuda_graph=s["model"] == "hash")
 
     def _build(self, reason: str) -> None:
         """Fresh trainer(s) from self.settings; on failure the old ones stay."""

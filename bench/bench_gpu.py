@@ -5,7 +5,8 @@
     python bench/bench_gpu.py --models nerf,reference --budgets 15,60 --max-seconds reference=20
 
 Models:
-  hash       models/hashgrid.py (hash grid + occupancy grid, 2^18-sample budget), lr 1e-2
+  hash       models/hashgrid.py (hash grid + occupancy grid, 2^18-sample budget), lr 1e-2,
+             bf16, each step one CUDA graph (--hash-fp32, --hash-eager to compare)
   nerf       models/nerf.py, preset 'paper' (8x256, 64 + 128 samples), fast path: bf16
              autocast, TF32, large batch, occupancy grid (--nerf-occupancy; 0 = off)
   nerf-plain models/nerf.py preset 'paper' with the trainer's defaults (fp32, 4096 rays)
@@ -81,8 +82,8 @@ def make_trainer(kind: str, scene, args, device: str):
         opts = {"sample_budget": args.hash_budget, **json.loads(args.hash_options)}
         cfg = TrainConfig(model="hash", model_options=opts, batch_rays=4096,
                           lr=1e-2, lr_final=1e-2 * args.hash_lr_drop, lr_decay_steps=args.hash_decay_steps,
-                          seed=args.seed, device=device, autocast=args.hash_bf16,
-                          random_background=args.random_bkgd)
+                          seed=args.seed, device=device, autocast=not args.hash_fp32,
+                          random_background=args.random_bkgd, cuda_graph=not args.hash_eager)
     elif kind == "nerf":
         opts = dict(PAPER)
         if args.nerf_occupancy:
@@ -289,11 +290,14 @@ def main(argv=None) -> int:
     p.add_argument("--hash-options", default="{}", help="extra hash model options as JSON")
     p.add_argument("--hash-decay-steps", type=int, default=30000)
     p.add_argument("--hash-lr-drop", type=float, default=0.1, help="lr_final / lr for the hash model")
-    p.add_argument("--hash-bf16", action="store_true", help="bf16 autocast for the hash model's MLPs")
+    p.add_argument("--hash-fp32", action="store_true",
+                   help="hash model: fp32 MLPs (default bf16 autocast, as the GUI and the graphed step use)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the nerf fields (TrainConfig.compile; not the hash model, where it "
                         "was measured not to pay); the warm-up then runs past the occupancy grid's "
                         "activation so that compilation stays out of the timed run")
+    p.add_argument("--hash-eager", action="store_true",
+                   help="hash model: the eager step instead of one CUDA graph per step (TrainConfig.cuda_graph)")
     p.add_argument("--random-bkgd", action="store_true",
                    help="hash model: random training background behind transparent pixels")
     p.add_argument("--nerf-batch", type=int, default=8192)

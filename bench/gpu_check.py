@@ -69,6 +69,14 @@ def check_march(dev, n_rays, res, steps):
     ta = timeit(lambda: oc.march_rays_torch(o, d, s0, s1, occ, 1.5, res, dt, steps, j), 5)
     tb = timeit(lambda: march_rays_triton(o, d, s0, s1, occ, 1.5, res, dt, steps, j), 20)
     log(f"march time: torch {ta:.2f} ms, triton {tb:.2f} ms")
+    from renderer.kernels.march import march_rays_triton_static
+    cap = max(1, a["s"].numel() * 3 // 4)  # a cut inside the batch
+    sa = oc.march_rays_torch(o, d, s0, s1, occ, 1.5, res, dt, steps, j, max_samples=cap)
+    sb = march_rays_triton_static(o, d, s0, s1, occ, 1.5, res, dt, steps, j, cap)
+    k = sa["s"].numel()
+    same = (torch.equal(sa["s"], sb["s"][:k]) and torch.equal(sa["ray_ids"], sb["ray_ids"][:k])
+            and bool((sb["ray_ids"][k:] == n_rays).all()) and torch.equal(sa["fits"], sb["fits"]))
+    log(f"march static (capacity {cap}): {k} packed, identical to the dynamic march + padding: {same}")
 
 
 def check_hash(dev, n, log2):
@@ -136,7 +144,8 @@ def profile(kind, data, steps_warm, steps_prof, autocast, batch):
         torch.cuda.synchronize()
         wall = (time.perf_counter() - t0) / steps_prof * 1e3
     ka = prof.key_averages()
-    cuda_total = sum(e.self_device_time_total for e in ka) / steps_prof / 1e3
+    # Kernels only: operator rows repeat their kernels' time (the old sum counted it twice).
+    cuda_total = sum(e.self_device_time_total for e in ka if e.device_type.name == "CUDA") / steps_prof / 1e3
     log(f"{kind}: profiled {wall:.2f} ms/step wall; device busy {cuda_total:.2f} ms/step; "
         f"kernels/step {sum(e.count for e in ka if e.device_type.name == 'CUDA') / steps_prof:.0f}")
     log(ka.table(sort_by="self_cuda_time_total", row_limit=22, max_name_column_width=60))
@@ -152,22 +161,113 @@ def profile(kind, data, steps_warm, steps_prof, autocast, batch):
         log(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15, max_name_column_width=60))
 
 
+def compare_graph(data, steps_warm=300, steps_timed=300, autocast=False):
+    """Eager vs CUDA-graph hash training step on the same scene and settings: steps/s over
+    steps_timed steps after steps_warm, training PSNR, and a profile of graphed steps."""
+    from torch.profiler import ProfilerActivity, profile as tprof
+    from app.trainer import TrainConfig, Trainer
+    from loaders import load_scene
+    scene = load_scene(data)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    for graph in (False, True):
+        cfg = TrainConfig(model="hash", batch_rays=4096, lr=1e-2, lr_final=1e-3, lr_decay_steps=30000,
+                          autocast=autocast, cuda_graph=graph)
+        tr = Trainer(scene, cfg)
+        t0 = time.perf_counter()
+        while tr.step_count < steps_warm:
+            tr.step()
+        torch.cuda.synchronize()
+        warm = time.perf_counter() - t0
+        psnr = []
+        t0 = time.perf_counter()
+        start = tr.step_count
+        while tr.step_count < start + steps_timed:
+            psnr.append(tr.step().get("psnr", float("nan")))
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        n = tr.step_count - start
+        log(f"hash {'graph' if graph else 'eager'} (bf16 {autocast}): warm-up {steps_warm} steps {warm:.1f} s; "
+            f"{n / dt:.1f} steps/s ({dt / n * 1e3:.2f} ms/step); last batch {tr.model._last_batch}; "
+            f"mean train PSNR of the last 50 {sum(psnr[-50:]) / 50:.2f}; events {tr.events[-3:]}")
+        if graph:
+            with tprof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(10):
+                    tr.step()
+                torch.cuda.synchronize()
+            ka = prof.key_averages()
+            busy = sum(e.self_device_time_total for e in ka if e.device_type.name == "CUDA") / 10 / 1e3
+            log(f"hash graph: device busy {busy:.2f} ms/step")
+            log(ka.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
+        del tr
+        torch.cuda.empty_cache()
+
+
+def graph_recovery(data):
+    """The graphed hash step's recovery rules on CUDA: a NaN table rolls back and recaptures,
+    a sample-count change recaptures, and training goes on."""
+    from app.trainer import TrainConfig, Trainer
+    from loaders import load_scene
+    tr = Trainer(load_scene(data), TrainConfig(model="hash", batch_rays=4096, lr=1e-2, lr_final=1e-3,
+                                               lr_decay_steps=30000, autocast=True, cuda_graph=True))
+    while tr.step_count < 250:
+        tr.step()
+    first = tr._static
+    with torch.no_grad():
+        tr.model.encoding.table[:1000] = float("nan")
+    m = tr.step()
+    log(f"graph recovery: NaN table -> skipped {m.get('skipped')}, event {m.get('event')!r}; "
+        f"graph dropped {tr._static is None}")
+    for _ in range(50):
+        m = tr.step()
+    log(f"graph recovery: 50 steps later step {tr.step_count}, psnr {m.get('psnr', 0):.2f}, "
+        f"recaptured {tr._static is not None and tr._static is not first}; params finite "
+        f"{all(bool(torch.isfinite(p).all()) for p in tr.model.parameters())}")
+    second = tr._static
+    tr.model.set_samples(n_coarse=512)
+    for _ in range(20):
+        m = tr.step()
+    log(f"graph recovery: n_coarse 1024 -> 512 recaptured {tr._static is not second}; psnr {m['psnr']:.2f}; "
+        f"events {tr.events}")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--data", default=os.path.join(ROOT, "assets", "scene"))
     p.add_argument("--small", action="store_true")
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--nerf-batch", type=int, default=8192)
+    p.add_argument("--only", default="march,hash,profile-hash,profile-nerf,graph,graph-recovery",
+                   help="comma-separated sections to run")
     a = p.parse_args()
+    only = set(a.only.split(","))
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     if a.small:
         check_march(dev, 64, 16, 128)
         check_hash(dev, 500, 12)
     else:
-        check_march(dev, 16384, 128, 1024)
-        check_hash(dev, 1 << 18, 19)
+        if "march" in only:
+            check_march(dev, 16384, 128, 1024)
+        if "hash" in only:
+            check_hash(dev, 1 << 18, 19)
+    if "graph" in only and dev == "cuda":
+        for ac in (False, True):
+            try:
+                compare_graph(a.data, autocast=ac)
+            except Exception as exc:  # noqa: BLE001 - report and go on to the next section
+                import traceback
+                traceback.print_exc()
+                log(f"graph comparison failed: {exc!r}")
+    if "graph-recovery" in only and dev == "cuda":
+        try:
+            graph_recovery(a.data)
+        except Exception as exc:  # noqa: BLE001 - report and go on to the next section
+            import traceback
+            traceback.print_exc()
+            log(f"graph recovery check failed: {exc!r}")
     if not a.no_profile:
         for kind, warm, n, ac in (("hash", 300, 10, False), ("nerf", 300, 5, True)):
+            if f"profile-{kind}" not in only:
+                continue
             try:
                 profile(kind, a.data, warm, n, ac, a.nerf_batch)
             except Exception as exc:  # noqa: BLE001 - report and go on to the next section

@@ -224,3 +224,18 @@ def test_fused_static_step_skips_a_non_finite_step_inside_the_optimiser(monkeypa
     assert not all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
     # The learning rate follows the schedule through the tensors.
     assert tr.optimizer.param_groups[0]["lr"].item() == pytest.approx(tr.lr_at(3), rel=1e-6)
+
+
+def test_changing_the_sample_count_recaptures():
+    """The GUI's sample slider changes the marching step in place: the captured step
+    bakes it in, so the trainer must build a new one."""
+    tr = _static_trainer()
+    tr.step()
+    first = tr._static
+    tr.step()
+    assert tr._static is first
+    tr.model.set_samples(n_coarse=48)
+    tr.step()
+    assert tr._static is not first and tr._static.signature != first.signature
+    assert first.graph is None and not torch.is_tensor(tr.optimizer.param_groups[0]["lr"])
+

@@ -442,10 +442,16 @@ def test_bf16_setting_reaches_only_the_nerf_trainer():
     worker.scene = make_sphere_scene()
     worker.settings = {**default_settings(False), **TINY, "bf16": True}
     assert worker._config("A").autocast is True
-    # Grid models keep fp32: their colour and SH math is not matmul-bound.
+    # Grid models keep fp32 on a CPU; the hash model takes bf16 on CUDA only (its graphed step).
     for kind in ("plenoxels", "hash"):
         worker.settings = {**worker.settings, "model": kind}
         assert worker._config("A").autocast is False
+    assert worker._config("A").cuda_graph is True  # ignored by a CPU trainer
+    worker.device = torch.device("cuda")
+    assert worker._config("A").autocast is True
+    worker.settings = {**worker.settings, "model": "plenoxels"}
+    assert worker._config("A").autocast is False and worker._config("A").cuda_graph is False
+    worker.device = torch.device("cpu")
     worker.settings = {**worker.settings, "model": "nerf", "bf16": False}
     assert worker._config("A").autocast is False
 

@@ -72,6 +72,9 @@ def configure(p) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the NeRF networks on CUDA (about 25%% more steps/s and less "
                         "memory, after ~20 s of compilation; ignored on CPU and by other models)")
+    p.add_argument("--no-cuda-graph", action="store_true",
+                   help="hash model on CUDA: run the eager step instead of replaying each training "
+                        "step as one CUDA graph (about 2.5x more steps/s on an H200)")
     p.add_argument("--random-bkgd", action="store_true",
                    help="train with a random colour behind transparent pixels (scenes with alpha; "
                         "instant-ngp's default), which discourages floaters; eval keeps white/black")
@@ -157,6 +160,7 @@ def run(args) -> int:
                          lr_final=(args.lr or defaults["lr"]) / 10, lr_decay_steps=max(args.steps, 1),
                          seed=args.seed, device=str(device), autocast=args.bf16,
                          compile=args.compile and cuda, random_background=args.random_bkgd,
+                         cuda_graph=cuda and args.model == "hash" and not args.no_cuda_graph,
                          precrop_steps=(args.precrop_steps if args.precrop_steps is not None
                                         else precrop_for(args.model, args.preset, cuda)))
     try:
@@ -184,23 +188,30 @@ def run(args) -> int:
     train_time = 0.0
     first_step = trainer.step_count
     bar = tqdm(total=args.steps, initial=trainer.step_count, unit="step", dynamic_ncols=True)
+    seen_events = len(trainer.events)
     try:
         while trainer.step_count < args.steps:
             t0 = time.perf_counter()
+            prev = trainer.step_count
             m = trainer.step()
             if cuda:
                 torch.cuda.synchronize()
             train_time += time.perf_counter() - t0
+            for ev in trainer.events[seen_events:]:  # recoveries and fallbacks, skipped or not
+                bar.write(f"warning: {ev}")
+            seen_events = len(trainer.events)
             if m.get("skipped"):
-                bar.write(f"warning: {m['event']}")
                 continue
-            bar.update(1)
-            if trainer.step_count % args.log_every == 0:
+            # A step can advance the count by more than one (the CUDA-graph step's first call
+            # includes its warm-up steps), so periodic work triggers on crossing a multiple.
+            crossed = lambda every: trainer.step_count // every != prev // every  # noqa: E731
+            bar.update(trainer.step_count - prev)
+            if crossed(args.log_every):
                 rec = {k: m[k] for k in ("step", "loss", "psnr", "lr")} | {"time": round(train_time, 3)}
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 bar.set_postfix(loss=f"{m['loss']:.4f}", psnr=f"{m['psnr']:.2f}")
-            if trainer.step_count % args.save_every == 0:
+            if crossed(args.save_every):
                 save_checkpoint(ckpt, trainer)
             if args.time_limit is not None and train_time >= args.time_limit:
                 bar.write(f"time limit reached after {trainer.step_count} steps")
