@@ -245,6 +245,10 @@ class Trainer:
             res = self._static_step(t0, lr)
             if res is not None:
                 return res
+        elif self._static is not None:
+            # An eager step between graphed ones (a fed batch, a fault hook): give the
+            # optimiser back its float learning rates and found_inf-free state first.
+            self._drop_static()
         for g in self.optimizer.param_groups:
             g["lr"] = g["initial_lr"] * lr / self.config.lr
         try:
@@ -308,6 +312,11 @@ class Trainer:
             st = self._static.run()
         except Exception as exc:  # noqa: BLE001 - capture problems must not stop training
             self._drop_static()
+            if not (isinstance(exc, RuntimeError) or is_oom(exc)):
+                # Not a CUDA/capture failure: the GUI worker's stop and preemption signals
+                # (raised by its forward hooks while a step is traced), or a bug. The graph is
+                # rebuilt on the next step; the caller sees the exception as from an eager step.
+                raise
             self._static_failed = True
             self.optimizer.zero_grad(set_to_none=True)
             if self.device.type == "cuda":

@@ -225,11 +225,15 @@ def _fed_trainer_class():
 
         feed = None
 
-        def sample_batch(self, n):
+        def sample_batch(self, n, generator="trainer"):
             if self.feed is not None:
                 o, d, t = self.feed
                 return o[:n], d[:n], t[:n]
-            return super().sample_batch(n)
+            return super().sample_batch(n, generator=generator)
+
+        def _use_static(self):
+            # A captured step samples its own rays: it cannot take a fed batch.
+            return self.feed is None and super()._use_static()
 
     return FedTrainer
 

@@ -239,3 +239,53 @@ def test_changing_the_sample_count_recaptures():
     assert tr._static is not first and tr._static.signature != first.signature
     assert first.graph is None and not torch.is_tensor(tr.optimizer.param_groups[0]["lr"])
 
+
+
+def test_control_flow_exceptions_pass_through_and_the_graph_is_rebuilt(monkeypatch):
+    """The GUI worker stops or preempts a step by raising from a forward hook; that must
+    reach the worker (not count as a capture failure) and the next step builds a new graph."""
+    class Preempted(Exception):
+        pass
+
+    tr = _static_trainer()
+    tr.step()
+    first = tr._static
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda mod, args: (_ for _ in ()).throw(Preempted()))
+    try:
+        with pytest.raises(Preempted):
+            tr.step()
+    finally:
+        handle.remove()
+    assert tr._static is None and not tr._static_failed and tr.events == []
+    tr.step()
+    assert tr._static is not None and tr._static is not first and tr.step_count == 2
+
+
+def test_fed_trainer_uses_the_static_step_only_without_a_feed():
+    from app.worker import _fed_trainer_class
+    cfg = TrainConfig(model="hash", model_options=dict(TINY), batch_rays=128, device="cpu", cuda_graph=True)
+    tr = _fed_trainer_class()(make_sphere_scene(n_views=8), cfg)
+    tr.static_on_cpu = True
+    tr.step()
+    assert tr._static is not None and tr.events == []
+    tr.feed = tr.sample_batch(128)
+    assert not tr._use_static()
+    m = tr.step()  # eager, on the fed rays; the graphed step is released first
+    assert tr._static is None and not hasattr(tr.optimizer, "found_inf")
+    tr.feed = None
+    assert not m.get("skipped") and tr._use_static()
+
+
+def test_an_eager_step_in_between_releases_the_fused_optimiser_state():
+    tr = _fused_static_trainer()
+    tr.step()
+    assert torch.is_tensor(tr.optimizer.param_groups[0]["lr"]) and hasattr(tr.optimizer, "found_inf")
+    tr.fault_hook = lambda t: None
+    m = tr.step()
+    assert not m.get("skipped") and tr._static is None
+    assert isinstance(tr.optimizer.param_groups[0]["lr"], float) and not hasattr(tr.optimizer, "found_inf")
+    tr.fault_hook = None
+    tr.step()
+    assert torch.is_tensor(tr.optimizer.param_groups[0]["lr"])
+    assert tr.optimizer.param_groups[0]["lr"].item() == pytest.approx(tr.lr_at(2), rel=1e-6)
