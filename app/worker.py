@@ -541,6 +541,12 @@ class Worker:
                          model_config=dict(new[0].model.config))
         if reason != "start":
             self._note("info", reason)
+        if self.settings["model"] == "hash" and self.device.type != "cuda":
+            # Measured on this project's 2-core CPU with the GUI's one torch thread: the first
+            # steps (which refresh every occupancy cell) take over a minute each.
+            self._note("warn", "the hash model is built for CUDA (Triton kernels, CUDA graphs); on a CPU "
+                               "its torch reference path takes seconds to minutes per step. "
+                               "Plenoxels is the grid model for CPUs.")
         self._restart_render()
 
     def _apply_settings(self, changes: dict) -> None:

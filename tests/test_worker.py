@@ -469,3 +469,20 @@ def test_gui_nerf_gets_the_occupancy_grid_except_on_ndc_scenes():
     worker.settings["occupancy"] = True
     worker.scene.ndc = True  # forward-facing (LLFF) scenes live in NDC, not in the object cube
     assert "occupancy_res" not in worker._config("A").model_options
+
+
+def test_hash_on_a_cpu_warns_that_it_is_built_for_cuda():
+    from app.worker import default_settings
+    worker = Worker(scene=make_sphere_scene(), settings=dict(TINY), device="cpu", threads=1)  # not started
+    worker.device = torch.device("cpu")
+    worker.scene = make_sphere_scene()
+    notes = []
+    worker._note = lambda level, msg: notes.append((level, msg))
+    worker._restart_render = lambda: None
+    worker.settings = {**default_settings(False), **TINY, "model": "hash"}
+    worker._build("start")
+    assert any(level == "warn" and "built for CUDA" in msg for level, msg in notes)
+    notes.clear()
+    worker.settings["model"] = "nerf"
+    worker._build("start")
+    assert not any("built for CUDA" in msg for _, msg in notes)
