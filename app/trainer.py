@@ -327,20 +327,19 @@ class Trainer:
             return None
         if st["found_inf"]:
             msg = f"step {self.step_count}: loss {st['loss']:.4g}, non-finite loss or gradient, update skipped"
-            res = self._skip(msg)
-            return res
+            return self._skip(msg)
         n = int(st["steps"])
         self._consecutive_bad = 0
         before = self.step_count
         self.step_count += n
         if self.step_count // self.SNAPSHOT_EVERY != before // self.SNAPSHOT_EVERY or self._good_state is None:
             self._snapshot()
+        self.model._last_batch = (int(st["rays"]), int(st["kept"]))  # what the bench reports
         if hasattr(self.model, "step_hook"):
-            # The graph steers its own ray count: the hook only refreshes the occupancy grid.
-            self.model._last_batch = None
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.autocast):
                 self.model.step_hook(self.step_count, self)
-        self.model._last_batch = (int(st["rays"]), int(st["kept"]))
+        # The graph steers its own ray count; batch_rays reports it (the hook's choice only
+        # matters to an eager step).
         self.batch_rays = int(st["n_active"])
         self.last_metrics = {"step": self.step_count, "loss": st["loss"], "mse": st["mse"],
                              "psnr": psnr_from_mse(st["mse"]), "lr": lr, "batch_rays": self.batch_rays,

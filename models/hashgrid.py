@@ -204,6 +204,23 @@ def trunc_exp(x: torch.Tensor) -> torch.Tensor:
     return _TruncExp.apply(x)
 
 
+def _per_ray(v, like: torch.Tensor):
+    """near/far as given: a Python number stays one (no device copy); arrays become (R,)."""
+    if isinstance(v, (int, float)):
+        return float(v)
+    return torch.as_tensor(v, dtype=torch.float32, device=like.device).reshape(-1)
+
+
+def _over_background(color: torch.Tensor, acc: torch.Tensor, background) -> torch.Tensor:
+    """color (R, 3) + (1 - acc) * background: None, a number, an RGB triple or (R, 3)."""
+    if background is None:
+        return color
+    if isinstance(background, (int, float)):
+        return color + (1.0 - acc)[:, None] * float(background)
+    bg = torch.as_tensor(background, dtype=color.dtype, device=color.device)
+    return color + (1.0 - acc)[:, None] * bg
+
+
 # --------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------
@@ -308,11 +325,10 @@ class HashGridModel(nn.Module):
         dnorm = rays_d.float().norm(dim=-1).clamp(min=1e-12)
         dirs = rays_d.float() / dnorm[:, None]
         s0, s1 = occ_mod.ray_aabb(rays_o, dirs, c["bound"])
-        near_t = torch.as_tensor(near, dtype=torch.float32, device=rays_o.device).reshape(-1)
-        far_t = torch.as_tensor(far, dtype=torch.float32, device=rays_o.device).reshape(-1)
-        # near/far are depths along the un-normalised direction (as in the NeRF model).
-        s0 = torch.maximum(s0, near_t * dnorm)
-        s1 = torch.minimum(s1, far_t * dnorm)
+        # near/far are depths along the un-normalised direction (as in the NeRF model); numbers
+        # stay Python floats (no host-to-device copy, which a CUDA graph could not capture).
+        s0 = torch.maximum(s0, dnorm * _per_ray(near, rays_o))
+        s1 = torch.minimum(s1, dnorm * _per_ray(far, rays_o))
         return rays_o, dirs, dnorm, s0, s1
 
     def _march(self, rays_o, dirs, s0, s1, jitter, max_samples=None):
@@ -340,10 +356,7 @@ class HashGridModel(nn.Module):
         else:
             out, n_samples = self._render_terminating(rays_o, dirs, sh, s0, s1)
             valid = torch.ones(n_rays, device=dev)
-        color, acc = out["rgb"], out["acc"]
-        if background is not None:
-            color = color + (1.0 - acc)[:, None] * torch.as_tensor(background, dtype=color.dtype,
-                                                                   device=dev)
+        color, acc = _over_background(out["rgb"], out["acc"], background), out["acc"]
         depth = out["depth_s"] / acc.clamp(min=1e-10) / dnorm
         return {"rgb": color, "depth": depth, "acc": acc, "valid": valid,
                 "samples": torch.tensor(float(n_samples), device=dev)}
@@ -361,13 +374,7 @@ class HashGridModel(nn.Module):
         """
         c = self.config
         n = rays_o.shape[0]
-        rays_o = rays_o.float()
-        dnorm = rays_d.float().norm(dim=-1).clamp(min=1e-12)
-        dirs = rays_d.float() / dnorm[:, None]
-        s0, s1 = occ_mod.ray_aabb(rays_o, dirs, c["bound"])
-        # Python floats, not tensors: a host-to-device copy cannot be captured.
-        s0 = torch.maximum(s0, dnorm * float(near))
-        s1 = torch.minimum(s1, dnorm * float(far))
+        rays_o, dirs, _, s0, s1 = self._setup_rays(rays_o, rays_d, float(near), float(far))
         s1 = torch.where(active, s1, s0)
         jitter = torch.rand(n, device=rays_o.device)
         pk = occ_mod.march_rays_static(rays_o, dirs, s0, s1, self.occupancy, c["bound"], c["grid_res"],
@@ -378,11 +385,8 @@ class HashGridModel(nn.Module):
         sh = sh_encode(d_pad, self.sh_C)
         sigma, rgb = self._field_packed(o_pad, d_pad, sh, pk["ray_ids"], pk["s"])
         out = occ_mod.composite_packed(sigma, rgb, pk["s"], self.dt, pk["ray_ids"], n + 1)
-        color, acc = out["rgb"][:n], out["acc"][:n]
-        if torch.is_tensor(background):
-            color = color + (1.0 - acc)[:, None] * background.to(color.dtype)
-        elif background is not None:
-            color = color + (1.0 - acc)[:, None] * float(background)
+        acc = out["acc"][:n]
+        color = _over_background(out["rgb"][:n], acc, background)
         return {"rgb": color, "acc": acc, "valid": (pk["fits"] & active).float(),
                 "marched": pk["marched"], "kept": pk["kept"]}
 

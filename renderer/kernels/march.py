@@ -64,45 +64,9 @@ def _march_kernel(o_ptr, d_ptr, s0_ptr, s1_ptr, j_ptr, occ_ptr, offs_ptr, cnt_pt
         tl.store(cnt_ptr + r, total)
 
 
-def march_rays_triton(rays_o, dirs, s_start, s_end, occ, bound, res, dt, max_steps, jitter,
-                      max_samples=None) -> dict[str, torch.Tensor]:
-    """Same contract as renderer.occupancy.march_rays_torch."""
-    from renderer.occupancy import _fit_budget
-
-    n_rays = rays_o.shape[0]
-    dev = rays_o.device
-    if n_rays == 0:
-        e = torch.zeros(0, dtype=torch.int64, device=dev)
-        return {"ray_ids": e, "s": torch.zeros(0, device=dev), "offsets": e, "counts": e,
-                "fits": e.bool()}
-    o = rays_o.float().contiguous()
-    d = dirs.float().contiguous()
-    s0 = s_start.float().contiguous()
-    s1 = s_end.float().contiguous()
-    j = jitter.float().contiguous()
-    occ = occ.contiguous()
-    args = (float(dt), float(1.0 / dt), float(bound), float(res / (2.0 * bound)), int(res))
-    counts32 = torch.empty(n_rays, dtype=torch.int32, device=dev)
-    dummy_f = torch.empty(1, device=dev)
-    dummy_i = torch.empty(1, dtype=torch.int64, device=dev)
-    _march_kernel[(n_rays,)](o, d, s0, s1, j, occ, dummy_i, counts32, dummy_f, dummy_i, *args,
-                             MAX_STEPS=int(max_steps), WRITE=False, BLOCK=BLOCK, num_warps=4, enable_fp_fusion=False)
-    counts, fits = _fit_budget(counts32.long(), max_samples)
-    ends = torch.cumsum(counts, 0)
-    offsets = ends - counts
-    total = int(ends[-1].item())
-    s_out = torch.empty(total, device=dev)
-    r_out = torch.empty(total, dtype=torch.int64, device=dev)
-    if total > 0:
-        _march_kernel[(n_rays,)](o, d, s0, s1, j, occ, offsets, counts, s_out, r_out, *args,
-                                 MAX_STEPS=int(max_steps), WRITE=True, BLOCK=BLOCK, num_warps=4, enable_fp_fusion=False)
-    return {"ray_ids": r_out, "s": s_out, "offsets": offsets, "counts": counts, "fits": fits}
-
-
-def march_rays_triton_static(rays_o, dirs, s_start, s_end, occ, bound, res, dt, max_steps, jitter,
-                             capacity: int) -> dict[str, torch.Tensor]:
-    """Same contract as renderer.occupancy.march_rays_static: the same two launches, but
-    the write goes into a ``capacity``-slot buffer, so nothing waits for the count."""
+def _launch_pair(rays_o, dirs, s_start, s_end, occ, bound, res, dt, max_steps, jitter, fit, alloc):
+    """Count launch, ``fit(raw counts (R,) int64) -> (counts, fits)``, then the write launch
+    into the (ray_ids, s) buffers that ``alloc(counts, offsets)`` returns."""
     n_rays = rays_o.shape[0]
     dev = rays_o.device
     o = rays_o.float().contiguous()
@@ -119,13 +83,51 @@ def march_rays_triton_static(rays_o, dirs, s_start, s_end, occ, bound, res, dt, 
                              MAX_STEPS=int(max_steps), WRITE=False, BLOCK=BLOCK, num_warps=4,
                              enable_fp_fusion=False)
     raw = counts32.long()
-    ends = torch.cumsum(raw, 0)
-    fits = ends <= capacity
-    counts = torch.where(fits, raw, torch.zeros_like(raw))
+    counts, fits = fit(raw)
     offsets = torch.cumsum(counts, 0) - counts
-    s_out = torch.zeros(capacity, device=dev)
-    r_out = torch.full((capacity,), n_rays, dtype=torch.int64, device=dev)
-    _march_kernel[(n_rays,)](o, d, s0, s1, j, occ, offsets, counts, s_out, r_out, *args,
-                             MAX_STEPS=int(max_steps), WRITE=True, BLOCK=BLOCK, num_warps=4,
-                             enable_fp_fusion=False)
-    return {"ray_ids": r_out, "s": s_out, "fits": fits, "marched": ends[-1], "kept": counts.sum()}
+    r_out, s_out = alloc(counts, offsets)
+    if r_out.numel() > 0:
+        _march_kernel[(n_rays,)](o, d, s0, s1, j, occ, offsets, counts, s_out, r_out, *args,
+                                 MAX_STEPS=int(max_steps), WRITE=True, BLOCK=BLOCK, num_warps=4,
+                                 enable_fp_fusion=False)
+    return raw, counts, fits, offsets, r_out, s_out
+
+
+def march_rays_triton(rays_o, dirs, s_start, s_end, occ, bound, res, dt, max_steps, jitter,
+                      max_samples=None) -> dict[str, torch.Tensor]:
+    """Same contract as renderer.occupancy.march_rays_torch."""
+    from renderer.occupancy import _fit_budget
+
+    dev = rays_o.device
+    if rays_o.shape[0] == 0:
+        e = torch.zeros(0, dtype=torch.int64, device=dev)
+        return {"ray_ids": e, "s": torch.zeros(0, device=dev), "offsets": e, "counts": e,
+                "fits": e.bool()}
+
+    def alloc(counts, offsets):
+        total = int((offsets[-1] + counts[-1]).item())  # the one host sync of this path
+        return (torch.empty(total, dtype=torch.int64, device=dev), torch.empty(total, device=dev))
+
+    _, counts, fits, offsets, r_out, s_out = _launch_pair(
+        rays_o, dirs, s_start, s_end, occ, bound, res, dt, max_steps, jitter,
+        lambda raw: _fit_budget(raw, max_samples), alloc)
+    return {"ray_ids": r_out, "s": s_out, "offsets": offsets, "counts": counts, "fits": fits}
+
+
+def march_rays_triton_static(rays_o, dirs, s_start, s_end, occ, bound, res, dt, max_steps, jitter,
+                             capacity: int) -> dict[str, torch.Tensor]:
+    """Same contract as renderer.occupancy.march_rays_static (R >= 1): the same two launches,
+    but the write goes into a ``capacity``-slot buffer, so nothing waits for the count."""
+    from renderer.occupancy import _fit_budget
+
+    n_rays = rays_o.shape[0]
+    dev = rays_o.device
+
+    def alloc(counts, offsets):
+        return (torch.full((capacity,), n_rays, dtype=torch.int64, device=dev),
+                torch.zeros(capacity, device=dev))
+
+    raw, counts, fits, _, r_out, s_out = _launch_pair(
+        rays_o, dirs, s_start, s_end, occ, bound, res, dt, max_steps, jitter,
+        lambda raw: _fit_budget(raw, capacity), alloc)
+    return {"ray_ids": r_out, "s": s_out, "fits": fits, "marched": raw.sum(), "kept": counts.sum()}
