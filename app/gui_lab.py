@@ -18,6 +18,10 @@ import numpy as np
 from app import inspectors as ins
 from app.lab2d import DEFAULT_IMAGE, MAPPINGS, ImageError, LabConfig, LabSession, load_image
 from app.rasterplot import PALETTE, colormap
+from renderer.kernels import preload_before_gl
+
+# At import, before any GL context: see preload_before_gl (Triton and llvmpipe's LLVM).
+preload_before_gl()
 
 DISP = 160  # reconstruction thumbnails are DISP x DISP (nearest-neighbour resampled)
 HEAT_W, HEAT_H = 384, 240  # PE heatmap texture

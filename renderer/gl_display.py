@@ -20,6 +20,10 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+from renderer.kernels import preload_before_gl
+
+# At import, before any GL context: see preload_before_gl (Triton and llvmpipe's LLVM).
+preload_before_gl()
 
 
 def layout_rects(n: int, img_w: int, img_h: int, tex_w: int, tex_h: int,

@@ -124,3 +124,43 @@ def test_display_thread_composes_into_its_buffer():
     finally:
         d.stop()
     assert not d.is_alive()
+
+
+def test_triton_is_loaded_before_the_first_gl_context(tmp_path):
+    """Triton loaded after Mesa's llvmpipe crashed the GUI (two LLVMs; a segfault under
+    Xvfb). A stand-in triton package records when it is imported: every way into GL
+    (the display check's probe context, the GL display module, the lab tab) must have
+    imported it before any context is made."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    stub = tmp_path / "stub"
+    (stub / "triton").mkdir(parents=True)
+    (stub / "triton" / "__init__.py").write_text("")
+    (stub / "moderngl.py").write_text(textwrap.dedent("""
+        import sys
+        CALLS = []
+        def create_standalone_context(*a, **k):
+            CALLS.append("triton" in sys.modules)
+            raise RuntimeError("stand-in moderngl: no context")
+    """))
+    code = textwrap.dedent("""
+        import sys
+        from app.commands.gui import gl_problem
+        assert "triton" not in sys.modules
+        assert gl_problem() is not None
+        import moderngl
+        assert moderngl.CALLS == [True], moderngl.CALLS
+        for mod in ("renderer.gl_display", "app.gui_lab"):
+            sys.modules.pop("triton")
+            sys.modules.pop(mod, None)
+            __import__(mod)
+            assert "triton" in sys.modules, mod
+        print("OK")
+    """)
+    env = dict(os.environ, PYTHONPATH=str(stub) + os.pathsep + root)
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-2000:]

@@ -87,6 +87,9 @@ def display_problem(env=None) -> str | None:
 
 def gl_problem() -> str | None:
     """None if an OpenGL >= 3.3 context can be made on the display (what dearpygui needs)."""
+    from renderer.kernels import preload_before_gl
+
+    preload_before_gl()  # before the first GL context of the process: see its docstring
     try:
         import moderngl
 

@@ -3,6 +3,7 @@ reference next to its caller; the torch path is what runs on CPU and what the
 tests compare the kernels with (on CPU through TRITON_INTERPRET=1)."""
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 _STATE = {"checked": False, "ok": False, "disabled": None}
@@ -28,3 +29,20 @@ def disable(reason: str) -> None:
     if not _STATE["disabled"]:
         print(f"warning: Triton kernels disabled, using torch fallbacks ({reason})", file=sys.stderr)
     _STATE["disabled"] = reason
+
+
+def preload_before_gl() -> None:
+    """Import Triton now, when installed, before any OpenGL context exists.
+
+    Why: Triton ships its own LLVM and so does Mesa's software rasteriser (llvmpipe, what
+    Xvfb and GPU-less desktops use). With Triton loaded after llvmpipe the GUI crashed
+    with a segfault (seen under Xvfb, torch 2.13 + triton 3.9): the first Adam optimiser
+    imports torch._dynamo, which probes for Triton by importing it. Loaded first, the two
+    coexist. CUDA builds of torch install Triton, so this is the usual case on a GPU box.
+    """
+    if "triton" in sys.modules or importlib.util.find_spec("triton") is None:
+        return
+    try:
+        import triton  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken Triton only means torch fallbacks later
+        pass
