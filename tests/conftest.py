@@ -180,3 +180,18 @@ def _has_triton() -> bool:
 
 needs_triton = pytest.mark.skipif(not _has_triton(),
                                   reason="triton not installed (kernels run only on CUDA machines)")
+
+
+def run_in_triton_interpreter(code: str, kernels: str = "triton") -> None:
+    """Run ``code`` (which prints OK at the end) in a fresh interpreter with Triton's CPU
+    interpreter on, NERFLAB_KERNELS=``kernels``; fail with its stderr otherwise. A fresh
+    process because TRITON_INTERPRET is read when Triton is imported."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TRITON_INTERPRET="1", NERFLAB_KERNELS=kernels,
+               PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]

@@ -2,9 +2,6 @@
 against the dynamic marcher, the static render against the eager training render,
 and the trainer's graphed step run eagerly on a CPU (training, batch rule, NaN
 recovery, fallback). The CUDA capture itself is exercised by bench/gpu_check.py."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -14,10 +11,9 @@ import torch
 from app.trainer import TrainConfig, Trainer
 from models.hashgrid import HashGridModel
 from renderer import occupancy as oc
-from tests.conftest import make_sphere_scene, needs_triton
+from tests.conftest import make_sphere_scene, needs_triton, run_in_triton_interpreter
 from tests.test_hashgrid import TINY, _dense_field_model, _rays
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _march_inputs(n=48, seed=0):
@@ -187,11 +183,7 @@ def test_triton_static_march_matches_torch_in_interpreter():
                 assert torch.equal(a[k], b[k]), k
         print("OK")
     """)
-    env = dict(os.environ, TRITON_INTERPRET="1", NERFLAB_KERNELS="torch",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+    run_in_triton_interpreter(code, kernels="torch")
 
 
 def _fused_static_trainer():

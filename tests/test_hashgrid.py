@@ -3,15 +3,12 @@ Triton kernels against the torch path (CPU interpreter), SH against closed forms
 and the model protocol: early termination, short training, checkpoint roundtrip."""
 import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 
-from tests.conftest import needs_triton
+from tests.conftest import needs_triton, run_in_triton_interpreter
 import torch
 
 from models import build_model
@@ -19,7 +16,6 @@ from models.hashgrid import (HashEncoding, HashGridModel, hash_encode_torch, lev
                              sh_encode, trunc_exp)
 from tests.conftest import make_sphere_scene
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small enough for CPU tests, same structure as the defaults.
 TINY = dict(n_levels=4, log2_hashmap_size=12, base_res=4, max_res=32, hidden=16, geo_features=7,
             color_hidden=16, grid_res=16, n_coarse=96, sample_budget=4096, grid_warmup=8, grid_every=4)
@@ -259,8 +255,4 @@ def test_triton_hash_kernels_match_torch_in_interpreter():
             assert (ga - gb).abs().max() < 1e-4, (ga - gb).abs().max()
         print("OK")
     """)
-    env = dict(os.environ, TRITON_INTERPRET="1", NERFLAB_KERNELS="triton",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+    run_in_triton_interpreter(code)

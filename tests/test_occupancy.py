@@ -2,21 +2,17 @@
 scalar loop, packed compositing against the dense compositor, and the Triton
 marching kernel against the torch reference (through Triton's CPU interpreter)."""
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 
-from tests.conftest import needs_triton
+from tests.conftest import needs_triton, run_in_triton_interpreter
 import torch
 
 from renderer import occupancy as oc
 from renderer.compositing import composite
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_ray_aabb_hand_cases():
@@ -235,8 +231,4 @@ def test_triton_march_kernel_matches_torch_in_interpreter():
                 assert torch.equal(a[k], b[k]), k
         print("OK")
     """)
-    env = dict(os.environ, TRITON_INTERPRET="1", NERFLAB_KERNELS="triton",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+    run_in_triton_interpreter(code)
