@@ -75,7 +75,7 @@ def default_settings(cuda: bool, registry: list[str] | None = None) -> dict:
     return dict(model=model, preset="paper" if cuda else "cpu", pe=True, L_xyz=10, L_dir=4,
                 bf16=cuda or cpu_has_native_bf16(),
                 # NeRF occupancy grid over [-1.5, 1.5]^3 (the cube the hash model also assumes):
-                # samples in empty cells are skipped once the grid has settled (step 256 on).
+                # samples in empty cells are skipped from step 32 on (NeRFModel occupancy_warmup).
                 occupancy=True,
                 n_coarse=preset["n_coarse"], n_fine=preset["n_fine"], res_scale=1.0,
                 batch_rays=4096 if cuda else 512, compare=False, compare_b="pe_off", L_xyz_b=4)

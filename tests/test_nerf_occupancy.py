@@ -43,15 +43,16 @@ def test_query_with_occupancy_skips_only_empty_space():
     centres = (oc.cell_coords(torch.arange(res ** 3), res).float() + 0.5) * (2 * bound / res) - bound
     near = (centres - torch.tensor([0.3, 0.0, 0.2])).norm(dim=-1) < 0.7 + math.sqrt(3) * bound / res
     grid = near.to(torch.uint8)
-    s_a, c_a = _query(field, o, d, t, 0.0)
-    s_b, c_b = _query(field, o, d, t, 0.0, (grid, bound, res))
+    s_a, c_a, n_a = _query(field, o, d, t, 0.0)
+    s_b, c_b, n_b = _query(field, o, d, t, 0.0, (grid, bound, res))
+    assert n_a == t.numel() and 0 < n_b < n_a
     ra = composite(s_a, c_a, t, d, 1.0)
     rb = composite(s_b, c_b, t, d, 1.0)
     assert ra["acc"].max() > 0.9 and ra["acc"].min() < 0.01
     assert torch.allclose(ra["rgb"], rb["rgb"], atol=1e-6)
     # With everything occupied the query is the plain one.
-    s_c, c_c = _query(field, o, d, t, 0.0, (torch.ones(res ** 3, dtype=torch.uint8), 10.0, res))
-    assert torch.equal(s_c, s_a) and torch.equal(c_c, c_a)
+    s_c, c_c, n_c = _query(field, o, d, t, 0.0, (torch.ones(res ** 3, dtype=torch.uint8), 10.0, res))
+    assert torch.equal(s_c, s_a) and torch.equal(c_c, c_a) and n_c == n_a
 
 
 def test_occupancy_option_defaults_off_and_validates():
@@ -64,9 +65,8 @@ def test_occupancy_option_defaults_off_and_validates():
 
 
 def test_nerf_with_occupancy_trains_and_prunes():
-    tr = make_trainer(occupancy_res=16)
-    assert tr.model.OCC_WARMUP == 256
-    tr.model.OCC_WARMUP = 20
+    assert make_trainer(occupancy_res=16).model.config["occupancy_warmup"] == 32
+    tr = make_trainer(occupancy_res=16, occupancy_warmup=20)
     losses = [tr.step()["loss"] for _ in range(60)]
     m = tr.model
     assert m._occ_active
