@@ -88,6 +88,8 @@ def make_trainer(kind: str, scene, args, device: str):
         opts = dict(PAPER)
         if args.nerf_occupancy:
             opts["occupancy_res"] = args.nerf_occupancy
+            if args.nerf_occ_warmup is not None:
+                opts["occupancy_warmup"] = args.nerf_occ_warmup
         cfg = TrainConfig(model="nerf", model_options=opts, batch_rays=args.nerf_batch, lr=5e-4,
                           lr_final=5e-5, lr_decay_steps=args.nerf_decay_steps, seed=args.seed,
                           device=device, autocast=True, precrop_steps=args.precrop, compile=args.compile)
@@ -126,8 +128,9 @@ def bench_trainer_model(kind: str, scene, args, device: str, budgets: list[float
     n_warm = args.warmup_steps
     if args.compile and kind == "nerf" and args.nerf_occupancy:
         from models.nerf import NeRFModel
-        # The packed (occupancy) path starts at step OCC_WARMUP and compiles anew there.
-        n_warm = max(n_warm, NeRFModel.OCC_WARMUP + 16)
+        # The packed (occupancy) path starts at step occupancy_warmup and compiles anew there.
+        n_warm = max(n_warm, (NeRFModel.DEFAULTS["occupancy_warmup"] if args.nerf_occ_warmup is None
+                              else args.nerf_occ_warmup) + 16)
     for _ in range(n_warm):
         warm.step()
     tr_c2w = scene.split("test").c2w[0]
@@ -141,7 +144,7 @@ def bench_trainer_model(kind: str, scene, args, device: str, budgets: list[float
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     n_samples_per_ray = (PAPER["n_coarse"] * 2 + PAPER["n_fine"]) if kind != "hash" else None
-    train_time, steps, rays, samples, skipped = 0.0, 0, 0, 0, 0
+    train_time, steps, rays, samples, skipped, evaluated = 0.0, 0, 0, 0, 0, 0
     psnr = {}
     t_log = 0.0
     for b in budgets:
@@ -160,6 +163,7 @@ def bench_trainer_model(kind: str, scene, args, device: str, budgets: list[float
             else:
                 rays += trainer.batch_rays
                 samples += trainer.batch_rays * n_samples_per_ray
+                evaluated += sum(e for e, _ in getattr(trainer.model, "last_evaluated", {}).values())
             if train_time - t_log > 5.0:
                 t_log = train_time
                 log(f"  {kind}: {train_time:6.1f} s  step {steps}  loss {m['loss']:.5f}  train psnr "
@@ -180,6 +184,11 @@ def bench_trainer_model(kind: str, scene, args, device: str, budgets: list[float
         row["occupied_fraction"] = float(trainer.model.occupancy.float().mean())
     if kind == "nerf" and args.nerf_occupancy:
         row["occupied_fraction"] = float(trainer.model.occupancy.float().mean())
+    if kind != "hash":
+        # Network evaluations actually run (the occupancy grid skips the rest), per step.
+        row["evaluated_per_step"] = evaluated / max(steps, 1)
+        log(f"  {kind}: {row['evaluated_per_step'] / 1e6:.2f} M samples evaluated per step of "
+            f"{row['samples_per_step'] / 1e6:.2f} M")
     # Render latency (the trainer's own render path, as the GUI and CLI use it).
     big, small = args.render_size, args.lowres_size
     chunk = big * big if kind == "hash" else 65536
@@ -274,7 +283,7 @@ def table(rows: list[dict], budgets: list[float], info: str, big: int = 800, sma
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=os.path.join(ROOT, "assets", "scene"), help="Blender-format scene")
     p.add_argument("--downscale", type=int, default=1)
@@ -302,6 +311,8 @@ def main(argv=None) -> int:
                    help="hash model: random training background behind transparent pixels")
     p.add_argument("--nerf-batch", type=int, default=8192)
     p.add_argument("--nerf-occupancy", type=int, default=64, help="NeRF occupancy grid res (0: off)")
+    p.add_argument("--nerf-occ-warmup", type=int, default=None,
+                   help="NeRF steps before the occupancy grid skips samples (default: the model's)")
     p.add_argument("--nerf-decay-steps", type=int, default=100000)
     p.add_argument("--precrop", type=int, default=500, help="NeRF centre-crop warm-up steps (0: off)")
     p.add_argument("--ref-batch", type=int, default=4096)
@@ -310,7 +321,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default=None, help="write results here (default $OUT/bench_gpu.json)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     from loaders import DataError, load_scene
     budgets = sorted(float(x) for x in args.budgets.split(","))

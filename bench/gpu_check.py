@@ -161,6 +161,86 @@ def profile(kind, data, steps_warm, steps_prof, autocast, batch):
         log(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=15, max_name_column_width=60))
 
 
+def nerf_anatomy(data, seconds=40.0, window=100, dev="cuda", k_rate=40, batch=None, batches=(4096, 16384)):
+    """The bench's NeRF (bench_gpu.make_trainer defaults) trained for `seconds`: per window of
+    steps, steps/s and the fraction of samples each network evaluated (the rest the
+    occupancy grid skipped); then variants timed from the same trained state."""
+    import bench.bench_gpu as bg
+    from loaders import load_scene
+    scene = load_scene(data)
+    bg.set_fast_math(True)
+    args = bg.build_parser().parse_args(["--data", data] + (["--nerf-batch", str(batch)] if batch else []))
+    tr = bg.make_trainer("nerf", scene, args, dev)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    m = tr.model
+    for _ in range(20):
+        tr.step()
+    sync()
+    t_all, n, acc = time.perf_counter(), 0, {"coarse": [0, 0], "fine": [0, 0]}
+    t_w = time.perf_counter()
+    while time.perf_counter() - t_all < seconds:
+        tr.step()
+        n += 1
+        for k, (e, t) in m.last_evaluated.items():
+            acc[k][0] += e
+            acc[k][1] += t
+        if n % window == 0:
+            dt = time.perf_counter() - t_w
+            log(f"nerf step {tr.step_count}: {window / dt:.1f} steps/s; evaluated coarse "
+                f"{acc['coarse'][0] / max(acc['coarse'][1], 1):.3f}, fine {acc['fine'][0] / max(acc['fine'][1], 1):.3f} "
+                f"({(acc['coarse'][0] + acc['fine'][0]) / window / 1e6:.2f} M samples/step); occupied cells "
+                f"{m.occupancy.float().mean().item():.3f}")
+            acc = {"coarse": [0, 0], "fine": [0, 0]}
+            t_w = time.perf_counter()
+
+    def rate(label, k=k_rate):
+        for _ in range(5):
+            tr.step()
+        sync()
+        t0 = time.perf_counter()
+        ev = 0
+        for _ in range(k):
+            tr.step()
+            ev += sum(e for e, _ in m.last_evaluated.values())
+        dt = (time.perf_counter() - t0) / k
+        log(f"nerf variant {label}: {1 / dt:.1f} steps/s, {tr.batch_rays / dt:,.0f} rays/s, "
+            f"{ev / k / 1e6:.2f} M evaluated samples/step, {ev / k / dt / 1e6:.1f} M samples/s")
+
+    rate("base (eager bf16)")
+    from torch.profiler import ProfilerActivity, profile as tprof
+    if dev == "cuda":
+        tr.step()
+        with tprof(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                tr.step()
+            sync()
+        ka = prof.key_averages()
+        busy = sum(e.self_device_time_total for e in ka if e.device_type.name == "CUDA") / 3 / 1e3
+        log(f"nerf profile: kernels {busy:.2f} ms/step")
+        log(ka.table(sort_by="self_cuda_time_total", row_limit=18, max_name_column_width=70))
+    for bs in batches:
+        tr.batch_rays = bs
+        rate(f"batch {bs}")
+    tr.batch_rays = args.nerf_batch
+    # A finer grid: same threshold rule, 8x the cells.
+    old = (m.config["occupancy_res"], m.density_grid, m.occupancy)
+    m.config["occupancy_res"] = 128
+    m.density_grid = torch.zeros(128 ** 3, device=dev)
+    m.occupancy = torch.ones(128 ** 3, dtype=torch.uint8, device=dev)
+    for _ in range(4):
+        m.update_grid(decay=1.0)
+    log(f"grid 128: occupied {m.occupancy.float().mean().item():.3f}")
+    rate("grid 128^3")
+    m.config["occupancy_res"], m.density_grid, m.occupancy = old
+    m.compile_fields()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        tr.step()
+    log(f"compile warm-up 10 steps {time.perf_counter() - t0:.1f} s")
+    rate("compiled")
+    log(f"test PSNR (4 views) at step {tr.step_count}: {bg.evaluate(tr, 4):.2f}")
+
+
 def compare_graph(data, steps_warm=300, steps_timed=300, autocast=False):
     """Eager vs CUDA-graph hash training step on the same scene and settings: steps/s over
     steps_timed steps after steps_warm, training PSNR, and a profile of graphed steps."""
@@ -249,6 +329,13 @@ def main():
             check_march(dev, 16384, 128, 1024)
         if "hash" in only:
             check_hash(dev, 1 << 18, 19)
+    if "nerf-anatomy" in only and dev == "cuda":
+        try:
+            nerf_anatomy(a.data)
+        except Exception as exc:  # noqa: BLE001 - report and go on to the next section
+            import traceback
+            traceback.print_exc()
+            log(f"nerf anatomy failed: {exc!r}")
     if "graph" in only and dev == "cuda":
         for ac in (False, True):
             try:
