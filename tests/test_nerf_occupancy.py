@@ -60,6 +60,8 @@ def test_occupancy_option_defaults_off_and_validates():
     assert not hasattr(NeRFModel(), "density_grid")
     with pytest.raises(ValueError, match="occupancy_res"):
         NeRFModel(occupancy_res=4)
+    with pytest.raises(ValueError, match="occupancy_warmup"):
+        NeRFModel(occupancy_res=16, occupancy_warmup=-1)
     m = NeRFModel(**TINY_NERF, occupancy_res=16)
     assert "density_grid" not in m.state_dict()  # checkpoints keep the old layout
 
