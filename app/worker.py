@@ -27,7 +27,6 @@ import dataclasses
 import math
 import os
 import queue
-import sys
 import threading
 import time
 import traceback
