@@ -29,6 +29,17 @@ def log(*a):
     print(*a, flush=True)
 
 
+def section(name, fn, *args, **kwargs):
+    """Run one check; a failure is printed and the next section still runs (one device call
+    should report as much as it can)."""
+    try:
+        fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - report and go on to the next section
+        import traceback
+        traceback.print_exc()
+        log(f"{name} failed: {exc!r}")
+
+
 def timeit(fn, n=20):
     fn()
     if torch.cuda.is_available():
@@ -330,37 +341,16 @@ def main():
         if "hash" in only:
             check_hash(dev, 1 << 18, 19)
     if "nerf-anatomy" in only and dev == "cuda":
-        try:
-            nerf_anatomy(a.data)
-        except Exception as exc:  # noqa: BLE001 - report and go on to the next section
-            import traceback
-            traceback.print_exc()
-            log(f"nerf anatomy failed: {exc!r}")
+        section("nerf anatomy", nerf_anatomy, a.data)
     if "graph" in only and dev == "cuda":
         for ac in (False, True):
-            try:
-                compare_graph(a.data, autocast=ac)
-            except Exception as exc:  # noqa: BLE001 - report and go on to the next section
-                import traceback
-                traceback.print_exc()
-                log(f"graph comparison failed: {exc!r}")
+            section("graph comparison", compare_graph, a.data, autocast=ac)
     if "graph-recovery" in only and dev == "cuda":
-        try:
-            graph_recovery(a.data)
-        except Exception as exc:  # noqa: BLE001 - report and go on to the next section
-            import traceback
-            traceback.print_exc()
-            log(f"graph recovery check failed: {exc!r}")
+        section("graph recovery check", graph_recovery, a.data)
     if not a.no_profile:
         for kind, warm, n, ac in (("hash", 300, 10, False), ("nerf", 300, 5, True)):
-            if f"profile-{kind}" not in only:
-                continue
-            try:
-                profile(kind, a.data, warm, n, ac, a.nerf_batch)
-            except Exception as exc:  # noqa: BLE001 - report and go on to the next section
-                import traceback
-                traceback.print_exc()
-                log(f"{kind} profile failed: {exc!r}")
+            if f"profile-{kind}" in only:
+                section(f"{kind} profile", profile, kind, a.data, warm, n, ac, a.nerf_batch)
 
 
 if __name__ == "__main__":
