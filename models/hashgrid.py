@@ -231,9 +231,9 @@ class HashGridModel(nn.Module):
 
     kind = "hash"
 
-    # log2_hashmap_size 20, not instant-ngp's 19: on lego it gave 35.03 dB after 60 s of training
-    # in both runs measured, where seven runs with 19 gave 34.88-34.95 (docs/bench_gpu.md), for
-    # 7% fewer steps/s and 0.5 GiB more memory.
+    # log2_hashmap_size 20, not instant-ngp's 19: on lego, 60 s of training gave 35.01-35.03 dB
+    # in four runs of five (34.88 in the fifth) where seven runs with 19 gave 34.88-34.95
+    # (docs/bench_gpu.md), for ~7% fewer steps/s and 0.5 GiB more memory.
     DEFAULTS = dict(bound=1.5, n_levels=16, n_features=2, log2_hashmap_size=20, base_res=16,
                     max_res=2048, hidden=64, geo_features=15, color_hidden=64, grid_res=128,
                     n_coarse=1024, n_fine=0, grid_decay=0.95, grid_every=16, grid_warmup=256,

@@ -165,4 +165,3 @@ def test_untrained_paper_density_varies_and_is_not_dead(seed):
             assert raw.std().item() > 0.02  # not a constant dictated by the bias
             for layer in [*f.trunk, f.sigma_head, f.feature, f.dir_layer, f.rgb_head]:
                 assert torch.count_nonzero(layer.bias) == 0
-
