@@ -70,7 +70,7 @@ def configure(p) -> None:
                    help="bf16 mixed precision for the matmuls: on CUDA, and on CPUs with native "
                         "bf16 (avx512_bf16 / AMX: about 2x faster steps); slower on other CPUs")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the NeRF networks on CUDA (about 25%% more steps/s and less "
+                   help="torch.compile the NeRF networks on CUDA (20-25%% more steps/s on lego and less "
                         "memory, after ~20 s of compilation; ignored on CPU and by other models)")
     p.add_argument("--no-cuda-graph", action="store_true",
                    help="hash model on CUDA: run the eager step instead of replaying each training "
