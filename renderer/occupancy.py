@@ -229,6 +229,47 @@ def first_index(ray_ids: torch.Tensor, n_rays: int) -> torch.Tensor:
     return torch.searchsorted(ray_ids, torch.arange(n_rays, device=ray_ids.device, dtype=ray_ids.dtype))
 
 
+def optical_depth_before(sd: torch.Tensor, ray_ids: torch.Tensor, n_rays: int) -> torch.Tensor:
+    """Exclusive per-ray cumulative sum (N,) of optical thicknesses sd (N,) of packed samples
+    with sorted ray_ids (N,): the optical depth in front of each sample within its ray.
+
+    One global cumsum minus its value at the ray's first sample, in float64 so that the
+    subtraction keeps full float32 accuracy after 2^18 samples of large optical depth.
+    """
+    n = sd.shape[0]
+    if n == 0:
+        return sd.float()
+    sd64 = sd.double()
+    excl = torch.cumsum(sd64, 0) - sd64
+    first = first_index(ray_ids, n_rays).clamp(max=n - 1)
+    # index_select, not a[idx]: its backward is an atomic index_add, where indexing's
+    # backward sorts all N indices first (a radix sort per step on the GPU).
+    return (excl - excl.index_select(0, first).index_select(0, ray_ids)).float()
+
+
+def compact_static(keep: torch.Tensor, ray_ids: torch.Tensor, s: torch.Tensor, n_rays: int,
+                   capacity: int) -> dict[str, torch.Tensor]:
+    """Pack the samples where keep (M,) is true into exactly ``capacity`` slots, fixed shapes,
+    no host sync. ray_ids (M,) sorted, padding slots carry ray id ``n_rays``; rays whose kept
+    samples do not all fit are dropped whole, as in ``march_rays_static``.
+
+    Returns ray_ids (capacity,), s (capacity,), fits (n_rays,) bool and kept (0-dim int64).
+    """
+    dev = s.device
+    keep = keep & (ray_ids < n_rays)
+    per_ray = torch.zeros(n_rays + 1, dtype=torch.int64, device=dev).index_add(0, ray_ids, keep.long())
+    fits = torch.cumsum(per_ray[:n_rays], 0) <= capacity
+    keep = keep & torch.cat([fits, fits.new_zeros(1)]).index_select(0, ray_ids)
+    # Kept samples of fitting rays come first in ray order, so their slot is their rank.
+    slot = torch.where(keep, torch.cumsum(keep.long(), 0) - 1, torch.full_like(ray_ids, capacity))
+    out_ids = torch.full((capacity + 1,), n_rays, dtype=ray_ids.dtype, device=dev)
+    out_s = torch.zeros(capacity + 1, dtype=s.dtype, device=dev)
+    # Every dropped sample writes the spare slot `capacity`; duplicates there are harmless.
+    out_ids = out_ids.index_put((slot,), torch.where(keep, ray_ids, torch.full_like(ray_ids, n_rays)))
+    out_s = out_s.index_put((slot,), torch.where(keep, s, torch.zeros_like(s)))
+    return {"ray_ids": out_ids[:capacity], "s": out_s[:capacity], "fits": fits, "kept": keep.sum()}
+
+
 def composite_packed(sigma: torch.Tensor, rgb: torch.Tensor, s: torch.Tensor, delta: float,
                      ray_ids: torch.Tensor, n_rays: int, tau0: torch.Tensor | None = None
                      ) -> dict[str, torch.Tensor]:
@@ -240,11 +281,7 @@ def composite_packed(sigma: torch.Tensor, rgb: torch.Tensor, s: torch.Tensor, de
 
     Returns rgb (R, 3) (no background), acc (R,), depth_s (R,) = sum w*s (not
     normalised), tau (R,) optical depth of these samples, weights (N,).
-
-    Transmittance needs the exclusive cumulative sum of sigma*delta *within* each
-    ray. It is taken as one global cumsum minus the value at the ray's first
-    sample, in float64 so the subtraction keeps full float32 accuracy even after
-    2^18 samples of large optical depth.
+    Transmittance comes from ``optical_depth_before``.
     """
     sd = sigma.float() * delta  # (N,)
     n = sd.shape[0]
@@ -253,12 +290,7 @@ def composite_packed(sigma: torch.Tensor, rgb: torch.Tensor, s: torch.Tensor, de
         z = torch.zeros(n_rays, device=dev)
         return {"rgb": torch.zeros(n_rays, 3, device=dev), "acc": z, "depth_s": z, "tau": z,
                 "weights": sd}
-    sd64 = sd.double()
-    excl = torch.cumsum(sd64, 0) - sd64
-    first = first_index(ray_ids, n_rays).clamp(max=n - 1)
-    # index_select, not a[idx]: its backward is an atomic index_add, where indexing's
-    # backward sorts all N indices first (a radix sort per step on the GPU).
-    tau_in = (excl - excl.index_select(0, first).index_select(0, ray_ids)).float()  # (N,) depth before
+    tau_in = optical_depth_before(sd, ray_ids, n_rays)
     if tau0 is not None:
         tau_in = tau_in + tau0.index_select(0, ray_ids)
     w = (1.0 - torch.exp(-sd)) * torch.exp(-tau_in)  # (N,)

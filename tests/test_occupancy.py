@@ -232,3 +232,49 @@ def test_triton_march_kernel_matches_torch_in_interpreter():
         print("OK")
     """)
     run_in_triton_interpreter(code)
+
+
+def test_optical_depth_before_matches_float64_loop():
+    g = torch.Generator().manual_seed(4)
+    counts = [0, 5, 1, 0, 9, 3]
+    ray_ids = torch.cat([torch.full((c,), r, dtype=torch.int64) for r, c in enumerate(counts)])
+    sd = torch.rand(ray_ids.shape[0], generator=g) * 3.0
+    got = oc.optical_depth_before(sd, ray_ids, len(counts))
+    ref, a = [], 0
+    for c in counts:
+        acc = 0.0
+        for v in sd[a:a + c].double().tolist():
+            ref.append(acc)
+            acc += v
+        a += c
+    assert torch.allclose(got.double(), torch.tensor(ref, dtype=torch.float64), atol=1e-6)
+
+
+@pytest.mark.parametrize("capacity", [7, 12, 100])
+def test_compact_static_packs_kept_samples_of_whole_rays(capacity):
+    g = torch.Generator().manual_seed(1)
+    n_rays = 6
+    counts = [4, 0, 6, 3, 5, 2]
+    ray_ids = torch.cat([torch.full((c,), r, dtype=torch.int64) for r, c in enumerate(counts)]
+                        + [torch.full((3,), n_rays, dtype=torch.int64)])  # 3 padding slots
+    s = torch.rand(ray_ids.shape[0], generator=g)
+    keep = torch.rand(ray_ids.shape[0], generator=g) < 0.6
+    out = oc.compact_static(keep, ray_ids, s, n_rays, capacity)
+    # Reference: a Python loop that keeps rays in order while all their kept samples fit.
+    exp_ids, exp_s, fits, used = [], [], [], 0
+    for r in range(n_rays):
+        mine = [(float(s[i]), r) for i in range(len(ray_ids)) if ray_ids[i] == r and keep[i]]
+        ok = used + len(mine) <= capacity
+        fits.append(ok)
+        if ok:
+            used += len(mine)
+            exp_s += [v for v, _ in mine]
+            exp_ids += [r] * len(mine)
+        else:
+            used = capacity + 1  # the cumulative count stays above capacity from here on
+    assert out["ray_ids"].shape == (capacity,) and out["s"].shape == (capacity,)
+    n = len(exp_ids)
+    assert out["kept"].item() == n
+    assert out["ray_ids"][:n].tolist() == exp_ids and torch.equal(out["s"][:n], torch.tensor(exp_s))
+    assert (out["ray_ids"][n:] == n_rays).all() and (out["s"][n:] == 0).all()
+    assert out["fits"].tolist() == fits
