@@ -1,7 +1,8 @@
 """Checkpoints: one safetensors file, written atomically, loaded without unpickling.
 
 Layout: tensors ``model.<name>`` (the model's state_dict), ``optim.<i>.<key>``
-(Adam state per parameter index) and ``rng.*`` (generator states, so a resume
+(Adam state per parameter index), ``ema.<i>`` (the trainer's weight average per
+parameter index, when it keeps one) and ``rng.*`` (generator states, so a resume
 continues the same random stream); metadata ``nerflab`` is a JSON string with the
 format version, the training config, the model kind and options, the step and
 the optimiser's param_groups (hyper-parameters only).
@@ -63,6 +64,8 @@ def save_checkpoint(path: str, trainer) -> None:
         for key, val in st.items():
             t = val if torch.is_tensor(val) else torch.tensor(val)
             tensors[f"optim.{idx}.{key}"] = t.detach().contiguous().cpu()
+    for i, e in enumerate(getattr(trainer, "ema", None) or []):
+        tensors[f"ema.{i}"] = e.detach().contiguous().cpu()
     # A resume repeats the uninterrupted run only if the ray and sample RNGs resume too.
     if getattr(trainer, "rng", None) is not None:
         tensors["rng.trainer"] = trainer.rng.get_state()
@@ -117,6 +120,18 @@ def _restore_rng(tensors, trainer) -> None:
         pass
 
 
+def _restore_ema(tensors, trainer) -> None:
+    """The weight average, when saved and it fits; otherwise the trainer starts a new one
+    (older checkpoints, or a run that averaged nothing)."""
+    saved = [tensors.get(f"ema.{i}") for i in range(len(trainer._ema_params()))]
+    params = trainer._ema_params()
+    if saved and all(e is not None and e.shape == p.shape and bool(torch.isfinite(e).all())
+                     for e, p in zip(saved, params)):
+        trainer.ema = [e.to(device=p.device, dtype=p.dtype) for e, p in zip(saved, params)]
+    else:
+        trainer.ema = None
+
+
 def load_into(path: str, trainer, optimizer: bool = True) -> dict:
     """Restore a checkpoint into an existing Trainer; refuses another model or config."""
     meta, tensors = read_checkpoint(path)
@@ -158,6 +173,7 @@ def load_into(path: str, trainer, optimizer: bool = True) -> dict:
         except (ValueError, KeyError, RuntimeError) as exc:
             raise CheckpointError(path, f"optimizer state does not fit: {exc}") from None
         _restore_rng(tensors, trainer)
+    _restore_ema(tensors, trainer)
     trainer.step_count = int(meta["step"])
     trainer.batch_rays = int(meta.get("batch_rays", trainer.batch_rays))
     return meta

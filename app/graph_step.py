@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from app.trainer import loss_and_mse
+
 STATS = ("loss", "mse", "found_inf", "rays", "marched", "kept", "n_active")
 
 
@@ -118,7 +120,7 @@ class StaticStep:
             out = model.render_rays_static(rays_o, rays_d, tr.scene.near, tr.scene.far, background,
                                            active, self.capacity)
         terms = model.loss_terms({"rgb": out["rgb"].float(), "valid": out["valid"]}, target)
-        loss = sum(terms.values())
+        loss, mse = loss_and_mse(terms)
         loss.backward()
         grads = [p.grad for g in tr.optimizer.param_groups for p in g["params"] if p.grad is not None]
         # 0 * g is 0 for finite g, NaN otherwise: one reduction flags any bad gradient.
@@ -132,7 +134,7 @@ class StaticStep:
         marched = out["marched"].float()
         ratio = (self.capacity / marched.clamp(min=1.0)).clamp(0.5, 2.0)
         rays = out["valid"].sum()
-        stats = torch.stack([loss.detach().float(), terms["mse"].detach().float(),
+        stats = torch.stack([loss.detach().float(), mse.detach().float(),
                              self.found_inf, rays, marched, out["kept"].float(),
                              self.n_active.clone()])
         self.n_active.copy_((self.n_active * ratio).round().clamp(64.0, float(self.max_rays)))

@@ -46,7 +46,8 @@ def read_run(run_dir: str) -> dict:
 
 
 def load_run(run_dir: str, device: str = "auto", data: str | None = None):
-    """(trainer, scene, info) restored from a run directory."""
+    """(trainer, scene, info) restored from a run directory, with the averaged weights
+    (TrainConfig.ema_decay) in place of the raw ones."""
     from app.checkpoint import trainer_from_checkpoint
     from loaders import load_scene
 
@@ -54,4 +55,5 @@ def load_run(run_dir: str, device: str = "auto", data: str | None = None):
     scene = load_scene(data or info["data"], downscale=int(info.get("downscale", 1)),
                        white_bkgd=bool(info.get("white_bkgd", True)))
     trainer = trainer_from_checkpoint(os.path.join(run_dir, CKPT), scene, device)
+    trainer.apply_average()  # loaded to be used: what training showed is what is used
     return trainer, scene, info

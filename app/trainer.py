@@ -5,6 +5,7 @@ recovery rules (NaN, out of memory) hold everywhere.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -52,6 +53,12 @@ class TrainConfig:
     # offer a static-shape step (the hash model). CUDA only; ignored elsewhere. The step
     # then uses a fixed 2^18-slot sample buffer and steers its own ray count.
     cuda_graph: bool = False
+    # Render and evaluate with an exponential moving average of the weights (instant-ngp's
+    # "Ema" optimiser wrapper, decay 0.95 in its NeRF config): at a large learning rate the
+    # last Adam step leaves the weights noisy, and the average over ~1 / (1 - decay) steps
+    # is what the user sees. 0 turns it off; None takes the model's EMA_DECAY (0.95 for the
+    # hash model, 0 for the others). Training itself always uses the raw weights.
+    ema_decay: float | None = None
 
     def validate(self) -> None:
         if self.batch_rays < 1:
@@ -64,6 +71,8 @@ class TrainConfig:
             raise ValueError(f"precrop_steps must be >= 0, got {self.precrop_steps}")
         if not (0.0 < self.precrop_frac <= 1.0):
             raise ValueError(f"precrop_frac must be in (0, 1], got {self.precrop_frac}")
+        if self.ema_decay is not None and not (0.0 <= self.ema_decay < 1.0):
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -99,6 +108,15 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
         return True
     zeros = torch._foreach_mul(tensors, 0.0)
     return bool(torch.isfinite(torch.stack(torch._foreach_norm(zeros)).sum()).item())
+
+
+def loss_and_mse(terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A model's loss terms -> (the loss to minimise: their sum, the MSE that PSNR reports).
+    A model whose loss is not the MSE (a Huber loss) also returns "metric_mse", detached,
+    which is reported and not minimised."""
+    metric = terms.get("metric_mse")
+    loss = sum(v for k, v in terms.items() if k != "metric_mse")
+    return loss, (metric if metric is not None else terms["mse"])
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -148,6 +166,9 @@ class Trainer:
         self._static = None  # app.graph_step.StaticStep while the graphed step is in use
         self._static_failed = False
         self.static_on_cpu = False  # tests: run the static step eagerly on a CPU
+        self.ema: list[torch.Tensor] | None = None  # averaged copies of _ema_params(), when on
+        self._in_averaged = False
+        self._raw_buf: list[torch.Tensor] | None = None
 
     # -- construction -----------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -169,6 +190,61 @@ class Trainer:
         """Called by models whose parameter tensors change shape (grid upsampling)."""
         self._drop_static()
         self.optimizer = self._make_optimizer()
+        self.ema = None  # the average restarts from the new tensors
+
+    # -- weight averaging -------------------------------------------------------------
+    @property
+    def ema_decay(self) -> float:
+        d = self.config.ema_decay
+        return float(getattr(self.model, "EMA_DECAY", 0.0)) if d is None else float(d)
+
+    def _ema_params(self) -> list[torch.Tensor]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    @torch.no_grad()
+    def _ema_update(self) -> None:
+        """ema <- decay * ema + (1 - decay) * weights, after each applied step."""
+        d = self.ema_decay
+        if d <= 0.0:
+            return
+        params = self._ema_params()
+        if self.ema is None or [e.shape for e in self.ema] != [p.shape for p in params]:
+            self.ema = [p.detach().clone() for p in params]
+        else:
+            torch._foreach_lerp_(self.ema, [p.detach() for p in params], 1.0 - d)
+
+    @torch.no_grad()
+    def apply_average(self) -> None:
+        """Replace the weights by their average for good: for a run loaded to be used
+        (render, evaluate, export, iNeRF), not trained on."""
+        if self.ema is not None and [e.shape for e in self.ema] == [p.shape for p in self._ema_params()]:
+            torch._foreach_copy_(self._ema_params(), self.ema)
+        self.ema = None
+
+    @contextlib.contextmanager
+    def averaged(self):
+        """Within the block the model holds the averaged weights (when the decay is > 0).
+
+        Copies in place, because a captured CUDA graph holds the parameters' addresses;
+        the raw weights are restored on exit, whatever happens inside."""
+        params = self._ema_params()
+        if self._in_averaged or self.ema is None or [e.shape for e in self.ema] != [p.shape for p in params]:
+            yield
+            return
+        self._in_averaged = True
+        with torch.no_grad():
+            # One kept buffer: the GUI enters this for every render chunk.
+            if self._raw_buf is None or [b.shape for b in self._raw_buf] != [p.shape for p in params]:
+                self._raw_buf = [torch.empty_like(p) for p in params]
+            raw = self._raw_buf
+            torch._foreach_copy_(raw, [p.detach() for p in params])
+            torch._foreach_copy_(params, self.ema)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(params, raw)
+            self._in_averaged = False
 
     def _drop_static(self) -> None:
         """Forget the graphed step (it holds the optimiser's state tensors); the next step
@@ -261,9 +337,12 @@ class Trainer:
                 out = self.model.render_rays(rays_o, rays_d, self.scene.near, self.scene.far,
                                              background=background, train=True)
             terms = self.model.loss_terms({k: v.float() for k, v in out.items()}, target)
-            loss = sum(terms.values())
+            loss, mse_t = loss_and_mse(terms)
             if not torch.isfinite(loss):
                 return self._skip(f"step {self.step_count}: loss is {loss.item()}, update skipped")
+            if not loss.requires_grad:
+                # Every ray missed the occupied cells: nothing to learn from this batch.
+                return self._skip(f"step {self.step_count}: no sample reached the field, update skipped")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grads_ok = all_finite([p.grad for g in self.optimizer.param_groups for p in g["params"]
@@ -285,6 +364,7 @@ class Trainer:
             return {"step": self.step_count, "skipped": True, "event": self.events[-1]}
         self._consecutive_bad = 0
         self.step_count += 1
+        self._ema_update()
         if self.step_count % self.SNAPSHOT_EVERY == 0 or self._good_state is None:
             self._snapshot()
         if hasattr(self.model, "step_hook"):
@@ -292,7 +372,7 @@ class Trainer:
             # bf16 a 64^3 refresh in fp32 would cost as much as a dozen bf16 steps).
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.autocast):
                 self.model.step_hook(self.step_count, self)
-        mse = terms["mse"].item()
+        mse = mse_t.item()
         self.last_metrics = {"step": self.step_count, "loss": loss.item(), "mse": mse,
                              "psnr": psnr_from_mse(mse), "lr": lr, "batch_rays": self.batch_rays,
                              "time": time.perf_counter() - t0}
@@ -332,6 +412,7 @@ class Trainer:
         self._consecutive_bad = 0
         before = self.step_count
         self.step_count += n
+        self._ema_update()
         if self.step_count // self.SNAPSHOT_EVERY != before // self.SNAPSHOT_EVERY or self._good_state is None:
             self._snapshot()
         self.model._last_batch = (int(st["rays"]), int(st["kept"]))  # what the bench reports
@@ -371,6 +452,7 @@ class Trainer:
                 # reset the optimiser moments, which is where divergence usually lives.
                 self.rebuild_optimizer()
             self._drop_static()  # its captured kernels point at the replaced optimiser state
+            self.ema = None  # averaged over the diverging steps too: restart from the snapshot
             self.step_count = step
             self._consecutive_bad = 0
             msg2 = f"rolled back to the last healthy state at step {step}"
@@ -395,19 +477,28 @@ class Trainer:
         c2w = torch.as_tensor(np.asarray(c2w, dtype=np.float32))
         if chunk is None:
             chunk = 65536 if self.device.type == "cuda" else 4096
-        return render_image(self.model, c2w, h, w, K, self.scene.near, self.scene.far,
-                            background=self.background, chunk=chunk, ndc=self.scene.ndc, keys=keys,
-                            autocast=self.config.autocast)
+        with self.averaged():
+            return render_image(self.model, c2w, h, w, K, self.scene.near, self.scene.far,
+                                background=self.background, chunk=chunk, ndc=self.scene.ndc, keys=keys,
+                                autocast=self.config.autocast)
 
     def evaluate(self, split: str = "test", max_images: int | None = None, ssim: bool = True,
                  progress=None) -> dict:
-        """PSNR (and SSIM) per image and mean on a split."""
-        from app.metrics import psnr, ssim as ssim_fn
-
+        """PSNR (and SSIM) per image and mean on a split (with the averaged weights, if any)."""
         sp = self.scene.split(split)
         n = len(sp) if max_images is None else min(max_images, len(sp))
-        rows = []
         it = range(n) if progress is None else progress(range(n))
+        with self.averaged():
+            rows = self._evaluate_rows(sp, it, ssim)
+        mean = {"psnr": float(np.mean([r["psnr"] for r in rows]))}
+        if ssim:
+            mean["ssim"] = float(np.mean([r["ssim"] for r in rows]))
+        return {"split": split, "images": rows, "mean": mean, "step": self.step_count}
+
+    def _evaluate_rows(self, sp, it, ssim: bool) -> list[dict]:
+        from app.metrics import psnr, ssim as ssim_fn
+
+        rows = []
         for i in it:
             pred = self.render(sp.c2w[i], sp.height, sp.width, sp.focal, keys=("rgb",))["rgb"].numpy()
             gt = sp.images[i]
@@ -415,10 +506,7 @@ class Trainer:
             if ssim:
                 row["ssim"] = ssim_fn(pred, gt)
             rows.append(row)
-        mean = {"psnr": float(np.mean([r["psnr"] for r in rows]))}
-        if ssim:
-            mean["ssim"] = float(np.mean([r["ssim"] for r in rows]))
-        return {"split": split, "images": rows, "mean": mean, "step": self.step_count}
+        return rows
 
     def config_dict(self) -> dict:
         d = asdict(self.config)

@@ -654,8 +654,9 @@ class Worker:
             from app.export import export_mesh
 
             t0 = time.perf_counter()
-            res = export_mesh(self.trainers[0], kw["path"], res=int(kw.get("res", 128)),
-                              **self._log_kw(export_mesh))
+            with self.trainers[0].averaged():
+                res = export_mesh(self.trainers[0], kw["path"], res=int(kw.get("res", 128)),
+                                  **self._log_kw(export_mesh))
             summary = ", ".join(f"{k}={v}" for k, v in (res or {}).items()
                                 if isinstance(v, (int, float, str)))
             self._note("info", f"mesh exported to {kw['path']} in {time.perf_counter() - t0:.1f} s"
@@ -910,7 +911,8 @@ class Worker:
         was = model.training
         model.eval()
         try:
-            with torch.no_grad(), torch.autocast(tr0.device.type, dtype=torch.bfloat16,
+            # averaged(): the view shows the weights that evaluation and export use.
+            with self.trainers[job.model_idx].averaged(), torch.no_grad(), torch.autocast(tr0.device.type, dtype=torch.bfloat16,
                                                  enabled=tr0.config.autocast):
                 out = model.render_rays(job.rays[0][s:e], job.rays[1][s:e], self.scene.near, self.scene.far,
                                         background=tr0.background, train=False)
@@ -974,7 +976,7 @@ class Worker:
         was = t.model.training
         t.model.eval()
         try:
-            with torch.no_grad():
+            with t.averaged(), torch.no_grad():
                 out = t.model.render_rays(o, d, self.scene.near, self.scene.far,
                                           background=t.background, train=False)
         finally:
@@ -1013,7 +1015,8 @@ class Worker:
 
     def _inerf_iteration(self) -> None:
         st = self._inerf
-        res = st["inv"].step()
+        with self.trainers[0].averaged():  # the field as the view shows it
+            res = st["inv"].step()
         st["i"] += 1
         c2w = np.asarray(res["c2w"], dtype=np.float64)
         st["c2w"] = c2w

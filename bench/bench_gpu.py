@@ -83,7 +83,8 @@ def make_trainer(kind: str, scene, args, device: str):
         cfg = TrainConfig(model="hash", model_options=opts, batch_rays=4096,
                           lr=1e-2, lr_final=1e-2 * args.hash_lr_drop, lr_decay_steps=args.hash_decay_steps,
                           seed=args.seed, device=device, autocast=not args.hash_fp32,
-                          random_background=args.random_bkgd, cuda_graph=not args.hash_eager)
+                          random_background=args.random_bkgd, cuda_graph=not args.hash_eager,
+                          ema_decay=args.hash_ema)
     elif kind == "nerf":
         opts = dict(PAPER)
         if args.nerf_occupancy:
@@ -299,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hash-options", default="{}", help="extra hash model options as JSON")
     p.add_argument("--hash-decay-steps", type=int, default=30000)
     p.add_argument("--hash-lr-drop", type=float, default=0.1, help="lr_final / lr for the hash model")
+    p.add_argument("--hash-ema", type=float, default=None,
+                   help="hash model: decay of the weight average that is evaluated (TrainConfig.ema_decay; "
+                        "default: the model's, 0.95; 0: raw weights)")
     p.add_argument("--hash-fp32", action="store_true",
                    help="hash model: fp32 MLPs (default bf16 autocast, as the GUI and the graphed step use)")
     p.add_argument("--compile", action="store_true",

@@ -14,7 +14,12 @@ whose transmittance fell below ``min_transmittance`` (early termination).
 config keys: bound, n_levels, n_features, log2_hashmap_size, base_res, max_res,
 hidden, geo_features, color_hidden, grid_res, n_coarse (marching steps along the
 cube's diagonal; sets the step size), n_fine (unused, kept for the protocol),
-grid_decay, grid_every, grid_warmup, sample_budget, min_transmittance, seed.
+grid_decay, grid_every, grid_warmup, sample_budget, min_transmittance, seed,
+huber_delta (0: mean squared error; > 0: Huber loss with that threshold, as instant-ngp),
+compact (training: drop the samples behind the point where a ray's transmittance fell below
+min_transmittance, found by a density-only pass without gradients, and fill the budget with
+more rays instead: instant-ngp's compaction), march_factor (compact only: marched samples
+may reach march_factor x sample_budget before compaction).
 """
 from __future__ import annotations
 
@@ -234,10 +239,18 @@ class HashGridModel(nn.Module):
     # log2_hashmap_size 20, not instant-ngp's 19: on lego, 60 s of training gave 35.01-35.03 dB
     # in four runs of five (34.88 in the fifth) where seven runs with 19 gave 34.88-34.95
     # (docs/bench_gpu.md), for ~7% fewer steps/s and 0.5 GiB more memory.
+    # Trainer.averaged(): renders use weights averaged over ~20 steps (instant-ngp's value).
+    # On lego at 15 s: 33.63 / 33.58 / 33.56 dB against 33.37 / 33.44 / 33.33 without, seeds
+    # 0 / 1 / 2; 0.98 and 0.99 were within run-to-run spread of it (docs/bench_gpu.md).
+    EMA_DECAY = 0.95
+    # compact: the step trains on ~3x the rays for ~half the steps/s (the density-only pass
+    # over every marched sample is the price); on lego 60 s then gave 35.18 / 35.19 / 35.01 dB
+    # (seeds 0 / 1 / 2) against 35.12 / 35.04 / 34.86 without it (both with the average).
     DEFAULTS = dict(bound=1.5, n_levels=16, n_features=2, log2_hashmap_size=20, base_res=16,
                     max_res=2048, hidden=64, geo_features=15, color_hidden=64, grid_res=128,
                     n_coarse=1024, n_fine=0, grid_decay=0.95, grid_every=16, grid_warmup=256,
-                    sample_budget=1 << 18, min_transmittance=1e-4, seed=0)
+                    sample_budget=1 << 18, min_transmittance=1e-4, seed=0, huber_delta=0.0,
+                    compact=True, march_factor=3)
 
     def __init__(self, **config):
         super().__init__()
@@ -254,6 +267,10 @@ class HashGridModel(nn.Module):
             raise ValueError(f"n_coarse (marching steps per diagonal) must be >= 2, got {c['n_coarse']}")
         if not (0 < c["grid_decay"] <= 1):
             raise ValueError(f"grid_decay must be in (0, 1], got {c['grid_decay']}")
+        if not (c["huber_delta"] >= 0 and math.isfinite(c["huber_delta"])):
+            raise ValueError(f"huber_delta must be a number >= 0, got {c['huber_delta']}")
+        if not (isinstance(c["march_factor"], int) and 1 <= c["march_factor"] <= 16):
+            raise ValueError(f"march_factor must be an integer in 1..16, got {c['march_factor']}")
         if c["sample_budget"] < 256 or c["grid_every"] < 1:
             raise ValueError("sample_budget must be >= 256 and grid_every >= 1")
         self.encoding = HashEncoding(c["n_levels"], c["n_features"], c["log2_hashmap_size"],
@@ -350,10 +367,16 @@ class HashGridModel(nn.Module):
         if train:
             jitter = torch.rand(n_rays, device=dev)
             # A cap (twice the budget) bounds memory before the batch size has adapted.
-            pk = self._march(rays_o, dirs, s0, s1, jitter, max_samples=2 * self.config["sample_budget"])
-            sigma, rgb = self._field_packed(rays_o, dirs, sh, pk["ray_ids"], pk["s"])
-            out = occ_mod.composite_packed(sigma, rgb, pk["s"], self.dt, pk["ray_ids"], n_rays)
-            n_samples = pk["s"].shape[0]
+            c = self.config
+            cap = (c["march_factor"] if c["compact"] else 2) * c["sample_budget"]
+            pk = self._march(rays_o, dirs, s0, s1, jitter, max_samples=cap)
+            ray_ids, s_pk = pk["ray_ids"], pk["s"]
+            if c["compact"]:
+                alive = self._alive_samples(rays_o, dirs, ray_ids, s_pk, n_rays)
+                ray_ids, s_pk = ray_ids[alive], s_pk[alive]
+            sigma, rgb = self._field_packed(rays_o, dirs, sh, ray_ids, s_pk)
+            out = occ_mod.composite_packed(sigma, rgb, s_pk, self.dt, ray_ids, n_rays)
+            n_samples = s_pk.shape[0]
             self._last_batch = (n_rays, n_samples)
             valid = pk["fits"].float()
         else:
@@ -373,18 +396,30 @@ class HashGridModel(nn.Module):
         the others march nothing. Exactly ``capacity`` samples are evaluated: the packed
         ones, then padding (renderer.occupancy.march_rays_static). background: a float or
         (R, 3). Returns rgb (R, 3), acc (R,), valid (R,) float (active and all samples
-        packed), marched and kept (0-dim: samples asked for, samples packed).
+        packed), marched and kept (0-dim: samples asked for, samples packed). With ``compact``
+        the march may fill march_factor x capacity slots, samples behind a ray's termination
+        point are dropped before the training pass, ``kept`` counts the samples that remain
+        and ``marched`` estimates how many would remain had every ray fitted.
         """
         c = self.config
         n = rays_o.shape[0]
         rays_o, dirs, _, s0, s1 = self._setup_rays(rays_o, rays_d, float(near), float(far))
         s1 = torch.where(active, s1, s0)
         jitter = torch.rand(n, device=rays_o.device)
+        march_cap = capacity * (c["march_factor"] if c["compact"] else 1)
         pk = occ_mod.march_rays_static(rays_o, dirs, s0, s1, self.occupancy, c["bound"], c["grid_res"],
-                                       self.dt, c["n_coarse"], jitter, capacity)
+                                       self.dt, c["n_coarse"], jitter, march_cap)
         # Padding samples belong to an extra ray n at the origin (inside the cube).
         o_pad = torch.cat([rays_o, torch.zeros_like(rays_o[:1])])
         d_pad = torch.cat([dirs, dirs[:1]])
+        if c["compact"]:
+            alive = self._alive_samples(o_pad, d_pad, pk["ray_ids"], pk["s"], n + 1)
+            cp = occ_mod.compact_static(alive, pk["ray_ids"], pk["s"], n, capacity)
+            # The batch rule steers on the samples that train, as instant-ngp's does: the
+            # surviving share of the packed samples, extrapolated to all that were marched.
+            n_alive = (alive & (pk["ray_ids"] < n)).sum()
+            demand = pk["marched"].float() * n_alive.float() / pk["kept"].clamp(min=1).float()
+            pk = {**cp, "fits": cp["fits"] & pk["fits"], "marched": demand}
         sh = sh_encode(d_pad, self.sh_C)
         sigma, rgb = self._field_packed(o_pad, d_pad, sh, pk["ray_ids"], pk["s"])
         out = occ_mod.composite_packed(sigma, rgb, pk["s"], self.dt, pk["ray_ids"], n + 1)
@@ -392,6 +427,18 @@ class HashGridModel(nn.Module):
         color = _over_background(out["rgb"][:n], acc, background)
         return {"rgb": color, "acc": acc, "valid": (pk["fits"] & active).float(),
                 "marched": pk["marched"], "kept": pk["kept"]}
+
+    @torch.no_grad()
+    def _alive_samples(self, rays_o, dirs, ray_ids, s, n_rays: int) -> torch.Tensor:
+        """(N,) bool: packed samples whose ray still has transmittance >= min_transmittance in
+        front of them, by a density-only pass without gradients. The others would get
+        weights below that and are left out of the training pass."""
+        x = rays_o.index_select(0, ray_ids) + dirs.index_select(0, ray_ids) * s[:, None]
+        sigma = torch.exp(self._features(x)[:, 0].float())
+        tau_in = occ_mod.optical_depth_before(sigma * self.dt, ray_ids, n_rays)
+        # Written so that NaN counts as alive: a broken field then shows in the training
+        # pass's loss (and its recovery) instead of silently leaving nothing to train.
+        return ~(tau_in >= -math.log(self.config["min_transmittance"]))
 
     def _render_terminating(self, rays_o, dirs, sh, s0, s1, first_round: int = 16):
         """Front-to-back rounds of 16, 32, 64, ... samples per ray; a ray leaves once its
@@ -426,12 +473,18 @@ class HashGridModel(nn.Module):
         return total, used
 
     def loss_terms(self, out: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Mean squared error over the rays that were rendered (all, unless the cap dropped some)."""
+        """Mean squared error over the rays that were rendered (all, unless the cap dropped
+        some); with huber_delta > 0 the Huber loss is minimised and the MSE only reported."""
         valid = out.get("valid")
         if valid is None:
-            return {"mse": F.mse_loss(out["rgb"], target)}
-        err = ((out["rgb"] - target) ** 2).mean(-1)
-        return {"mse": (err * valid).sum() / valid.sum().clamp(min=1.0)}
+            valid = torch.ones_like(out["rgb"][:, 0])
+        n = valid.sum().clamp(min=1.0)
+        mse = (((out["rgb"] - target) ** 2).mean(-1) * valid).sum() / n
+        delta = self.config["huber_delta"]
+        if delta <= 0:
+            return {"mse": mse}
+        hub = F.huber_loss(out["rgb"], target, reduction="none", delta=delta).mean(-1)
+        return {"huber": (hub * valid).sum() / n, "metric_mse": mse.detach()}
 
     # -- training hooks ------------------------------------------------------------------
     def step_hook(self, step: int, trainer) -> None:

@@ -281,3 +281,42 @@ def test_an_eager_step_in_between_releases_the_fused_optimiser_state():
     tr.step()
     assert torch.is_tensor(tr.optimizer.param_groups[0]["lr"])
     assert tr.optimizer.param_groups[0]["lr"].item() == pytest.approx(tr.lr_at(2), rel=1e-6)
+
+
+def test_compaction_drops_only_samples_behind_terminated_transmittance():
+    m = _dense_field_model()
+    m.config["compact"] = False
+    o, d = _rays(40, seed=11)
+    active = torch.ones(40, dtype=torch.bool)
+    torch.manual_seed(4)
+    full = m.render_rays_static(o, d, 2.0, 6.0, 1.0, active, capacity=1 << 16)
+    m.config.update(compact=True, min_transmittance=1e-4)
+    torch.manual_seed(4)
+    cmp = m.render_rays_static(o, d, 2.0, 6.0, 1.0, active, capacity=1 << 16)
+    assert cmp["kept"].item() < 0.8 * full["kept"].item()  # the dense field ends rays early
+    assert (cmp["valid"] == 1).all()
+    # What was left out carried transmittance < 1e-4, so at most that much colour per ray.
+    assert (cmp["rgb"] - full["rgb"]).abs().max() < 2e-4
+    # The batch rule sees the compacted demand: here everything fitted, so the samples kept.
+    assert abs(cmp["marched"].item() - cmp["kept"].item()) < 1e-3
+    torch.manual_seed(4)
+    eager = m.render_rays(o, d, 2.0, 6.0, background=1.0, train=True)
+    assert eager["samples"].item() == cmp["kept"].item()
+    assert torch.allclose(eager["rgb"], cmp["rgb"], atol=1e-5)
+
+
+def test_compacted_static_trainer_learns_and_fills_the_budget_with_more_rays():
+    tr = _static_trainer()
+    assert tr.model.config["compact"]  # the default
+    losses = [tr.step()["loss"] for _ in range(70)]
+    assert tr._static is not None and tr.step_count == 70
+    assert np.mean(losses[-5:]) < 0.2 * np.mean(losses[:5])
+    rays, kept = tr.model._last_batch
+    budget = TINY["sample_budget"]
+    assert 0.6 * budget < kept <= budget
+    plain = _static_trainer()
+    plain.model.config["compact"] = False
+    for _ in range(70):
+        plain.step()
+    assert rays > plain.model._last_batch[0]  # same budget, more rays: samples behind surfaces went
+    assert tr.events == []

@@ -79,6 +79,9 @@ def configure(p) -> None:
                    help="train with a random colour behind transparent pixels (scenes with alpha; "
                         "instant-ngp's default), which discourages floaters; eval keeps white/black")
     p.add_argument("--black-bkgd", action="store_true", help="composite RGBA on black instead of white")
+    p.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="evaluate and save for use a moving average of the weights with this decay "
+                        "(default: the model's, 0.95 for hash (+0.2-0.3 dB at 15 s on lego), 0 otherwise)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--eval-images", type=int, default=8, help="test views to evaluate at the end (0: none)")
@@ -161,6 +164,7 @@ def run(args) -> int:
                          seed=args.seed, device=str(device), autocast=args.bf16,
                          compile=args.compile and cuda, random_background=args.random_bkgd,
                          cuda_graph=cuda and args.model == "hash" and not args.no_cuda_graph,
+                         ema_decay=args.ema,
                          precrop_steps=(args.precrop_steps if args.precrop_steps is not None
                                         else precrop_for(args.model, args.preset, cuda)))
     try:
