@@ -321,13 +321,93 @@ def graph_recovery(data):
         f"events {tr.events}")
 
 
+def compaction_anatomy(data, steps_warm=600, steps_timed=300, factors=(2, 3, 4), device="cuda",
+                       options=None):
+    """Where the compacting hash step's time goes: graphed bf16 steps/s and rays per step
+    with compaction off and at each march_factor, then, from the trained state of the
+    default, the step's parts timed one by one (march into factor x budget slots, the
+    density-only pass, packing, the training forward + backward on the budget)."""
+    from app.trainer import TrainConfig, Trainer
+    from loaders import load_scene
+    from renderer import occupancy as oc
+    scene = load_scene(data)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    kept_trainer = None
+    for compact, factor in [(False, 3)] + [(True, f) for f in factors]:
+        opts = {**(options or {}), "compact": compact, "march_factor": factor}
+        cfg = TrainConfig(model="hash", model_options=opts, batch_rays=4096, lr=1e-2, lr_final=1e-3,
+                          lr_decay_steps=30000, autocast=device == "cuda", cuda_graph=True, device=device)
+        tr = Trainer(scene, cfg)
+        tr.static_on_cpu = device != "cuda"
+        while tr.step_count < steps_warm:
+            tr.step()
+        sync()
+        t0 = time.perf_counter()
+        start = tr.step_count
+        while tr.step_count < start + steps_timed:
+            tr.step()
+        sync()
+        dt = time.perf_counter() - t0
+        n = tr.step_count - start
+        rays, kept = tr.model._last_batch
+        log(f"compact {compact} march_factor {factor}: {n / dt:.1f} steps/s ({dt / n * 1e3:.2f} ms/step), "
+            f"last step {rays} rays, {kept} samples trained; events {tr.events[-2:]}")
+        if compact and factor == tr.model.DEFAULTS["march_factor"]:
+            kept_trainer = tr
+        else:
+            del tr
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    if kept_trainer is None:
+        return
+    tr, m = kept_trainer, kept_trainer.model
+    c = m.config
+    cap = c["sample_budget"]
+    st = tr._static
+    n_rays = st.max_rays if st is not None else cap // 4
+    active = torch.arange(n_rays, device=tr.device) < (st.n_active if st is not None else n_rays)
+    rays_o, rays_d, target = tr.sample_batch(n_rays)
+    bg = float(tr.background)
+    with torch.autocast(tr.device.type, dtype=torch.bfloat16, enabled=tr.config.autocast):
+        o, d, _, s0, s1 = m._setup_rays(rays_o, rays_d, float(tr.scene.near), float(tr.scene.far))
+        s1 = torch.where(active, s1, s0)
+        jit = torch.rand(n_rays, device=tr.device)
+        big = cap * c["march_factor"]
+        march = lambda: oc.march_rays_static(o, d, s0, s1, m.occupancy, c["bound"], c["grid_res"], m.dt,
+                                             c["n_coarse"], jit, big)
+        pk = march()
+        o_pad = torch.cat([o, torch.zeros_like(o[:1])])
+        d_pad = torch.cat([d, d[:1]])
+        alive_fn = lambda: m._alive_samples(o_pad, d_pad, pk["ray_ids"], pk["s"], n_rays + 1)
+        alive = alive_fn()
+        pack = lambda: oc.compact_static(alive, pk["ray_ids"], pk["s"], n_rays, cap)
+        cp = pack()
+
+        def train_pass():
+            from models.hashgrid import sh_encode
+            sh = sh_encode(d_pad, m.sh_C)
+            sigma, rgb = m._field_packed(o_pad, d_pad, sh, cp["ray_ids"], cp["s"])
+            out = oc.composite_packed(sigma, rgb, cp["s"], m.dt, cp["ray_ids"], n_rays + 1)
+            loss = ((out["rgb"][:n_rays] + (1 - out["acc"][:n_rays, None]) * bg - target[:, :3]) ** 2).mean()
+            loss.backward()
+
+        parts = [("march into %d slots" % big, march), ("density-only pass over them", alive_fn),
+                 ("pack the survivors", pack), ("training forward + backward on %d slots" % cap, train_pass)]
+        for name, fn in parts:
+            log(f"  {name}: {timeit(fn, 10):.2f} ms")
+    tr.optimizer.zero_grad(set_to_none=True)
+    log(f"  marched {int(pk['kept'])} of {int(pk['marched'])} asked for; "
+        f"{int((alive & (pk['ray_ids'] < n_rays)).sum())} alive; {int(cp['kept'])} packed")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--data", default=os.path.join(ROOT, "assets", "scene"))
     p.add_argument("--small", action="store_true")
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--nerf-batch", type=int, default=8192)
-    p.add_argument("--only", default="march,hash,profile-hash,profile-nerf,graph,graph-recovery",
+    p.add_argument("--only", default="march,hash,profile-hash,profile-nerf,graph,graph-recovery,compaction",
                    help="comma-separated sections to run")
     a = p.parse_args()
     only = set(a.only.split(","))
@@ -345,6 +425,8 @@ def main():
     if "graph" in only and dev == "cuda":
         for ac in (False, True):
             section("graph comparison", compare_graph, a.data, autocast=ac)
+    if "compaction" in only and dev == "cuda":
+        section("compaction anatomy", compaction_anatomy, a.data)
     if "graph-recovery" in only and dev == "cuda":
         section("graph recovery check", graph_recovery, a.data)
     if not a.no_profile:
