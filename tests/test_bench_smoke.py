@@ -23,3 +23,20 @@ def test_bench_gpu_runs_nerf_and_reference_and_writes_json(tmp_path, capsys):
     assert nerf["samples_per_step"] == 64 * 256
     assert 0 < nerf["evaluated_per_step"] <= nerf["samples_per_step"]
     assert 0.0 < nerf["psnr"]["0.5"] < 60.0
+
+
+def test_gpu_check_compaction_section_runs_on_cpu(capsys):
+    import re
+
+    from bench import gpu_check
+    gpu_check.compaction_anatomy("assets/scene", steps_warm=6, steps_timed=3, factors=(3,), device="cpu",
+                                 options={"grid_res": 16, "log2_hashmap_size": 12, "max_res": 64,
+                                          "n_levels": 4, "sample_budget": 2048, "grid_warmup": 2})
+    printed = capsys.readouterr().out
+    assert "compact False march_factor 3" in printed and "compact True march_factor 3" in printed
+    for part in ("march into 6144 slots", "density-only pass", "pack the survivors",
+                 "training forward + backward on 2048 slots"):
+        assert part in printed
+    marched, asked, alive, packed = map(int, re.search(
+        r"marched (\d+) of (\d+) asked for; (\d+) alive; (\d+) packed", printed).groups())
+    assert marched <= min(asked, 6144) and alive <= marched and packed <= min(alive, 2048)
