@@ -307,7 +307,8 @@ def test_compaction_drops_only_samples_behind_terminated_transmittance():
 
 def test_compacted_static_trainer_learns_and_fills_the_budget_with_more_rays():
     tr = _static_trainer()
-    assert tr.model.config["compact"]  # the default
+    assert tr.model.config["compact"] is None and not tr.model._compacting(torch.zeros(1))  # CPU default
+    tr.model.config["compact"] = True
     losses = [tr.step()["loss"] for _ in range(70)]
     assert tr._static is not None and tr.step_count == 70
     assert np.mean(losses[-5:]) < 0.2 * np.mean(losses[:5])
@@ -320,3 +321,11 @@ def test_compacted_static_trainer_learns_and_fills_the_budget_with_more_rays():
         plain.step()
     assert rays > plain.model._last_batch[0]  # same budget, more rays: samples behind surfaces went
     assert tr.events == []
+
+
+def test_compact_option_is_checked():
+    with pytest.raises(ValueError, match="compact"):
+        HashGridModel(**{**TINY, "compact": "yes"})
+    with pytest.raises(ValueError, match="march_factor"):
+        HashGridModel(**{**TINY, "march_factor": 0})
+    assert HashGridModel(**{**TINY, "compact": True})._compacting(torch.zeros(1))
