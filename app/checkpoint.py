@@ -123,10 +123,10 @@ def _restore_rng(tensors, trainer) -> None:
 def _restore_ema(tensors, trainer) -> None:
     """The weight average, when saved and it fits; otherwise the trainer starts a new one
     (older checkpoints, or a run that averaged nothing)."""
-    saved = [tensors.get(f"ema.{i}") for i in range(len(trainer._ema_params()))]
     params = trainer._ema_params()
-    if saved and all(e is not None and e.shape == p.shape and bool(torch.isfinite(e).all())
-                     for e, p in zip(saved, params)):
+    saved = [tensors.get(f"ema.{i}") for i in range(len(params))]
+    if (params and all(e is not None for e in saved) and trainer._fits_params(saved)
+            and all(bool(torch.isfinite(e).all()) for e in saved)):
         trainer.ema = [e.to(device=p.device, dtype=p.dtype) for e, p in zip(saved, params)]
     else:
         trainer.ema = None

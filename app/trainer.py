@@ -201,6 +201,13 @@ class Trainer:
     def _ema_params(self) -> list[torch.Tensor]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
+    def _fits_params(self, tensors: list[torch.Tensor] | None) -> bool:
+        """True when ``tensors`` match the parameters one for one in shape (a grid that was
+        upsampled, or a model rebuilt, leaves an average or buffer that no longer does)."""
+        params = self._ema_params()
+        return tensors is not None and len(tensors) == len(params) and all(
+            t.shape == p.shape for t, p in zip(tensors, params))
+
     @torch.no_grad()
     def _ema_update(self) -> None:
         """ema <- decay * ema + (1 - decay) * weights, after each applied step."""
@@ -208,7 +215,7 @@ class Trainer:
         if d <= 0.0:
             return
         params = self._ema_params()
-        if self.ema is None or [e.shape for e in self.ema] != [p.shape for p in params]:
+        if not self._fits_params(self.ema):
             self.ema = [p.detach().clone() for p in params]
         else:
             torch._foreach_lerp_(self.ema, [p.detach() for p in params], 1.0 - d)
@@ -217,7 +224,7 @@ class Trainer:
     def apply_average(self) -> None:
         """Replace the weights by their average for good: for a run loaded to be used
         (render, evaluate, export, iNeRF), not trained on."""
-        if self.ema is not None and [e.shape for e in self.ema] == [p.shape for p in self._ema_params()]:
+        if self._fits_params(self.ema):
             torch._foreach_copy_(self._ema_params(), self.ema)
         self.ema = None
 
@@ -228,13 +235,13 @@ class Trainer:
         Copies in place, because a captured CUDA graph holds the parameters' addresses;
         the raw weights are restored on exit, whatever happens inside."""
         params = self._ema_params()
-        if self._in_averaged or self.ema is None or [e.shape for e in self.ema] != [p.shape for p in params]:
+        if self._in_averaged or not self._fits_params(self.ema):
             yield
             return
         self._in_averaged = True
         with torch.no_grad():
             # One kept buffer: the GUI enters this for every render chunk.
-            if self._raw_buf is None or [b.shape for b in self._raw_buf] != [p.shape for p in params]:
+            if not self._fits_params(self._raw_buf):
                 self._raw_buf = [torch.empty_like(p) for p in params]
             raw = self._raw_buf
             torch._foreach_copy_(raw, [p.detach() for p in params])

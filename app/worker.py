@@ -912,8 +912,8 @@ class Worker:
         model.eval()
         try:
             # averaged(): the view shows the weights that evaluation and export use.
-            with self.trainers[job.model_idx].averaged(), torch.no_grad(), torch.autocast(tr0.device.type, dtype=torch.bfloat16,
-                                                 enabled=tr0.config.autocast):
+            with self.trainers[job.model_idx].averaged(), torch.no_grad(), \
+                    torch.autocast(tr0.device.type, dtype=torch.bfloat16, enabled=tr0.config.autocast):
                 out = model.render_rays(job.rays[0][s:e], job.rays[1][s:e], self.scene.near, self.scene.far,
                                         background=tr0.background, train=False)
         finally:

@@ -337,10 +337,14 @@ class HashGridModel(nn.Module):
         sigma = torch.where(self._inside(x), sigma, torch.zeros_like(sigma))
         return sigma, self._color(h, sh_encode(F.normalize(d, dim=-1), self.sh_C))
 
+    @staticmethod
+    def _points(rays_o, dirs, ray_ids, s) -> torch.Tensor:
+        """(N, 3) positions of packed samples: ray origin + s * unit direction."""
+        return rays_o[ray_ids] + dirs[ray_ids] * s[:, None]
+
     def _field_packed(self, rays_o, dirs, sh, ray_ids, s):
         """sigma (N,), rgb (N, 3) at packed samples."""
-        x = rays_o[ray_ids] + dirs[ray_ids] * s[:, None]
-        h = self._features(x)
+        h = self._features(self._points(rays_o, dirs, ray_ids, s))
         return trunc_exp(h[:, 0].float()), self._color(h, sh[ray_ids])
 
     def _setup_rays(self, rays_o, rays_d, near, far):
@@ -446,8 +450,7 @@ class HashGridModel(nn.Module):
         """(N,) bool: packed samples whose ray still has transmittance >= min_transmittance in
         front of them, by a density-only pass without gradients. The others would get
         weights below that and are left out of the training pass."""
-        x = rays_o.index_select(0, ray_ids) + dirs.index_select(0, ray_ids) * s[:, None]
-        sigma = torch.exp(self._features(x)[:, 0].float())
+        sigma = torch.exp(self._features(self._points(rays_o, dirs, ray_ids, s))[:, 0].float())
         tau_in = occ_mod.optical_depth_before(sigma * self.dt, ray_ids, n_rays)
         # Written so that NaN counts as alive: a broken field then shows in the training
         # pass's loss (and its recovery) instead of silently leaving nothing to train.
