@@ -147,7 +147,7 @@ def bench_trainer_model(kind: str, scene, args, device: str, budgets: list[float
     n_samples_per_ray = (PAPER["n_coarse"] * 2 + PAPER["n_fine"]) if kind != "hash" else None
     train_time, steps, rays, samples, skipped, evaluated = 0.0, 0, 0, 0, 0, 0
     psnr = {}
-    t_log = 0.0
+    t_log, steps_log = 0.0, 0
     for b in budgets:
         while train_time < b:
             t0 = time.perf_counter()
@@ -166,9 +166,10 @@ def bench_trainer_model(kind: str, scene, args, device: str, budgets: list[float
                 samples += trainer.batch_rays * n_samples_per_ray
                 evaluated += sum(e for e, _ in getattr(trainer.model, "last_evaluated", {}).values())
             if train_time - t_log > 5.0:
-                t_log = train_time
-                log(f"  {kind}: {train_time:6.1f} s  step {steps}  loss {m['loss']:.5f}  train psnr "
-                    f"{m['psnr']:.2f}  batch {trainer.batch_rays}")
+                rate = (steps - steps_log) / (train_time - t_log)
+                t_log, steps_log = train_time, steps
+                log(f"  {kind}: {train_time:6.1f} s  step {steps} ({rate:.0f}/s lately)  loss {m['loss']:.5f}  "
+                    f"train psnr {m['psnr']:.2f}  batch {trainer.batch_rays}")
         sync()
         peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device == "cuda" else float("nan")
         t0 = time.perf_counter()

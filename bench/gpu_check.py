@@ -321,6 +321,20 @@ def graph_recovery(data):
         f"events {tr.events}")
 
 
+def body_profile(tr, st, steps=10, rows=14):
+    """Kernel times of the graphed step's body run eagerly (a graph hides its kernels from
+    the profiler): where the GPU time of a step goes."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+    with tprofile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            tr.optimizer.zero_grad(set_to_none=True)
+            st._body()
+        torch.cuda.synchronize()
+    log(f"  kernels of {steps} eager step bodies, by GPU time:")
+    log(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=70))
+
+
 def compaction_anatomy(data, steps_warm=600, steps_timed=300, factors=(2, 3, 4), device="cuda",
                        options=None):
     """Where the compacting hash step's time goes: graphed bf16 steps/s and rays per step
@@ -353,6 +367,13 @@ def compaction_anatomy(data, steps_warm=600, steps_timed=300, factors=(2, 3, 4),
         rays, kept = tr.model._last_batch
         log(f"compact {compact} march_factor {factor}: {n / dt:.1f} steps/s ({dt / n * 1e3:.2f} ms/step), "
             f"last step {rays} rays, {kept} samples trained; events {tr.events[-2:]}")
+        st = tr._static
+        if device == "cuda" and st is not None and st.graph is not None:
+            # The graph alone: what the step costs the GPU, without the host's share of Trainer.step
+            # (EMA, grid refresh, snapshot, the stats read-back).
+            replay_ms = timeit(st.graph.replay, 100)
+            log(f"  graph replay alone: {replay_ms:.2f} ms; the rest of Trainer.step: {dt / n * 1e3 - replay_ms:.2f} ms")
+            body_profile(tr, st)
         if compact and factor == tr.model.DEFAULTS["march_factor"]:
             kept_trainer = tr
         else:

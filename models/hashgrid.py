@@ -419,20 +419,23 @@ class HashGridModel(nn.Module):
         march_cap = capacity * (c["march_factor"] if compact else 1)
         pk = occ_mod.march_rays_static(rays_o, dirs, s0, s1, self.occupancy, c["bound"], c["grid_res"],
                                        self.dt, c["n_coarse"], jitter, march_cap)
-        # Padding samples belong to an extra ray n at the origin (inside the cube).
-        o_pad = torch.cat([rays_o, torch.zeros_like(rays_o[:1])])
-        d_pad = torch.cat([dirs, dirs[:1]])
         if compact:
-            alive = self._alive_samples(o_pad, d_pad, pk["ray_ids"], pk["s"], n + 1)
+            # Padding samples belong to an extra ray n at the origin (inside the cube).
+            o1 = torch.cat([rays_o, torch.zeros_like(rays_o[:1])])
+            d1 = torch.cat([dirs, dirs[:1]])
+            alive = self._alive_samples(o1, d1, pk["ray_ids"], pk["s"], n + 1)
             cp = occ_mod.compact_static(alive, pk["ray_ids"], pk["s"], n, capacity)
             # The batch rule steers on the samples that train, as instant-ngp's does: the
             # surviving share of the packed samples, extrapolated to all that were marched.
             n_alive = (alive & (pk["ray_ids"] < n)).sum()
             demand = pk["marched"].float() * n_alive.float() / pk["kept"].clamp(min=1).float()
             pk = {**cp, "fits": cp["fits"] & pk["fits"], "marched": demand}
+        ray_ids, n_pad = occ_mod.spread_padding(pk["ray_ids"], n)
+        o_pad = torch.cat([rays_o, rays_o.new_zeros(n_pad, 3)])
+        d_pad = torch.cat([dirs, dirs[:1].expand(n_pad, 3)])
         sh = sh_encode(d_pad, self.sh_C)
-        sigma, rgb = self._field_packed(o_pad, d_pad, sh, pk["ray_ids"], pk["s"])
-        out = occ_mod.composite_packed(sigma, rgb, pk["s"], self.dt, pk["ray_ids"], n + 1)
+        sigma, rgb = self._field_packed(o_pad, d_pad, sh, ray_ids, pk["s"])
+        out = occ_mod.composite_packed(sigma, rgb, pk["s"], self.dt, ray_ids, n + n_pad)
         acc = out["acc"][:n]
         color = _over_background(out["rgb"][:n], acc, background)
         return {"rgb": color, "acc": acc, "valid": (pk["fits"] & active).float(),

@@ -256,18 +256,44 @@ def compact_static(keep: torch.Tensor, ray_ids: torch.Tensor, s: torch.Tensor, n
     Returns ray_ids (capacity,), s (capacity,), fits (n_rays,) bool and kept (0-dim int64).
     """
     dev = s.device
+    m = ray_ids.shape[0]
     keep = keep & (ray_ids < n_rays)
-    per_ray = torch.zeros(n_rays + 1, dtype=torch.int64, device=dev).index_add(0, ray_ids, keep.long())
-    fits = torch.cumsum(per_ray[:n_rays], 0) <= capacity
-    keep = keep & torch.cat([fits, fits.new_zeros(1)]).index_select(0, ray_ids)
-    # Kept samples of fitting rays come first in ray order, so their slot is their rank.
-    slot = torch.where(keep, torch.cumsum(keep.long(), 0) - 1, torch.full_like(ray_ids, capacity))
-    out_ids = torch.full((capacity + 1,), n_rays, dtype=ray_ids.dtype, device=dev)
-    out_s = torch.zeros(capacity + 1, dtype=s.dtype, device=dev)
-    # Every dropped sample writes the spare slot `capacity`; duplicates there are harmless.
-    out_ids = out_ids.index_put((slot,), torch.where(keep, ray_ids, torch.full_like(ray_ids, n_rays)))
-    out_s = out_s.index_put((slot,), torch.where(keep, s, torch.zeros_like(s)))
-    return {"ray_ids": out_ids[:capacity], "s": out_s[:capacity], "fits": fits, "kept": keep.sum()}
+    # Gathers only, no scatter: an index_add or index_put sends every dropped and padding
+    # sample (10^5 of them) to one address, and those writes serialise on the GPU.
+    incl = torch.cumsum(keep.long(), 0)  # (M,) kept samples up to and including each
+    ck = torch.cat([incl.new_zeros(1), incl])  # (M + 1,)
+    bounds = torch.searchsorted(ray_ids, torch.arange(n_rays + 1, device=dev, dtype=ray_ids.dtype))
+    per_ray = ck[bounds[1:]] - ck[bounds[:-1]]  # (R,) kept samples of each ray
+    upto = torch.cumsum(per_ray, 0)
+    fits = upto <= capacity
+    # fits is a prefix of the rays (upto never decreases), so the packed samples are the
+    # first n_kept kept ones: slot k holds the sample where the running count reaches k + 1.
+    n_kept = torch.where(fits, upto, torch.zeros_like(upto)).max() if n_rays > 0 else incl.new_zeros(())
+    slots = torch.arange(capacity, device=dev, dtype=incl.dtype)
+    src = torch.searchsorted(incl, slots + 1).clamp(max=max(m - 1, 0))
+    used = slots < n_kept
+    if m == 0:
+        out_ids = torch.full((capacity,), n_rays, dtype=ray_ids.dtype, device=dev)
+        return {"ray_ids": out_ids, "s": torch.zeros(capacity, dtype=s.dtype, device=dev), "fits": fits,
+                "kept": n_kept}
+    out_ids = torch.where(used, ray_ids.index_select(0, src), torch.full_like(slots, n_rays)).to(ray_ids.dtype)
+    out_s = torch.where(used, s.index_select(0, src), torch.zeros((), dtype=s.dtype, device=dev))
+    return {"ray_ids": out_ids, "s": out_s, "fits": fits, "kept": n_kept}
+
+
+def spread_padding(ray_ids: torch.Tensor, n_rays: int, group: int = 32) -> tuple[torch.Tensor, int]:
+    """Padding slots of a fixed-size sample buffer (ray id >= n_rays, all at the end) get ray
+    ids n_rays + j // group, j their rank among the padding; the ids stay sorted.
+
+    Why: per-ray reductions (the compositing index_adds and their backward) otherwise pile
+    every padding sample onto the one address of ray n_rays, and those atomics serialise.
+    Returns ray_ids (N,) and the number of padding rays, ceil(N / group).
+    """
+    n = ray_ids.shape[0]
+    pad = ray_ids >= n_rays
+    j = torch.arange(n, device=ray_ids.device, dtype=ray_ids.dtype) - (~pad).sum()
+    ids = torch.where(pad, n_rays + torch.div(j.clamp(min=0), group, rounding_mode="floor"), ray_ids)
+    return ids, max(1, -(-n // group))
 
 
 def composite_packed(sigma: torch.Tensor, rgb: torch.Tensor, s: torch.Tensor, delta: float,

@@ -250,6 +250,9 @@ def test_triton_hash_kernels_match_torch_in_interpreter():
             b = hash_encode_triton(x, enc.table, enc.res_t, enc.off_t, enc.dense_t, 11)
             assert (a - b).abs().max() < 1e-5, (a - b).abs().max()
             w = torch.randn(a.shape, generator=g)
+            # Rows and single entries with zero gradient: the kernel skips their atomics.
+            w[:100] = 0.0
+            w[100:150, ::2] = 0.0
             ga, = torch.autograd.grad((a * w).sum(), enc.table)
             gb, = torch.autograd.grad((b * w).sum(), enc.table)
             assert (ga - gb).abs().max() < 1e-4, (ga - gb).abs().max()

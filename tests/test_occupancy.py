@@ -278,3 +278,29 @@ def test_compact_static_packs_kept_samples_of_whole_rays(capacity):
     assert out["ray_ids"][:n].tolist() == exp_ids and torch.equal(out["s"][:n], torch.tensor(exp_s))
     assert (out["ray_ids"][n:] == n_rays).all() and (out["s"][n:] == 0).all()
     assert out["fits"].tolist() == fits
+
+
+def test_compact_static_handles_nothing_kept_and_empty_input():
+    ray_ids = torch.tensor([0, 0, 1, 2, 2, 3, 3], dtype=torch.int64)
+    s = torch.arange(7, dtype=torch.float32)
+    out = oc.compact_static(torch.zeros(7, dtype=torch.bool), ray_ids, s, 3, 4)
+    assert out["kept"].item() == 0 and (out["ray_ids"] == 3).all() and (out["s"] == 0).all()
+    assert out["fits"].tolist() == [True, True, True]
+    empty = oc.compact_static(torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.int64),
+                              torch.zeros(0), 2, 5)
+    assert empty["kept"].item() == 0 and empty["ray_ids"].tolist() == [2] * 5
+
+
+@pytest.mark.parametrize("n_pad_slots", [0, 1, 5, 40])
+def test_spread_padding_keeps_rays_and_order_and_spreads_the_rest(n_pad_slots):
+    n_rays, group = 5, 4
+    real = torch.tensor([0, 0, 1, 3, 3, 3, 4], dtype=torch.int64)
+    ray_ids = torch.cat([real, torch.full((n_pad_slots,), n_rays, dtype=torch.int64)])
+    ids, n_pad = oc.spread_padding(ray_ids, n_rays, group)
+    assert torch.equal(ids[:7], real)
+    assert (ids[1:] >= ids[:-1]).all()
+    pad = ids[7:]
+    assert ((pad >= n_rays) & (pad < n_rays + n_pad)).all()
+    if n_pad_slots:
+        assert torch.bincount(pad - n_rays).max().item() <= group
+        assert pad.unique().numel() == -(-n_pad_slots // group)
