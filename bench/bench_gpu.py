@@ -201,7 +201,7 @@ def bench_trainer_model(kind: str, scene, args, device: str, budgets: list[float
     log(f"  {kind}: {steps_s:.1f} steps/s, {row['rays_per_s']:.0f} rays/s, {row['samples_per_s'] / 1e6:.1f} M "
         f"samples/s, peak {peak:.2f} GiB; {big}x{big} frame {row['render_ms']:.1f} ms, {small}x{small} "
         f"{row['lowres_ms']:.1f} ms")
-    del trainer
+    trainer = None  # frees its memory before the next model; not del: the timing lambdas name it
     if device == "cuda":
         torch.cuda.empty_cache()
     return row
@@ -254,7 +254,7 @@ def bench_reference(scene, args, device: str, budgets: list[float]) -> dict:
         big = args.render_size
         row["render_ms"] = time_render(lambda: ref.render_image(te.c2w[0], big, big, sp.focal * big / sp.width), 2)
     log(f"  reference: {row['steps_per_s']:.2f} steps/s, {row['rays_per_s']:.0f} rays/s, peak {peak:.2f} GiB")
-    del ref
+    ref = None  # as trainer above
     if device == "cuda":
         torch.cuda.empty_cache()
     return row

@@ -1,6 +1,5 @@
 """renderer/sampling.py against a numpy float64 inverse-CDF reference and statistics."""
 import numpy as np
-import pytest
 import torch
 
 from renderer.sampling import hierarchical_samples, sample_pdf, stratified_samples
