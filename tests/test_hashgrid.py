@@ -270,8 +270,8 @@ def test_fused_density_kernel_matches_torch_in_interpreter():
         from models.hashgrid import HashGridModel
         from models.kernels.density import density_raw_triton
         g = torch.Generator().manual_seed(3)
-        for nf, hidden in ((2, 16), (4, 8)):
-            m = HashGridModel(n_levels=4, n_features=nf, log2_hashmap_size=10, base_res=4, max_res=40,
+        for nf, hidden, levels in ((2, 16, 4), (4, 8, 4), (1, 32, 5)):
+            m = HashGridModel(n_levels=levels, n_features=nf, log2_hashmap_size=10, base_res=4, max_res=40,
                               hidden=hidden, grid_res=8, fused_density=True)
             with torch.no_grad():
                 m.encoding.table.normal_(generator=g)
