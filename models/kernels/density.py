@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from models.kernels.hash_encode import _corner
+from models.kernels.hash_encode import _cell, _corner
 
 BLOCK = 64
 
@@ -38,9 +38,6 @@ def _density_raw(o_ptr, d_ptr, rid_ptr, s_ptr, table_ptr, res_ptr, off_ptr, dens
          + bound) * scale
     z = (tl.load(o_ptr + rid * 3 + 2, mask=m, other=0.0) + tl.load(d_ptr + rid * 3 + 2, mask=m, other=0.0) * s
          + bound) * scale
-    x = tl.minimum(tl.maximum(x, 0.0), 1.0)
-    y = tl.minimum(tl.maximum(y, 0.0), 1.0)
-    z = tl.minimum(tl.maximum(z, 0.0), 1.0)
     f = tl.arange(0, F)
     hc = tl.arange(0, H)
     h = tl.zeros((BLOCK, H), dtype=tl.float32)
@@ -48,20 +45,10 @@ def _density_raw(o_ptr, d_ptr, rid_ptr, s_ptr, table_ptr, res_ptr, off_ptr, dens
         res = tl.load(res_ptr + lvl)
         off = tl.load(off_ptr + lvl).to(tl.int64)
         dense = tl.load(dense_ptr + lvl)
-        resf = res.to(tl.float32)
-        V = res + 1
-        px = x * resf
-        py = y * resf
-        pz = z * resf
-        ix = tl.minimum(tl.floor(px).to(tl.int32), res - 1)
-        iy = tl.minimum(tl.floor(py).to(tl.int32), res - 1)
-        iz = tl.minimum(tl.floor(pz).to(tl.int32), res - 1)
-        fx = px - ix.to(tl.float32)
-        fy = py - iy.to(tl.float32)
-        fz = pz - iz.to(tl.float32)
+        ix, iy, iz, fx, fy, fz = _cell(x, y, z, res)
         enc = tl.zeros((BLOCK, F), dtype=tl.float32)
         for c in tl.static_range(8):
-            idx, w = _corner(ix, iy, iz, fx, fy, fz, V, dense, mask_t, c)
+            idx, w = _corner(ix, iy, iz, fx, fy, fz, res + 1, dense, mask_t, c)
             g = off + idx.to(tl.int64)
             vals = tl.load(table_ptr + g[:, None] * F + f[None, :], mask=m[:, None], other=0.0)
             enc += w[:, None] * vals.to(tl.float32)

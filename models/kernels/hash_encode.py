@@ -16,6 +16,20 @@ BLOCK = 128
 
 
 @triton.jit
+def _cell(x, y, z, res):
+    """Cell (ix, iy, iz) of points in [0, 1]^3 (clamped) on a level of res cells per side,
+    and the position (fx, fy, fz) in [0, 1] within it; the last cell takes x = 1."""
+    resf = res.to(tl.float32)
+    px = tl.minimum(tl.maximum(x, 0.0), 1.0) * resf
+    py = tl.minimum(tl.maximum(y, 0.0), 1.0) * resf
+    pz = tl.minimum(tl.maximum(z, 0.0), 1.0) * resf
+    ix = tl.minimum(tl.floor(px).to(tl.int32), res - 1)
+    iy = tl.minimum(tl.floor(py).to(tl.int32), res - 1)
+    iz = tl.minimum(tl.floor(pz).to(tl.int32), res - 1)
+    return ix, iy, iz, px - ix.to(tl.float32), py - iy.to(tl.float32), pz - iz.to(tl.float32)
+
+
+@triton.jit
 def _corner(ix, iy, iz, fx, fy, fz, V, dense, mask_t, c: tl.constexpr):
     """Table index (within the level) and trilinear weight of corner c (0..7)."""
     bx: tl.constexpr = c & 1
@@ -46,17 +60,8 @@ def _hash_fwd(x_ptr, table_ptr, out_ptr, res_ptr, off_ptr, dense_ptr, N, mask_t,
     res = tl.load(res_ptr + lvl)
     off = tl.load(off_ptr + lvl).to(tl.int64)
     dense = tl.load(dense_ptr + lvl)
-    resf = res.to(tl.float32)
     V = res + 1
-    px = tl.minimum(tl.maximum(x, 0.0), 1.0) * resf
-    py = tl.minimum(tl.maximum(y, 0.0), 1.0) * resf
-    pz = tl.minimum(tl.maximum(z, 0.0), 1.0) * resf
-    ix = tl.minimum(tl.floor(px).to(tl.int32), res - 1)
-    iy = tl.minimum(tl.floor(py).to(tl.int32), res - 1)
-    iz = tl.minimum(tl.floor(pz).to(tl.int32), res - 1)
-    fx = px - ix.to(tl.float32)
-    fy = py - iy.to(tl.float32)
-    fz = pz - iz.to(tl.float32)
+    ix, iy, iz, fx, fy, fz = _cell(x, y, z, res)
     f = tl.arange(0, F)
     acc = tl.zeros((BLOCK, F), dtype=tl.float32)
     for c in tl.static_range(8):
@@ -80,17 +85,8 @@ def _hash_bwd(x_ptr, gout_ptr, gtable_ptr, res_ptr, off_ptr, dense_ptr, N, mask_
     res = tl.load(res_ptr + lvl)
     off = tl.load(off_ptr + lvl).to(tl.int64)
     dense = tl.load(dense_ptr + lvl)
-    resf = res.to(tl.float32)
     V = res + 1
-    px = tl.minimum(tl.maximum(x, 0.0), 1.0) * resf
-    py = tl.minimum(tl.maximum(y, 0.0), 1.0) * resf
-    pz = tl.minimum(tl.maximum(z, 0.0), 1.0) * resf
-    ix = tl.minimum(tl.floor(px).to(tl.int32), res - 1)
-    iy = tl.minimum(tl.floor(py).to(tl.int32), res - 1)
-    iz = tl.minimum(tl.floor(pz).to(tl.int32), res - 1)
-    fx = px - ix.to(tl.float32)
-    fy = py - iy.to(tl.float32)
-    fz = pz - iz.to(tl.float32)
+    ix, iy, iz, fx, fy, fz = _cell(x, y, z, res)
     f = tl.arange(0, F)
     go = tl.load(gout_ptr + rows[:, None] * (L * F) + lvl * F + f[None, :], mask=m[:, None],
                  other=0.0).to(tl.float32)
