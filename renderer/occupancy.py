@@ -269,16 +269,15 @@ def compact_static(keep: torch.Tensor, ray_ids: torch.Tensor, s: torch.Tensor, n
     # fits is a prefix of the rays (upto never decreases), so the packed samples are the
     # first n_kept kept ones: slot k holds the sample where the running count reaches k + 1.
     n_kept = torch.where(fits, upto, torch.zeros_like(upto)).max() if n_rays > 0 else incl.new_zeros(())
-    slots = torch.arange(capacity, device=dev, dtype=incl.dtype)
-    src = torch.searchsorted(incl, slots + 1).clamp(max=max(m - 1, 0))
-    used = slots < n_kept
+    out_ids = torch.full((capacity,), n_rays, dtype=ray_ids.dtype, device=dev)
+    out_s = torch.zeros(capacity, dtype=s.dtype, device=dev)
     if m == 0:
-        out_ids = torch.full((capacity,), n_rays, dtype=ray_ids.dtype, device=dev)
-        return {"ray_ids": out_ids, "s": torch.zeros(capacity, dtype=s.dtype, device=dev), "fits": fits,
-                "kept": n_kept}
-    out_ids = torch.where(used, ray_ids.index_select(0, src), torch.full_like(slots, n_rays)).to(ray_ids.dtype)
-    out_s = torch.where(used, s.index_select(0, src), torch.zeros((), dtype=s.dtype, device=dev))
-    return {"ray_ids": out_ids, "s": out_s, "fits": fits, "kept": n_kept}
+        return {"ray_ids": out_ids, "s": out_s, "fits": fits, "kept": n_kept}
+    slots = torch.arange(capacity, device=dev, dtype=incl.dtype)
+    src = torch.searchsorted(incl, slots + 1).clamp(max=m - 1)
+    used = slots < n_kept
+    return {"ray_ids": torch.where(used, ray_ids.index_select(0, src), out_ids),
+            "s": torch.where(used, s.index_select(0, src), out_s), "fits": fits, "kept": n_kept}
 
 
 def spread_padding(ray_ids: torch.Tensor, n_rays: int, group: int = 32) -> tuple[torch.Tensor, int]:
