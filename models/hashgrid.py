@@ -245,7 +245,7 @@ class HashGridModel(nn.Module):
     # On lego at 15 s: 33.63 / 33.58 / 33.56 dB against 33.37 / 33.44 / 33.33 without, seeds
     # 0 / 1 / 2; 0.98 and 0.99 were within run-to-run spread of it (docs/bench_gpu.md).
     EMA_DECAY = 0.95
-    # compact: the step trains on ~3x the rays for ~0.8x the steps/s (the density-only pass
+    # compact: the step trains on ~3x the rays for ~0.73x the steps/s (the density-only pass
     # over every marched sample is the price); on lego 60 s then gave 35.18 / 35.19 / 35.01 dB
     # (seeds 0 / 1 / 2) against 35.12 / 35.04 / 34.86 without it (both with the average), and
     # 35.41 / 35.48 once the padding fix made it 254 steps/s (docs/bench_gpu.md).
