@@ -350,9 +350,8 @@ def compaction_anatomy(data, steps_warm=600, steps_timed=300, factors=(2, 3, 4),
     kept_trainer = None
     from models.hashgrid import HashGridModel
     default_factor = HashGridModel.DEFAULTS["march_factor"]
-    for compact, factor, fused in ([(False, default_factor, False)] + [(True, f, False) for f in factors]
-                                   + [(True, default_factor, True)]):
-        opts = {**(options or {}), "compact": compact, "march_factor": factor, "fused_density": fused}
+    for compact, factor in [(False, default_factor)] + [(True, f) for f in factors]:
+        opts = {**(options or {}), "compact": compact, "march_factor": factor}
         cfg = TrainConfig(model="hash", model_options=opts, batch_rays=4096, lr=1e-2, lr_final=1e-3,
                           lr_decay_steps=30000, autocast=device == "cuda", cuda_graph=True, device=device)
         tr = Trainer(scene, cfg)
@@ -368,7 +367,7 @@ def compaction_anatomy(data, steps_warm=600, steps_timed=300, factors=(2, 3, 4),
         dt = time.perf_counter() - t0
         n = tr.step_count - start
         rays, kept = tr.model._last_batch
-        log(f"compact {compact} march_factor {factor} fused_density {fused}: {n / dt:.1f} steps/s ({dt / n * 1e3:.2f} ms/step), "
+        log(f"compact {compact} march_factor {factor}: {n / dt:.1f} steps/s ({dt / n * 1e3:.2f} ms/step), "
             f"last step {rays} rays, {kept} samples trained; events {tr.events[-2:]}")
         st = tr._static
         if device == "cuda" and st is not None and st.graph is not None:
@@ -377,7 +376,7 @@ def compaction_anatomy(data, steps_warm=600, steps_timed=300, factors=(2, 3, 4),
             replay_ms = timeit(st.graph.replay, 100)
             log(f"  graph replay alone: {replay_ms:.2f} ms; the rest of Trainer.step: {dt / n * 1e3 - replay_ms:.2f} ms")
             body_profile(tr, st)
-        if compact and not fused and factor == tr.model.DEFAULTS["march_factor"]:
+        if compact and factor == tr.model.DEFAULTS["march_factor"]:
             kept_trainer = tr
         else:
             del tr
@@ -416,18 +415,7 @@ def compaction_anatomy(data, steps_warm=600, steps_timed=300, factors=(2, 3, 4),
             loss = ((out["rgb"][:n_rays] + (1 - out["acc"][:n_rays, None]) * bg - target[:, :3]) ** 2).mean()
             loss.backward()
 
-        def alive_fused():
-            m.config["fused_density"] = True
-            try:
-                return m._alive_samples(o_pad, d_pad, pk["ray_ids"], pk["s"], n_rays + 1)
-            finally:
-                m.config["fused_density"] = False
-
-        # Not bit-equal: the fused kernel is fp32 throughout, the torch pass runs bf16 layers.
-        differ = int((alive_fused() != alive).sum())
-        log(f"  fused density pass: alive mask differs at {differ} of {alive.numel()} samples")
         parts = [("march into %d slots" % big, march), ("density-only pass over them", alive_fn),
-                 ("the same pass, fused kernel", alive_fused),
                  ("pack the survivors", pack), ("training forward + backward on %d slots" % cap, train_pass)]
         for name, fn in parts:
             log(f"  {name}: {timeit(fn, 10):.2f} ms")

@@ -20,8 +20,7 @@ compact (training: drop the samples behind the point where a ray's transmittance
 below min_transmittance, found by a density-only pass without gradients, and fill the
 budget with more rays instead: instant-ngp's compaction; None, the default: on CUDA
 only), march_factor (compact only: marched samples may reach march_factor x
-sample_budget before compaction), fused_density (compact only, CUDA: the density-only
-pass as one Triton kernel, models/kernels/density.py; off until timed on a GPU).
+sample_budget before compaction).
 """
 from __future__ import annotations
 
@@ -255,7 +254,7 @@ class HashGridModel(nn.Module):
                     max_res=2048, hidden=64, geo_features=15, color_hidden=64, grid_res=128,
                     n_coarse=1024, n_fine=0, grid_decay=0.95, grid_every=16, grid_warmup=256,
                     sample_budget=1 << 18, min_transmittance=1e-4, seed=0, huber_delta=0.0,
-                    compact=None, march_factor=3, fused_density=False)
+                    compact=None, march_factor=3)
 
     def __init__(self, **config):
         super().__init__()
@@ -278,8 +277,6 @@ class HashGridModel(nn.Module):
             raise ValueError(f"compact must be true, false or null (on CUDA only), got {c['compact']!r}")
         if not (isinstance(c["march_factor"], int) and 1 <= c["march_factor"] <= 16):
             raise ValueError(f"march_factor must be an integer in 1..16, got {c['march_factor']}")
-        if c["fused_density"] not in (True, False):
-            raise ValueError(f"fused_density must be true or false, got {c['fused_density']!r}")
         if c["sample_budget"] < 256 or c["grid_every"] < 1:
             raise ValueError("sample_budget must be >= 256 and grid_every >= 1")
         self.encoding = HashEncoding(c["n_levels"], c["n_features"], c["log2_hashmap_size"],
@@ -458,31 +455,12 @@ class HashGridModel(nn.Module):
         """(N,) bool: packed samples whose ray still has transmittance >= min_transmittance in
         front of them, by a density-only pass without gradients. The others would get
         weights below that and are left out of the training pass."""
-        raw = self._density_raw_fused(rays_o, dirs, ray_ids, s) if self.config["fused_density"] else None
-        if raw is None:
-            raw = self._features(self._points(rays_o, dirs, ray_ids, s))[:, 0].float()
+        raw = self._features(self._points(rays_o, dirs, ray_ids, s))[:, 0].float()
         sigma = torch.exp(raw)
         tau_in = occ_mod.optical_depth_before(sigma * self.dt, ray_ids, n_rays)
         # Written so that NaN counts as alive: a broken field then shows in the training
         # pass's loss (and its recovery) instead of silently leaving nothing to train.
         return ~(tau_in >= -math.log(self.config["min_transmittance"]))
-
-    def _density_raw_fused(self, rays_o, dirs, ray_ids, s) -> torch.Tensor | None:
-        """Raw density (N,) of packed samples from the fused Triton kernel; None where it
-        cannot run (no Triton, a CPU tensor, a hidden width that is not a power of two)."""
-        hidden = self.config["hidden"]
-        if not (_kernels_for(s) and hidden & (hidden - 1) == 0):  # a Triton block dimension
-            return None
-        try:
-            from models.kernels.density import density_raw_triton
-            return density_raw_triton(rays_o, dirs, ray_ids, s, self.config["bound"], self.encoding,
-                                      self.density_net[0].weight, self.density_net[2].weight[0])
-        except Exception as exc:  # noqa: BLE001 - fall back rather than stop a run
-            if os.environ.get("NERFLAB_KERNELS") == "triton":
-                raise
-            from renderer import kernels
-            kernels.disable(f"density_raw: {exc!r}"[:300])
-            return None
 
     def _render_terminating(self, rays_o, dirs, sh, s0, s1, first_round: int = 16):
         """Front-to-back rounds of 16, 32, 64, ... samples per ray; a ray leaves once its
