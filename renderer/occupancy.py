@@ -231,20 +231,43 @@ def first_index(ray_ids: torch.Tensor, n_rays: int) -> torch.Tensor:
 
 def optical_depth_before(sd: torch.Tensor, ray_ids: torch.Tensor, n_rays: int) -> torch.Tensor:
     """Exclusive per-ray cumulative sum (N,) of optical thicknesses sd (N,) of packed samples
-    with sorted ray_ids (N,): the optical depth in front of each sample within its ray.
+    with sorted ray_ids (N,), all < n_rays: the optical depth in front of each sample within
+    its ray. float32 (float64 for a float64 sd), differentiable in sd.
 
     One global cumsum minus its value at the ray's first sample, in float64 so that the
     subtraction keeps full float32 accuracy after 2^18 samples of large optical depth.
     """
-    n = sd.shape[0]
-    if n == 0:
+    if sd.shape[0] == 0:
         return sd.float()
-    sd64 = sd.double()
-    excl = torch.cumsum(sd64, 0) - sd64
-    first = first_index(ray_ids, n_rays).clamp(max=n - 1)
-    # index_select, not a[idx]: its backward is an atomic index_add, where indexing's
-    # backward sorts all N indices first (a radix sort per step on the GPU).
-    return (excl - excl.index_select(0, first).index_select(0, ray_ids)).float()
+    return _OpticalDepthBefore.apply(sd, ray_ids, n_rays)
+
+
+class _OpticalDepthBefore(torch.autograd.Function):
+    """Why a Function: autograd of the gather formula is two index_adds (float64 atomics,
+    most of them onto the few addresses of padding rays); the gradient
+    d/d sd_j = sum of g_i over the later samples i of j's ray is instead one inclusive
+    cumsum C of g read at the ray's last sample minus at j: C[last_j] - C[j]. Gathers only."""
+
+    @staticmethod
+    def forward(ctx, sd, ray_ids, n_rays):
+        n = sd.shape[0]
+        bounds = torch.searchsorted(ray_ids, torch.arange(n_rays + 1, device=ray_ids.device,
+                                                          dtype=ray_ids.dtype))  # (R + 1,)
+        sd64 = sd.detach().double()
+        excl = torch.cumsum(sd64, 0) - sd64
+        first = bounds[:-1].clamp(max=n - 1)
+        out = excl - excl.index_select(0, first).index_select(0, ray_ids)
+        ctx.save_for_backward(ray_ids, bounds)
+        ctx.out_dtype = sd.dtype
+        return out.to(torch.promote_types(sd.dtype, torch.float32))
+
+    @staticmethod
+    def backward(ctx, g):
+        ray_ids, bounds = ctx.saved_tensors
+        n = g.shape[0]
+        incl = torch.cumsum(g.double(), 0)
+        last = (bounds[1:] - 1).clamp(min=0, max=n - 1).index_select(0, ray_ids)  # (N,)
+        return (incl.index_select(0, last) - incl).to(ctx.out_dtype), None, None
 
 
 def compact_static(keep: torch.Tensor, ray_ids: torch.Tensor, s: torch.Tensor, n_rays: int,

@@ -250,6 +250,32 @@ def test_optical_depth_before_matches_float64_loop():
     assert torch.allclose(got.double(), torch.tensor(ref, dtype=torch.float64), atol=1e-6)
 
 
+def test_optical_depth_before_gradient_matches_dense_float64_reference():
+    # The hand-written backward against the derivative written out as a matrix:
+    # d tau_i / d sd_j = 1 when j is an earlier sample of i's ray.
+    g = torch.Generator().manual_seed(5)
+    counts = [3, 0, 1, 7, 0, 4, 2]
+    ray_ids = torch.cat([torch.full((c,), r, dtype=torch.int64) for r, c in enumerate(counts)])
+    n = ray_ids.shape[0]
+    jac = torch.zeros(n, n, dtype=torch.float64)
+    for i in range(n):
+        for j in range(i):
+            if ray_ids[j] == ray_ids[i]:
+                jac[i, j] = 1.0
+    for dtype in (torch.float32, torch.float64):
+        sd = (torch.rand(n, generator=g, dtype=torch.float64) * 2.0).to(dtype).requires_grad_()
+        up = torch.randn(n, generator=g, dtype=torch.float64)
+        tau = oc.optical_depth_before(sd, ray_ids, len(counts))
+        assert tau.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+        assert torch.allclose(tau.double(), jac @ sd.detach().double(), atol=1e-6)
+        grad, = torch.autograd.grad(tau, sd, up.to(tau.dtype))
+        assert grad.dtype == dtype
+        assert torch.allclose(grad.double(), jac.T @ up, atol=1e-5), (grad.double() - jac.T @ up).abs().max()
+    sd = torch.rand(n, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: oc.optical_depth_before(x, ray_ids, len(counts)), (sd,))
+
+
+
 @pytest.mark.parametrize("capacity", [7, 12, 100])
 def test_compact_static_packs_kept_samples_of_whole_rays(capacity):
     g = torch.Generator().manual_seed(1)
