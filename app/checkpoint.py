@@ -58,6 +58,8 @@ def _portable_group(g: dict) -> dict:
 
 def save_checkpoint(path: str, trainer) -> None:
     """Model, optimiser state, config and step of a Trainer."""
+    if hasattr(trainer, "finish_pending"):
+        trainer.finish_pending()  # a graphed step still in flight belongs to the saved state
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in trainer.model.state_dict().items()}
     osd = trainer.optimizer.state_dict()
     for idx, st in osd["state"].items():

@@ -42,7 +42,9 @@ class StaticStep:
     Construction switches the trainer's optimiser to tensor learning rates and a
     ``found_inf`` flag (both read by the fused Adam kernel on every step); ``release``
     switches it back. ``run`` performs one step (the first graphed call also the warm-up steps) and
-    returns the STATS as floats plus "steps", the number of steps taken.
+    returns the STATS as floats plus "steps", the number of steps taken; ``launch`` and
+    ``collect`` are its two halves, so that a caller can queue the next step before it
+    waits for this one.
     """
 
     WARMUP = 3  # eager steps on a side stream before capture (PyTorch's recipe)
@@ -75,6 +77,8 @@ class StaticStep:
         self.stats = None
         self.graph = None
         self.steps_run = 0
+        self._ring = None  # two host copies of the STATS: a step is read while the next runs
+        self._events = None
         self.signature = self.current_signature()
 
     def current_signature(self) -> tuple:
@@ -158,12 +162,14 @@ class StaticStep:
             self.stats = self._body()
         self.graph = graph
 
-    def run(self) -> dict:
-        """One training step; returns the STATS as Python floats (one device sync)."""
+    def launch(self) -> dict:
+        """Queue one training step without waiting for it. Returns its token for ``collect``:
+        "steps", the number of steps taken (the first graphed call also runs the warm-up
+        steps). Two launched steps may be waiting to be collected at a time."""
         steps = 1
         if not self.use_graph:
             self.trainer.optimizer.zero_grad(set_to_none=True)
-            stats = self._body()
+            self.stats = self._body()
         else:
             if self.graph is None:
                 # Capture does not run the kernels; the warm-up steps before it do, and are
@@ -171,6 +177,25 @@ class StaticStep:
                 self._capture()
                 steps += self.WARMUP
             self.graph.replay()
-            stats = self.stats
+        slot = self.steps_run % 2  # the next replay overwrites self.stats: keep a copy
+        if self._ring is None:
+            pinned = self.use_graph and torch.cuda.is_available()
+            self._ring = [torch.zeros(len(STATS), pin_memory=pinned) for _ in range(2)]
+            self._events = [torch.cuda.Event() if self.use_graph else None for _ in range(2)]
+        self._ring[slot].copy_(self.stats, non_blocking=True)
+        if self._events[slot] is not None:
+            self._events[slot].record()
         self.steps_run += steps
-        return {**dict(zip(STATS, stats.tolist())), "steps": steps}
+        return {"steps": steps, "slot": slot}
+
+    def collect(self, token: dict) -> dict:
+        """The STATS of the step ``launch`` returned token for, as Python floats plus "steps";
+        waits for that step only (its one device sync)."""
+        slot = token["slot"]
+        if self._events[slot] is not None:
+            self._events[slot].synchronize()
+        return {**dict(zip(STATS, self._ring[slot].tolist())), "steps": token["steps"]}
+
+    def run(self) -> dict:
+        """One training step; returns the STATS as Python floats (one device sync)."""
+        return self.collect(self.launch())

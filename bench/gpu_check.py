@@ -358,23 +358,28 @@ def compaction_anatomy(data, steps_warm=600, steps_timed=300, factors=(2, 3, 4),
         tr.static_on_cpu = device != "cuda"
         while tr.step_count < steps_warm:
             tr.step()
-        sync()
-        t0 = time.perf_counter()
-        start = tr.step_count
-        while tr.step_count < start + steps_timed:
-            tr.step()
-        sync()
-        dt = time.perf_counter() - t0
-        n = tr.step_count - start
-        rays, kept = tr.model._last_batch
-        log(f"compact {compact} march_factor {factor}: {n / dt:.1f} steps/s ({dt / n * 1e3:.2f} ms/step), "
-            f"last step {rays} rays, {kept} samples trained; events {tr.events[-2:]}")
+        for pipeline in (False, True):  # Trainer.pipeline: one graphed step kept in flight
+            tr.pipeline = pipeline
+            sync()
+            t0 = time.perf_counter()
+            start = tr.step_count
+            while tr.step_count < start + steps_timed:
+                tr.step()
+            tr.finish_pending()
+            sync()
+            dt = time.perf_counter() - t0
+            n = tr.step_count - start
+            rays, kept = tr.model._last_batch
+            log(f"compact {compact} march_factor {factor} pipeline {pipeline}: {n / dt:.1f} steps/s "
+                f"({dt / n * 1e3:.2f} ms/step), last step {rays} rays, {kept} samples trained; "
+                f"events {tr.events[-2:]}")
+        tr.pipeline = False
         st = tr._static
         if device == "cuda" and st is not None and st.graph is not None:
             # The graph alone: what the step costs the GPU, without the host's share of Trainer.step
             # (EMA, grid refresh, snapshot, the stats read-back).
             replay_ms = timeit(st.graph.replay, 100)
-            log(f"  graph replay alone: {replay_ms:.2f} ms; the rest of Trainer.step: {dt / n * 1e3 - replay_ms:.2f} ms")
+            log(f"  graph replay alone: {replay_ms:.2f} ms; the rest of a pipelined Trainer.step: {dt / n * 1e3 - replay_ms:.2f} ms")
             body_profile(tr, st)
         if compact and factor == tr.model.DEFAULTS["march_factor"]:
             kept_trainer = tr

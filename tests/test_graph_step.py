@@ -88,7 +88,8 @@ def test_static_render_drops_overflowing_rays_and_padding_gets_no_gradient():
 
 
 def _static_trainer(seed=0, **kw):
-    cfg = TrainConfig(model="hash", model_options=dict(TINY), batch_rays=256, lr=1e-2, lr_final=1e-3,
+    kw = {"lr_final": 1e-3, **kw}
+    cfg = TrainConfig(model="hash", model_options=dict(TINY), batch_rays=256, lr=1e-2,
                       lr_decay_steps=1000, seed=seed, device="cpu", cuda_graph=True, **kw)
     tr = Trainer(make_sphere_scene(n_views=8), cfg)
     tr.static_on_cpu = True
@@ -136,12 +137,71 @@ def test_static_step_recovers_from_nan_by_rollback():
     assert not m.get("skipped") and np.isfinite(m["loss"]) and tr._static is not None
 
 
-def test_static_step_failure_falls_back_to_the_eager_step(monkeypatch):
+def test_pipelined_steps_train_exactly_as_unpipelined_ones():
+    # The pipeline reorders only the host's bookkeeping: the same steps run in the same
+    # order (constant lr, since its schedule reads the lagging step count), so the weights
+    # match bit for bit once the last step in flight is counted.
+    runs = []
+    for pipeline in (False, True):
+        tr = _static_trainer(lr_final=1e-2)
+        tr.pipeline = pipeline
+        n = 12
+        while tr.step_count + tr.steps_in_flight < n:
+            m = tr.step()
+            assert not m.get("skipped")
+            assert tr.steps_in_flight == (1 if pipeline else 0)
+        last = tr.finish_pending()
+        assert (last is not None) == pipeline and tr.steps_in_flight == 0
+        assert tr.finish_pending() is None
+        assert tr.step_count == n and tr._static.steps_run == n
+        runs.append(tr)
+    a, b = (dict(t.model.state_dict()) for t in runs)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for ea, eb in zip(runs[0].ema, runs[1].ema):
+        assert torch.equal(ea, eb)
+
+
+def test_pipelined_step_reports_nan_a_step_late_and_rolls_back():
+    tr = _static_trainer()
+    tr.pipeline = True
+    for _ in range(5):
+        tr.step()
+    with torch.no_grad():
+        tr.model.encoding.table[:] = float("nan")
+    # The step in flight ran before the fault: it is counted; the next one is not.
+    m = tr.step()
+    assert not m.get("skipped") and tr.steps_in_flight == 1
+    m = tr.step()
+    assert m["skipped"] and "rolled back" in m["event"]
+    assert tr._static is None and tr.steps_in_flight == 0
+    assert all(torch.isfinite(p).all() for p in tr.model.parameters())
+    for _ in range(3):
+        m = tr.step()
+    assert not m.get("skipped") and np.isfinite(m["loss"]) and tr.steps_in_flight == 1
+
+
+def test_option_change_counts_the_step_in_flight_and_recaptures():
+    tr = _static_trainer()
+    tr.pipeline = True
+    for _ in range(4):
+        tr.step()
+    before, old = tr.step_count, tr._static
+    tr.model.config["n_coarse"] = 200  # what the GUI's sample slider does
+    m = tr.step()
+    assert not m.get("skipped") and tr._static is not old
+    # The old graph's step in flight was counted, the new one reported, one more in flight.
+    assert tr.step_count == before + 2 and tr.steps_in_flight == 1
+
+
+@pytest.mark.parametrize("where", ["launch", "collect"])
+def test_static_step_failure_falls_back_to_the_eager_step(monkeypatch, where):
+    # launch: a capture failure; collect: an asynchronous CUDA error surfacing at the sync.
     from app import graph_step
 
-    def boom(self):
+    def boom(self, *args):
         raise RuntimeError("operation not permitted when stream is capturing")
-    monkeypatch.setattr(graph_step.StaticStep, "run", boom)
+    monkeypatch.setattr(graph_step.StaticStep, where, boom)
     tr = _static_trainer()
     m = tr.step()
     assert not m.get("skipped") and tr.step_count == 1 and np.isfinite(m["loss"])

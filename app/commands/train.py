@@ -123,7 +123,6 @@ def model_options(args, cuda: bool) -> dict:
 
 
 def run(args) -> int:
-    import torch
     from tqdm import tqdm
 
     from app.checkpoint import load_into, save_checkpoint
@@ -194,13 +193,21 @@ def run(args) -> int:
     bar = tqdm(total=args.steps, initial=trainer.step_count, unit="step", dynamic_ncols=True)
     seen_events = len(trainer.events)
     try:
+        # On CUDA one graphed step stays in flight between step() calls (Trainer.pipeline),
+        # so the loop stops launching when the one in flight completes the count.
+        trainer.pipeline = cuda
         while trainer.step_count < args.steps:
             t0 = time.perf_counter()
             prev = trainer.step_count
-            m = trainer.step()
-            if cuda:
-                torch.cuda.synchronize()
+            if trainer.step_count + trainer.steps_in_flight >= args.steps:
+                m = trainer.finish_pending()
+            else:
+                m = trainer.step()
+            # No device-wide sync here: step() returns once the step it reports is done (the
+            # eager step reads its loss back), and a sync would drain the pipeline.
             train_time += time.perf_counter() - t0
+            if m is None:
+                break
             for ev in trainer.events[seen_events:]:  # recoveries and fallbacks, skipped or not
                 bar.write(f"warning: {ev}")
             seen_events = len(trainer.events)
