@@ -247,9 +247,10 @@ class HashGridModel(nn.Module):
     # compact: the step trains on ~3x the rays for ~0.73x the steps/s (the density-only pass
     # over every marched sample is the price); on lego 60 s then gave 35.18 / 35.19 / 35.01 dB
     # (seeds 0 / 1 / 2) against 35.12 / 35.04 / 34.86 without it (both with the average), and
-    # 35.41 / 35.48 once the padding fix made it 254 steps/s (docs/bench_gpu.md).
-    # march_factor 2 ran 274 steps/s but trained a third fewer samples: 34.29 dB @ 15 s
-    # against 34.47. None: on CUDA only (see _compacting).
+    # 35.39-35.42 (seeds 1 / 2: 35.38 / 35.19) at 263-265 steps/s once padding and host
+    # overhead were fixed (docs/bench_gpu.md). march_factor 2 (sixth session) ran 274 steps/s
+    # against 254 but trained a third fewer samples: 34.29 dB @ 15 s against 34.47. None: on
+    # CUDA only (see _compacting).
     DEFAULTS = dict(bound=1.5, n_levels=16, n_features=2, log2_hashmap_size=20, base_res=16,
                     max_res=2048, hidden=64, geo_features=15, color_hidden=64, grid_res=128,
                     n_coarse=1024, n_fine=0, grid_decay=0.95, grid_every=16, grid_warmup=256,
