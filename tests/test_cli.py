@@ -174,3 +174,18 @@ def test_default_learning_rate_follows_the_preset(scene_dir, tmp_path, preset, l
                  "--preset", preset, "--width", "8", "--n-coarse", "4", "--n-fine", "0", "--batch", "16",
                  "--eval-images", "0", "--lr", "1e-3"]) == 0
     assert json.load(open(out2 / "run.json"))["config"]["lr"] == 1e-3
+
+
+def test_bf16_defaults_on_for_mlp_models_on_cuda_only(scene_dir, tmp_path):
+    from app.cli import main
+    from app.commands.train import bf16_default
+
+    assert bf16_default("hash", True) and bf16_default("nerf", True)
+    assert not bf16_default("plenoxels", True)
+    assert not any(bf16_default(m, False) for m in ("nerf", "hash", "plenoxels"))
+    base = ["train", "--data", scene_dir, "--steps", "1", "--device", "cpu", "--width", "8",
+            "--n-coarse", "4", "--n-fine", "0", "--batch", "16", "--eval-images", "0"]
+    for flag, want in ((None, False), ("--bf16", True), ("--no-bf16", False)):
+        out = tmp_path / str(flag)
+        assert main(base + ["--out", str(out)] + ([flag] if flag else [])) == 0
+        assert json.load(open(out / "run.json"))["config"]["autocast"] is want

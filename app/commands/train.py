@@ -1,6 +1,7 @@
 """`main.py train`: headless training into a run directory."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -66,9 +67,10 @@ def configure(p) -> None:
                    help="first steps that sample only the central half of each image "
                         "(default 500 with the paper preset, else 0)")
     p.add_argument("--downscale", type=positive(int), default=1, help="integer image downscale (2 = half-res)")
-    p.add_argument("--bf16", action="store_true",
-                   help="bf16 mixed precision for the matmuls: on CUDA, and on CPUs with native "
-                        "bf16 (avx512_bf16 / AMX: about 2x faster steps); slower on other CPUs")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 mixed precision for the matmuls (default: on for the NeRF and hash "
+                        "models on CUDA, off on a CPU, where it pays only with native bf16: "
+                        "avx512_bf16 / AMX, about 2x faster steps; slower on other CPUs)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the NeRF networks on CUDA (20-25%% more steps/s on lego and less "
                         "memory, after ~20 s of compilation; ignored on CPU and by other models)")
@@ -122,6 +124,13 @@ def model_options(args, cuda: bool) -> dict:
     return opts
 
 
+def bf16_default(model: str, cuda: bool) -> bool:
+    """--bf16 when not given: on CUDA for the models with MLPs, as the GUI and the bench
+    train them (Plenoxels has none to speed up); off on a CPU, where it pays only with
+    native bf16."""
+    return cuda and model in ("nerf", "hash")
+
+
 def run(args) -> int:
     from tqdm import tqdm
 
@@ -150,6 +159,8 @@ def run(args) -> int:
     scene = load_scene(args.data, downscale=args.downscale, white_bkgd=not args.black_bkgd)
     for note in scene.notes:
         print(f"note: {note}")
+    if args.bf16 is None:
+        args.bf16 = bf16_default(args.model, cuda)
     if args.bf16 and not cuda:
         from app.trainer import cpu_has_native_bf16
         if not cpu_has_native_bf16():
