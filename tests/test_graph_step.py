@@ -194,6 +194,22 @@ def test_option_change_counts_the_step_in_flight_and_recaptures():
     assert tr.step_count == before + 2 and tr.steps_in_flight == 1
 
 
+def test_eager_step_after_pipelined_ones_counts_the_step_in_flight_first():
+    # A fault hook (or a fed batch) sends the next step down the eager path: the graphed
+    # step still in flight is counted before it, and its float learning rates come back.
+    tr = _static_trainer()
+    tr.pipeline = True
+    for _ in range(3):
+        tr.step()
+    before = tr.step_count
+    assert tr.steps_in_flight == 1
+    tr.fault_hook = lambda trainer: None
+    m = tr.step()
+    assert not m.get("skipped") and tr.step_count == before + 2
+    assert tr._static is None and tr.steps_in_flight == 0
+    assert all(isinstance(g["lr"], float) for g in tr.optimizer.param_groups)
+
+
 @pytest.mark.parametrize("where", ["launch", "collect"])
 def test_static_step_failure_falls_back_to_the_eager_step(monkeypatch, where):
     # launch: a capture failure; collect: an asynchronous CUDA error surfacing at the sync.
