@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2
-    from app.allocator import keep_freed_memory
-    from app.checkpoint import CheckpointError
+    from app.engine.allocator import keep_freed_memory
+    from app.engine.checkpoint import CheckpointError
     from loaders.scene import DataError
 
     keep_freed_memory()

@@ -25,8 +25,8 @@ def _trainer(bf16: bool, occupancy: bool, batch: int):
     import torch
 
     from app.commands.train import PRESET_LR, PRESETS
-    from app.runs import DEFAULT_SCENE
-    from app.trainer import TrainConfig, Trainer
+    from app.engine.runs import DEFAULT_SCENE
+    from app.engine.trainer import TrainConfig, Trainer
     from loaders import load_scene
     torch.set_num_threads(os.cpu_count() or 1)
     opts = dict(PRESETS["cpu"])
@@ -46,7 +46,7 @@ def _timed(tr, n):
 
 def child(a) -> None:
     if a.allocator:
-        from app.allocator import keep_freed_memory
+        from app.engine.allocator import keep_freed_memory
         keep_freed_memory()
     tr = _trainer(a.bf16, a.occupancy, a.batch)
     for _ in range(5):

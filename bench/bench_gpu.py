@@ -77,7 +77,7 @@ def budgets_for(model: str, budgets: list[float], caps: dict[str, float]) -> lis
 
 
 def make_trainer(kind: str, scene, args, device: str):
-    from app.trainer import TrainConfig, Trainer
+    from app.engine.trainer import TrainConfig, Trainer
     if kind == "hash":
         opts = {"sample_budget": args.hash_budget, **json.loads(args.hash_options)}
         cfg = TrainConfig(model="hash", model_options=opts, batch_rays=4096,
@@ -239,7 +239,7 @@ def bench_reference(scene, args, device: str, budgets: list[float]) -> dict:
             steps += 1
         peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device == "cuda" else float("nan")
         if args.ref_eval:
-            from app.metrics import psnr as psnr_fn
+            from app.engine.metrics import psnr as psnr_fn
             n = len(te) if args.eval_views is None else min(args.eval_views, len(te))
             vals = [psnr_fn(ref.render_image(te.c2w[i], te.height, te.width, te.focal).numpy(), te.images[i])
                     for i in range(n)]

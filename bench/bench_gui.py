@@ -82,8 +82,8 @@ def gui_run(display: str, args, training: bool, idle: bool = False) -> dict:
 
 
 def latency(args, training: bool) -> dict:
-    from app.worker import Worker, measure_camera_latency
-    from renderer.orbit import OrbitCamera
+    from app.gui.worker import Worker, measure_camera_latency
+    from app.gui.orbit import OrbitCamera
 
     settings = json.loads(args.gui_settings) if args.gui_settings else {}
     if args.model:
@@ -112,7 +112,7 @@ def latency(args, training: bool) -> dict:
 
 
 def main(argv=None) -> int:
-    from app.runs import DEFAULT_SCENE
+    from app.engine.runs import DEFAULT_SCENE
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=DEFAULT_SCENE)

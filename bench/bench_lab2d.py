@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from app.lab2d import DEFAULT_IMAGE, LabConfig, load_image, make_mapping, parse_mappings, train_mapping  # noqa: E402
+from app.lab.lab2d import DEFAULT_IMAGE, LabConfig, load_image, make_mapping, parse_mappings, train_mapping  # noqa: E402
 
 NETS = {"paper": dict(width=256, depth=4, n_features=256), "small": dict(width=128, depth=4, n_features=128)}
 
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--image", default=DEFAULT_IMAGE)
     a = p.parse_args(argv)
-    from app.allocator import keep_freed_memory
+    from app.engine.allocator import keep_freed_memory
     keep_freed_memory()  # as main.py does for every command
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def main() -> int:
     import torch
 
-    from app.runs import DEFAULT_SCENE
-    from app.trainer import TrainConfig, Trainer
+    from app.engine.runs import DEFAULT_SCENE
+    from app.engine.trainer import TrainConfig, Trainer
     from loaders import load_scene
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

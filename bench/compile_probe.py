@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 
 def trainer_for(kind, scene, occ):
-    from app.trainer import TrainConfig, Trainer
+    from app.engine.trainer import TrainConfig, Trainer
     if kind == "nerf":
         opts = dict(width=256, depth=8, n_coarse=64, n_fine=128)
         if occ:

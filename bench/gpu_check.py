@@ -66,7 +66,7 @@ def check_march(dev, n_rays, res, steps):
     d = torch.rand(n_rays, 3, generator=g) * 2.4 - 1.2 - o
     d = d / d.norm(dim=-1, keepdim=True)
     o, d = o.to(dev), d.to(dev)
-    s0, s1 = oc.ray_aabb(o, d, 1.5)
+    s0, s1 = oc.march_interval(o, d, 1.5)
     occ = (torch.rand(res ** 3, generator=g) < 0.2).to(torch.uint8).to(dev)
     j = torch.rand(n_rays, generator=g).to(dev)
     dt = oc.step_size(1.5, steps)
@@ -124,7 +124,7 @@ def check_hash(dev, n, log2):
 
 def profile(kind, data, steps_warm, steps_prof, autocast, batch):
     from torch.profiler import ProfilerActivity, profile as tprof
-    from app.trainer import TrainConfig, Trainer
+    from app.engine.trainer import TrainConfig, Trainer
     from loaders import load_scene
     scene = load_scene(data)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -234,15 +234,16 @@ def nerf_anatomy(data, seconds=40.0, window=100, dev="cuda", k_rate=40, batch=No
         rate(f"batch {bs}")
     tr.batch_rays = args.nerf_batch
     # A finer grid: same threshold rule, 8x the cells.
-    old = (m.config["occupancy_res"], m.density_grid, m.occupancy)
+    from renderer.occupancy import OccupancyGrid
+
+    old = (m.config["occupancy_res"], m.estimator)
     m.config["occupancy_res"] = 128
-    m.density_grid = torch.zeros(128 ** 3, device=dev)
-    m.occupancy = torch.ones(128 ** 3, dtype=torch.uint8, device=dev)
+    m.estimator = OccupancyGrid(128, old[1].bound, persistent=False).to(dev)
     for _ in range(4):
         m.update_grid(decay=1.0)
     log(f"grid 128: occupied {m.occupancy.float().mean().item():.3f}")
     rate("grid 128^3")
-    m.config["occupancy_res"], m.density_grid, m.occupancy = old
+    m.config["occupancy_res"], m.estimator = old
     m.compile_fields()
     t0 = time.perf_counter()
     for _ in range(10):
@@ -256,7 +257,7 @@ def compare_graph(data, steps_warm=300, steps_timed=300, autocast=False):
     """Eager vs CUDA-graph hash training step on the same scene and settings: steps/s over
     steps_timed steps after steps_warm, training PSNR, and a profile of graphed steps."""
     from torch.profiler import ProfilerActivity, profile as tprof
-    from app.trainer import TrainConfig, Trainer
+    from app.engine.trainer import TrainConfig, Trainer
     from loaders import load_scene
     scene = load_scene(data)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -296,7 +297,7 @@ def compare_graph(data, steps_warm=300, steps_timed=300, autocast=False):
 def graph_recovery(data):
     """The graphed hash step's recovery rules on CUDA: a NaN table rolls back and recaptures,
     a sample-count change recaptures, and training goes on."""
-    from app.trainer import TrainConfig, Trainer
+    from app.engine.trainer import TrainConfig, Trainer
     from loaders import load_scene
     tr = Trainer(load_scene(data), TrainConfig(model="hash", batch_rays=4096, lr=1e-2, lr_final=1e-3,
                                                lr_decay_steps=30000, autocast=True, cuda_graph=True))
@@ -341,7 +342,7 @@ def compaction_anatomy(data, steps_warm=600, steps_timed=300, factors=(2, 3, 4),
     with compaction off and at each march_factor, then, from the trained state of the
     default, the step's parts timed one by one (march into factor x budget slots, the
     density-only pass, packing, the training forward + backward on the budget)."""
-    from app.trainer import TrainConfig, Trainer
+    from app.engine.trainer import TrainConfig, Trainer
     from loaders import load_scene
     from renderer import occupancy as oc
     scene = load_scene(data)

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import apply_sample_counts, register
+from models.sh import sh_basis_matrix, sh_encode
+from models.field import Field, StepContext, StepRequests, TrainPolicy, check_options
 from renderer import occupancy as occ_mod
 
 HASH_PRIMES = (1, 2654435761, 805459861)
@@ -143,54 +144,8 @@ class HashEncoding(nn.Module):
 
 
 # --------------------------------------------------------------------------------------
-# Direction encoding and activations
+# Activations (the direction encoding is models/sh.py)
 # --------------------------------------------------------------------------------------
-
-def sh_basis_matrix() -> torch.Tensor:
-    """(64, 16) float64 C such that SH_4(d) = m3(d) @ C, m3 = outer(m, m, m) flattened, m = (1, x, y, z).
-
-    Real spherical harmonics up to degree 3 (16 functions, the basis instant-ngp
-    uses) are polynomials of degree <= 3 in (x, y, z); writing them over the
-    64 products m_a m_b m_c turns the encoding into 2 products and 1 matmul
-    instead of ~40 small elementwise kernels.
-    """
-    polys = [  # each: list of (coef, (exponent x, y, z))
-        [(0.28209479177387814, (0, 0, 0))],
-        [(-0.48860251190291987, (0, 1, 0))],
-        [(0.48860251190291987, (0, 0, 1))],
-        [(-0.48860251190291987, (1, 0, 0))],
-        [(1.0925484305920792, (1, 1, 0))],
-        [(-1.0925484305920792, (0, 1, 1))],
-        [(0.94617469575755997, (0, 0, 2)), (-0.31539156525251999, (0, 0, 0))],
-        [(-1.0925484305920792, (1, 0, 1))],
-        [(0.54627421529603959, (2, 0, 0)), (-0.54627421529603959, (0, 2, 0))],
-        [(-3 * 0.59004358992664352, (2, 1, 0)), (0.59004358992664352, (0, 3, 0))],
-        [(2.8906114426405538, (1, 1, 1))],
-        [(0.45704579946446572, (0, 1, 0)), (-5 * 0.45704579946446572, (0, 1, 2))],
-        [(5 * 0.3731763325901154, (0, 0, 3)), (-3 * 0.3731763325901154, (0, 0, 1))],
-        [(0.45704579946446572, (1, 0, 0)), (-5 * 0.45704579946446572, (1, 0, 2))],
-        [(1.4453057213202769, (2, 0, 1)), (-1.4453057213202769, (0, 2, 1))],
-        [(-0.59004358992664352, (3, 0, 0)), (3 * 0.59004358992664352, (1, 2, 0))],
-    ]
-    # Factor index 0 is the constant 1; 1, 2, 3 are x, y, z. A monomial x^a y^b z^c
-    # (a + b + c <= 3) is the product of its factors padded with 1s to three.
-    C = torch.zeros(64, 16, dtype=torch.float64)
-    for j, terms in enumerate(polys):
-        for coef, (ex, ey, ez) in terms:
-            f = [1] * ex + [2] * ey + [3] * ez
-            f = f + [0] * (3 - len(f))
-            C[(f[0] * 4 + f[1]) * 4 + f[2], j] += coef
-    return C
-
-
-def sh_encode(dirs: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-    """Degree-4 (16 coefficients) real SH of unit directions (R, 3) -> (R, 16)."""
-    m = torch.cat([torch.ones_like(dirs[:, :1]), dirs], -1)  # (R, 4)
-    m3 = (m[:, :, None, None] * m[:, None, :, None] * m[:, None, None, :]).reshape(-1, 64)
-    # A float32 product on purpose: autocast or TF32 would round the basis.
-    with torch.autocast(dirs.device.type, enabled=False):
-        return m3.float() @ C.float()
-
 
 class _TruncExp(torch.autograd.Function):
     """exp(x) whose gradient uses exp(min(x, 15)): a density spike cannot blow up a step."""
@@ -231,26 +186,24 @@ def _over_background(color: torch.Tensor, acc: torch.Tensor, background) -> torc
 # The model
 # --------------------------------------------------------------------------------------
 
-@register("hash")
-class HashGridModel(nn.Module):
-    """Hash-grid radiance field with occupancy-grid ray marching (see module doc)."""
+class HashGridModel(Field):
+    """Hash-grid radiance field with occupancy-grid ray marching (see module doc).
 
-    kind = "hash"
+    log2_hashmap_size is 20, not instant-ngp's 19: a little better on lego for a few
+    percent fewer steps/s. Training-sample compaction (``compact``; None: on CUDA only)
+    trains on about 3x the rays per step for fewer steps/s, a net gain in quality; the
+    measurements behind both choices are in docs/bench_gpu.md.
+    """
 
-    # log2_hashmap_size 20, not instant-ngp's 19: on lego, 60 s of training gave 35.01-35.03 dB
-    # in four runs of five (34.88 in the fifth) where seven runs with 19 gave 34.88-34.95
-    # (docs/bench_gpu.md), for ~7% fewer steps/s and 0.5 GiB more memory.
-    # Trainer.averaged(): renders use weights averaged over ~20 steps (instant-ngp's value).
-    # On lego at 15 s: 33.63 / 33.58 / 33.56 dB against 33.37 / 33.44 / 33.33 without, seeds
-    # 0 / 1 / 2; 0.98 and 0.99 were within run-to-run spread of it (docs/bench_gpu.md).
-    EMA_DECAY = 0.95
-    # compact: the step trains on ~3x the rays for ~0.73x the steps/s (the density-only pass
-    # over every marched sample is the price); on lego 60 s then gave 35.18 / 35.19 / 35.01 dB
-    # (seeds 0 / 1 / 2) against 35.12 / 35.04 / 34.86 without it (both with the average), and
-    # 35.39-35.42 (seeds 1 / 2: 35.38 / 35.19) at 263-265 steps/s once padding and host
-    # overhead were fixed (docs/bench_gpu.md). march_factor 2 (sixth session) ran 274 steps/s
-    # against 254 but trained a third fewer samples: 34.29 dB @ 15 s against 34.47. None: on
-    # CUDA only (see _compacting).
+    LABEL = "hash grid (instant-ngp)"
+    POLICY = TrainPolicy(
+        lr=1e-2, bf16="cuda", cuda_graph=True,
+        # Renders use weights averaged over ~20 steps (instant-ngp's "Ema" wrapper): at this
+        # learning rate the last Adam step leaves the weights noisy.
+        ema_decay=0.95, default_rank_cuda=2,
+        cpu_note="the hash model is built for CUDA (Triton kernels, CUDA graphs); on a CPU its "
+                 "torch reference path takes seconds to minutes per step. Plenoxels is the grid "
+                 "model for CPUs.")
     DEFAULTS = dict(bound=1.5, n_levels=16, n_features=2, log2_hashmap_size=20, base_res=16,
                     max_res=2048, hidden=64, geo_features=15, color_hidden=64, grid_res=128,
                     n_coarse=1024, n_fine=0, grid_decay=0.95, grid_every=16, grid_warmup=256,
@@ -259,11 +212,7 @@ class HashGridModel(nn.Module):
 
     def __init__(self, **config):
         super().__init__()
-        unknown = set(config) - set(self.DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown hash-grid options: {sorted(unknown)}")
-        self.config = {**self.DEFAULTS, **config}
-        c = self.config
+        c = self.config = check_options(type(self), config)
         if not (c["bound"] > 0 and math.isfinite(c["bound"])):
             raise ValueError(f"bound must be a positive number, got {c['bound']}")
         if not (8 <= c["grid_res"] <= 512):
@@ -293,22 +242,22 @@ class HashGridModel(nn.Module):
                 nn.Linear(geo + 16, ch, bias=False), nn.ReLU(),
                 nn.Linear(ch, ch, bias=False), nn.ReLU(),
                 nn.Linear(ch, 3, bias=False))
-        cells = c["grid_res"] ** 3
         # Saved with checkpoints: a resumed run keeps skipping the same empty space.
-        self.register_buffer("density_grid", torch.zeros(cells))
-        self.register_buffer("occupancy", torch.ones(cells, dtype=torch.uint8))
+        self.estimator = occ_mod.OccupancyGrid(c["grid_res"], c["bound"])
         self.register_buffer("sh_C", sh_basis_matrix().float(), persistent=False)
         self._last_batch: tuple[int, int] | None = None  # (rays, samples) of the last training batch
 
-    # -- protocol ------------------------------------------------------------------------
+    # -- policy ---------------------------------------------------------------------------
+    @classmethod
+    def policy(cls, cuda: bool, options: dict) -> TrainPolicy:
+        return cls.POLICY
+
     @property
     def dt(self) -> float:
         return occ_mod.step_size(self.config["bound"], self.config["n_coarse"])
 
-    def set_samples(self, n_coarse: int | None = None, n_fine: int | None = None) -> None:
-        """n_coarse = marching steps along the cube's diagonal (1024: instant-ngp's step);
-        fewer means a longer step, faster and coarser. n_fine is accepted and ignored."""
-        apply_sample_counts(self.config, n_coarse, n_fine)
+    # set_samples: n_coarse = marching steps along the cube's diagonal (1024: instant-ngp's
+    # step); fewer means a longer step, faster and coarser. n_fine is unused.
 
     def param_groups(self, lr: float) -> list[dict]:
         # instant-ngp's Adam: beta2 0.99, eps 1e-15; weight decay on the MLPs only.
@@ -355,7 +304,7 @@ class HashGridModel(nn.Module):
         rays_o = rays_o.float()
         dnorm = rays_d.float().norm(dim=-1).clamp(min=1e-12)
         dirs = rays_d.float() / dnorm[:, None]
-        s0, s1 = occ_mod.ray_aabb(rays_o, dirs, c["bound"])
+        s0, s1 = occ_mod.march_interval(rays_o, dirs, c["bound"])
         # near/far are depths along the un-normalised direction (as in the NeRF model); numbers
         # stay Python floats (no host-to-device copy, which a CUDA graph could not capture).
         s0 = torch.maximum(s0, dnorm * _per_ray(near, rays_o))
@@ -364,7 +313,7 @@ class HashGridModel(nn.Module):
 
     def _march(self, rays_o, dirs, s0, s1, jitter, max_samples=None):
         c = self.config
-        return occ_mod.march_rays(rays_o, dirs, s0, s1, self.occupancy, c["bound"], c["grid_res"], self.dt,
+        return occ_mod.march_rays(rays_o, dirs, s0, s1, self.estimator.occupancy, c["bound"], c["grid_res"], self.dt,
                                   c["n_coarse"], jitter, max_samples)
 
     def render_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, near, far, background=None,
@@ -402,7 +351,7 @@ class HashGridModel(nn.Module):
     def render_rays_static(self, rays_o: torch.Tensor, rays_d: torch.Tensor, near: float, far: float,
                            background, active: torch.Tensor, capacity: int) -> dict[str, torch.Tensor]:
         """The training render of ``render_rays(train=True)`` with fixed shapes and no host
-        sync, so that a whole step can be captured as one CUDA graph (app/graph_step.py).
+        sync, so that a whole step can be captured as one CUDA graph (app/engine/graph_step.py).
 
         rays (R, 3) with R >= 1; active (R,) bool: the adaptive batch is the active rays,
         the others march nothing. Exactly ``capacity`` samples are evaluated: the packed
@@ -420,7 +369,7 @@ class HashGridModel(nn.Module):
         jitter = torch.rand(n, device=rays_o.device)
         compact = self._compacting(rays_o)
         march_cap = capacity * (c["march_factor"] if compact else 1)
-        pk = occ_mod.march_rays_static(rays_o, dirs, s0, s1, self.occupancy, c["bound"], c["grid_res"],
+        pk = occ_mod.march_rays_static(rays_o, dirs, s0, s1, self.estimator.occupancy, c["bound"], c["grid_res"],
                                        self.dt, c["n_coarse"], jitter, march_cap)
         if compact:
             # Padding samples belong to an extra ray n at the origin (inside the cube).
@@ -510,7 +459,10 @@ class HashGridModel(nn.Module):
         return {"huber": (hub * valid).sum() / n, "metric_mse": mse.detach()}
 
     # -- training hooks ------------------------------------------------------------------
-    def step_hook(self, step: int, trainer) -> None:
+    def note_batch(self, rays: int, samples: int) -> None:
+        self._last_batch = (int(rays), int(samples))
+
+    def step_hook(self, step: int, ctx: StepContext) -> StepRequests | None:
         """Adapt the ray batch to the sample budget and refresh the occupancy grid.
 
         As in instant-ngp, the grid is refreshed every step at first and every
@@ -519,38 +471,36 @@ class HashGridModel(nn.Module):
         within ~100 steps whatever the refresh rate.
         """
         c = self.config
+        req = None
         if self._last_batch is not None:
             n_rays, n_samples = self._last_batch
             target = n_rays * c["sample_budget"] / max(n_samples, 1)
             # Bounded change per step: the sample count of one batch is noisy.
             target = min(max(target, 0.5 * n_rays), 2.0 * n_rays)
-            trainer.batch_rays = int(min(max(64, round(target / 64) * 64), c["sample_budget"] // 4))
+            req = StepRequests(batch_rays=int(min(max(64, round(target / 64) * 64), c["sample_budget"] // 4)))
         interval = min(max(step // 16, 1), c["grid_every"])
         if step % interval == 0:
             self.update_grid(step, decay=c["grid_decay"] ** interval)
+        return req
 
-    @torch.no_grad()
-    def update_grid(self, step: int, decay: float | None = None, chunk: int = 1 << 20) -> None:
+    def update_grid(self, step: int, decay: float | None = None) -> None:
         """Re-estimate densities: all cells during warm-up, later a quarter of the cells at
-        random plus as many occupied ones; decay-max into density_grid, re-threshold."""
+        random plus as many occupied ones (renderer.occupancy.OccupancyGrid)."""
         c = self.config
-        decay = c["grid_decay"] if decay is None else decay
-        cells = self.density_grid.shape[0]
-        dev = self.density_grid.device
-        if step <= c["grid_warmup"]:
-            idx = torch.arange(cells, device=dev)
-        else:
-            n = cells // 4
-            uniform = torch.randint(0, cells, (n,), device=dev)
-            occ_idx = self.occupancy.nonzero().squeeze(1)
-            if occ_idx.numel() > 0:
-                pick = occ_idx[torch.randint(0, occ_idx.numel(), (n,), device=dev)]
-                idx = torch.cat([uniform, pick])
-            else:
-                idx = uniform
-        pts = occ_mod.random_points_in_cells(idx, c["grid_res"], c["bound"])
-        sigma = torch.cat([self.density(pts[a:a + chunk]).float() for a in range(0, pts.shape[0], chunk)])
-        grid = occ_mod.ema_update(self.density_grid, idx, sigma, decay)
-        self.density_grid.copy_(grid)
-        thr = occ_mod.occupancy_threshold(grid, self.dt)
-        self.occupancy.copy_(occ_mod.occupied(grid, thr))
+        idx = self.estimator.cells_to_update(all_cells=step <= c["grid_warmup"])
+        self.estimator.update(self.density, self.dt, c["grid_decay"] if decay is None else decay, idx)
+
+    @property
+    def occupancy(self) -> torch.Tensor:
+        return self.estimator.occupancy
+
+    @property
+    def density_grid(self) -> torch.Tensor:
+        return self.estimator.density_grid
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints from before the shared estimator kept the grid at the top level.
+        for name in ("density_grid", "occupancy"):
+            if prefix + name in state_dict:
+                state_dict[prefix + "estimator." + name] = state_dict.pop(prefix + name)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

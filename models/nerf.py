@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import apply_sample_counts
 from models.encoding import make_encoding
+from models.field import Field, StepContext, TrainPolicy, check_options
 from renderer.compositing import composite
+from renderer.occupancy import OccupancyGrid
 from renderer.sampling import hierarchical_samples, stratified_samples
 
 
@@ -79,8 +80,8 @@ def _query(field: NeRFField, rays_o, rays_d, t, sigma_noise: float, occ=None):
     """Evaluate a field at depths t (R, S); returns sigma (R, S), rgb (R, S, 3) and the
     number of samples the network evaluated (an int: the nonzero() below already syncs).
 
-    occ: optional (occupancy (res^3,) uint8, bound, res). Samples in empty cells (or
-    outside the cube) are not evaluated: sigma = 0, rgb = 0, which composites to
+    occ: optional renderer.occupancy.OccupancyGrid. Samples in empty cells (or outside
+    the cube) are not evaluated: sigma = 0, rgb = 0, which composites to
     the same image wherever the grid is right, with far fewer network evaluations.
     """
     n_rays, n_samples = t.shape
@@ -89,10 +90,8 @@ def _query(field: NeRFField, rays_o, rays_d, t, sigma_noise: float, occ=None):
     if occ is None:
         sigma, rgb = field(pts.reshape(-1, 3), viewdirs.reshape(-1, 3), sigma_noise)
         return sigma.view(n_rays, n_samples), rgb.view(n_rays, n_samples, 3), n_rays * n_samples
-    from renderer.occupancy import cell_index
-    grid, bound, res = occ
     flat = pts.reshape(-1, 3)
-    keep = (flat.abs() <= bound).all(-1) & (grid[cell_index(flat, bound, res)] != 0)
+    keep = occ.occupied_at(flat)
     idx = keep.nonzero().squeeze(1)
     s_k, rgb_k = field(flat[idx], viewdirs.reshape(-1, 3)[idx], sigma_noise)
     sigma = torch.zeros(flat.shape[0], device=flat.device).index_copy(0, idx, s_k.float())
@@ -100,7 +99,28 @@ def _query(field: NeRFField, rays_o, rays_d, t, sigma_noise: float, occ=None):
     return sigma.view(n_rays, n_samples), rgb.view(n_rays, n_samples, 3), idx.shape[0]
 
 
-class NeRFModel(nn.Module):
+# Named network sizes. 'paper' is NeRF as published; 'cpu' keeps the architecture family but
+# narrower and with fewer samples, so a 2-core CPU gets thousands of steps in minutes.
+PRESETS = {
+    "paper": dict(width=256, depth=8, n_coarse=64, n_fine=128),
+    "cpu": dict(width=128, depth=4, skips=[], dir_width=64, n_coarse=32, n_fine=32),
+}
+# Per preset: Adam's learning rate (the paper's 5e-4; the narrow CPU network learns far
+# faster with 3e-3, docs/models.md) and the centre-crop warm-up (the official recipe's 500
+# steps for Blender scenes; the small CPU net does not need it and a short CPU run cannot
+# spare the steps; app/engine/trainer.TrainConfig.precrop_steps says why it exists).
+PRESET_POLICY = {
+    "paper": TrainPolicy(lr=5e-4, precrop_steps=500, bf16="native", default_rank_cpu=2, default_rank_cuda=1),
+    "cpu": TrainPolicy(lr=3e-3, precrop_steps=0, bf16="native", default_rank_cpu=2, default_rank_cuda=1),
+}
+
+
+def preset_of(options: dict) -> str:
+    """The preset whose policy a network takes: the CPU one for networks as shallow as it."""
+    return "cpu" if int(options.get("depth", 8)) <= PRESETS["cpu"]["depth"] else "paper"
+
+
+class NeRFModel(Field):
     """Coarse + fine NeRF with hierarchical sampling.
 
     config keys: pos_encoding ('pe'|'none'|'gaussian'|'basic'), L_xyz, L_dir,
@@ -113,7 +133,8 @@ class NeRFModel(nn.Module):
     1.5x the rays/s over a 60 s run and a better test PSNR at 15 and 60 s (docs/bench_gpu.md).
     """
 
-    kind = "nerf"
+    LABEL = "NeRF (MLP, PE)"
+    GUI_KNOBS = ("pe", "L", "samples")
     OCC_INTERVAL = 16  # steps between grid refreshes
 
     DEFAULTS = dict(pos_encoding="pe", L_xyz=10, L_dir=4, width=256, depth=8, dir_width=128,
@@ -123,11 +144,7 @@ class NeRFModel(nn.Module):
 
     def __init__(self, **config):
         super().__init__()
-        unknown = set(config) - set(self.DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown NeRF options: {sorted(unknown)}")
-        self.config = {**self.DEFAULTS, **config}
-        c = self.config
+        c = self.config = check_options(type(self), config)
         if not (0 <= c["L_xyz"] <= 24 and 0 <= c["L_dir"] <= 24):
             raise ValueError(f"L_xyz and L_dir must be in 0..24, got {c['L_xyz']} and {c['L_dir']}")
         if c["n_coarse"] < 2 or c["n_fine"] < 0:
@@ -141,10 +158,9 @@ class NeRFModel(nn.Module):
                 raise ValueError(f"occupancy_res must be in 8..256, got {c['occupancy_res']}")
             if int(c["occupancy_warmup"]) < 0:
                 raise ValueError(f"occupancy_warmup must be >= 0, got {c['occupancy_warmup']}")
-            cells = int(c["occupancy_res"]) ** 3
             # Not persistent: checkpoints keep their layout; a loaded model re-learns the grid.
-            self.register_buffer("density_grid", torch.zeros(cells), persistent=False)
-            self.register_buffer("occupancy", torch.ones(cells, dtype=torch.uint8), persistent=False)
+            self.estimator = OccupancyGrid(int(c["occupancy_res"]), float(c["occupancy_bound"] or 1.5),
+                                           persistent=False)
 
     def _make_field(self) -> NeRFField:
         c = self.config
@@ -154,9 +170,28 @@ class NeRFModel(nn.Module):
         return NeRFField(pos, direnc, c["depth"], c["width"], tuple(c["skips"]), c["dir_width"],
                          c["density_activation"])
 
-    def set_samples(self, n_coarse: int | None = None, n_fine: int | None = None) -> None:
-        """Sample counts change the integrator only, so they apply without a rebuild."""
-        apply_sample_counts(self.config, n_coarse, n_fine)
+    # -- policy ---------------------------------------------------------------------------
+    @classmethod
+    def policy(cls, cuda: bool, options: dict) -> TrainPolicy:
+        return PRESET_POLICY[preset_of(options) if options else ("paper" if cuda else "cpu")]
+
+    @classmethod
+    def options_for(cls, cuda: bool, **knobs) -> dict:
+        """Preset (default: paper on CUDA, cpu on a CPU), encoding and L, sample counts,
+        width; ``occupancy`` adds the 64^3 grid over [-1.5, 1.5]^3 (not in NDC space)."""
+        opts = dict(PRESETS[knobs.get("preset") or ("paper" if cuda else "cpu")])
+        opts.update(knobs.get("arch") or {})
+        for k in ("pos_encoding", "L_xyz", "L_dir", "sigma_scale", "n_coarse", "n_fine", "width"):
+            if knobs.get(k) is not None:
+                opts[k] = knobs[k]
+        if knobs.get("occupancy") and not knobs.get("ndc"):
+            opts.update(occupancy_res=64, occupancy_bound=1.5)
+        return opts
+
+    @classmethod
+    def describe(cls, options: dict) -> str:
+        o = {**cls.DEFAULTS, **options}
+        return f"PE L={o['L_xyz']}" if o["pos_encoding"] != "none" else "no PE (raw xyz)"
 
     @property
     def fine(self) -> NeRFField:
@@ -175,7 +210,7 @@ class NeRFModel(nn.Module):
         coarse/fine depths and weights (for the GUI's weight inspector)."""
         c = self.config
         noise = c["raw_noise_std"] if train else 0.0
-        occ = self._occ_args() if self._occ_active else None
+        occ = self.estimator if self._occ_active else None
         t_c = stratified_samples(near, far, rays_o.shape[0], c["n_coarse"], perturb=train,
                                  device=rays_o.device)
         sig, rgb, n_c = _query(self.coarse, rays_o, rays_d, t_c, noise, occ)
@@ -204,11 +239,11 @@ class NeRFModel(nn.Module):
                 f.forward = torch.compile(f.forward, dynamic=True, backend=backend)
 
     # -- optional occupancy grid ----------------------------------------------------------
-    def _occ_args(self):
-        c = self.config
-        return self.occupancy, float(c["occupancy_bound"] or 1.5), int(c["occupancy_res"])
+    @property
+    def occupancy(self) -> torch.Tensor:
+        return self.estimator.occupancy
 
-    def step_hook(self, step: int, trainer) -> None:
+    def step_hook(self, step: int, ctx: StepContext) -> None:
         """Refresh the occupancy grid (only with occupancy_res) every 16 steps, decay
         compounded over the interval (instant-ngp's rule). The grid is read only from step
         occupancy_warmup on, so refreshing it more often before then buys nothing; on a CPU each
@@ -220,22 +255,16 @@ class NeRFModel(nn.Module):
         if step >= int(self.config["occupancy_warmup"]):
             self._occ_active = True
 
-    @torch.no_grad()
-    def update_grid(self, decay: float = 0.95, chunk: int = 1 << 18) -> None:
-        """Density of the finest network at one random point per cell, decay-max, threshold."""
-        from renderer import occupancy as oc
-        grid, bound, res = self._occ_args()
-        idx = torch.arange(res ** 3, device=self.density_grid.device)
-        pts = oc.random_points_in_cells(idx, res, bound)
+    def update_grid(self, decay: float = 0.95) -> None:
+        """Density of the finest network at one random point per cell, decay-max, threshold
+        (a cell-long step through a cell must absorb 1% of the light, or the mean density)."""
+        est = self.estimator
         # Always bf16 on CUDA (a threshold decision needs no more); on a CPU only when the
         # caller's step runs in bf16, since CPUs without native bf16 would be slower.
-        with torch.autocast(pts.device.type, dtype=torch.bfloat16,
-                            enabled=pts.is_cuda or torch.is_autocast_enabled(pts.device.type)):
-            sigma = torch.cat([self.density(pts[a:a + chunk]).float() for a in range(0, pts.shape[0], chunk)])
-        self.density_grid.copy_(oc.ema_update(self.density_grid, idx, sigma, decay))
-        # Threshold: a cell-long step through it would absorb 1% of the light, or the mean density.
-        thr = oc.occupancy_threshold(self.density_grid, 2.0 * bound / res)
-        self.occupancy.copy_(oc.occupied(self.density_grid, thr))
+        dev = est.density_grid.device
+        with torch.autocast(dev.type, dtype=torch.bfloat16,
+                            enabled=dev.type == "cuda" or torch.is_autocast_enabled(dev.type)):
+            est.update(self.density, 2.0 * est.bound / est.res, decay, chunk=1 << 18)
 
     def loss_terms(self, out: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Photometric losses; the coarse term trains the network that places fine samples."""

@@ -41,8 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import apply_sample_counts, register
+from models.field import Field, StepContext, StepRequests, TrainPolicy, check_options
 from models.sh import num_coeffs, sh_basis
+from renderer.occupancy import ray_aabb
 from renderer.compositing import alpha_weights, composite
 
 # Offsets (8, 3) of a cell's corners; corner c = (i, j, k) with bit pattern c = 4i + 2j + k.
@@ -55,27 +56,6 @@ CUDA_MAX_RESOLUTION = 256
 # ---------------------------------------------------------------------------------------
 # Pure building blocks (each tested on its own in tests/test_plenoxels.py)
 # ---------------------------------------------------------------------------------------
-def ray_aabb(rays_o: torch.Tensor, rays_d: torch.Tensor, lo, hi) -> tuple[torch.Tensor, torch.Tensor]:
-    """Slab test: (t_near, t_far), each (R,), of the part of o + t d inside [lo, hi].
-
-    rays_o, rays_d (R, 3); lo, hi (3,). The ray misses when t_far < t_near; a
-    ray starting inside has t_near < 0. Components of d that are exactly zero
-    are handled explicitly (no 0 * inf = NaN): such a slab either contains the
-    whole ray or none of it.
-    """
-    lo = torch.as_tensor(lo, dtype=rays_o.dtype, device=rays_o.device)
-    hi = torch.as_tensor(hi, dtype=rays_o.dtype, device=rays_o.device)
-    parallel = rays_d == 0
-    safe_d = torch.where(parallel, torch.ones_like(rays_d), rays_d)
-    t0, t1 = (lo - rays_o) / safe_d, (hi - rays_o) / safe_d
-    tmin, tmax = torch.minimum(t0, t1), torch.maximum(t0, t1)
-    inside = (rays_o >= lo) & (rays_o <= hi)
-    inf = torch.full_like(tmin, math.inf)
-    tmin = torch.where(parallel, torch.where(inside, -inf, inf), tmin)
-    tmax = torch.where(parallel, torch.where(inside, inf, -inf), tmax)
-    return tmin.amax(-1), tmax.amin(-1)
-
-
 def trilinear_corners(p: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Corner vertices and trilinear weights for points p (N, 3) in vertex units.
 
@@ -203,8 +183,7 @@ def cell_occupancy(links: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------
-@register("plenoxels")
-class Plenoxels(nn.Module):
+class Plenoxels(Field):
     """Sparse voxel grid of density + SH colour with coarse-to-fine upsampling.
 
     config keys:
@@ -213,7 +192,7 @@ class Plenoxels(nn.Module):
       upsample_steps  steps after which the grid is pruned and its resolution doubled
       prune_steps     steps after which empty / invisible voxels are pruned
       bbox            [x0, y0, z0, x1, y1, z1] (or a number r for [-r, r]^3); outside is empty
-      sh_degree       0..2 (27 colour values per vertex at 2)
+      sh_degree       0..3 (27 colour values per vertex at 2, the paper's)
       step_ratio      ray step in voxels (0.5 = half a voxel)
       n_coarse        if set, overrides step_ratio: samples across the longest bbox side
       n_fine          accepted for the common set_samples interface; unused
@@ -227,7 +206,8 @@ class Plenoxels(nn.Module):
       dilation        keep-mask dilation (voxels) so surfaces can still grow
     """
 
-    kind = "plenoxels"
+    LABEL = "Plenoxels (voxels + SH)"
+    POLICY = TrainPolicy(lr=1e-2)
     STOP_T = 1e-4  # transmittance below which colours are not evaluated
     # Changed by upsampling and restored from the checkpoint's tensor shapes, so a
     # resumed run (built at the starting resolution) may load a later one.
@@ -245,10 +225,7 @@ class Plenoxels(nn.Module):
 
     def __init__(self, **config):
         super().__init__()
-        unknown = set(config) - set(self.DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown Plenoxels options: {sorted(unknown)}")
-        c = self.config = {**self.DEFAULTS, **config}
+        c = self.config = check_options(type(self), config)
         c["bbox"] = self._check_bbox(c["bbox"])
         for key in ("upsample_steps", "prune_steps"):
             try:
@@ -326,10 +303,12 @@ class Plenoxels(nn.Module):
             return float(ext.max()) / c["n_coarse"]
         return c["step_ratio"] * self.voxel_size
 
-    def set_samples(self, n_coarse: int | None = None, n_fine: int | None = None) -> None:
-        """n_coarse = samples across the longest bbox side (None keeps the current
-        step); n_fine is accepted for interface parity and unused (no fine pass)."""
-        apply_sample_counts(self.config, n_coarse, n_fine)
+    # set_samples: n_coarse = samples across the longest bbox side (None keeps the current
+    # step); n_fine is unused (no fine pass).
+
+    @classmethod
+    def policy(cls, cuda: bool, options: dict) -> TrainPolicy:
+        return cls.POLICY
 
     def param_groups(self, lr: float) -> list[dict]:
         c = self.config
@@ -567,33 +546,28 @@ class Plenoxels(nn.Module):
         cap = self.config["max_resolution"]
         return hard if cap is None else min(cap, hard)
 
-    def _training_rays(self, trainer):
+    def _training_rays(self, ctx: StepContext):
         n = self.config["prune_rays"]
         if n <= 0:
             return None, None
-        # The base Trainer's sampler: subclasses may feed a fixed batch (the GUI's
-        # compare mode), which would show the pruner only those few rays.
-        from app.trainer import Trainer
-
-        sample = Trainer.sample_batch if isinstance(trainer, Trainer) else type(trainer).sample_batch
         os_, ds = [], []
         for s in range(0, n, 16384):
-            o, d, _ = sample(trainer, min(16384, n - s))
+            o, d = ctx.training_rays(min(16384, n - s))
             os_.append(o)
             ds.append(d)
         return torch.cat(os_), torch.cat(ds)
 
-    def step_hook(self, step: int, trainer) -> None:
+    def step_hook(self, step: int, ctx: StepContext) -> StepRequests | None:
         """Prune at prune_steps; prune then upsample at upsample_steps (within the cap)."""
         c = self.config
-        if not any(p is self.density_data for g in trainer.optimizer.param_groups for p in g["params"]):
-            # Our parameters were replaced behind the trainer's back (a rollback that
+        if not ctx.owns(self.density_data):
+            # Our parameters were replaced behind the optimiser's back (a rollback that
             # loaded a snapshot of another grid size): optimise the current ones.
-            trainer.rebuild_optimizer()
+            return StepRequests(rebuild_optimizer=True)
         if step not in c["prune_steps"] and step not in c["upsample_steps"]:
-            return
-        rays_o, rays_d = self._training_rays(trainer)
-        stats = self.prune(rays_o, rays_d, trainer.scene.near, trainer.scene.far)
+            return None
+        rays_o, rays_d = self._training_rays(ctx)
+        stats = self.prune(rays_o, rays_d, ctx.near, ctx.far)
         msg = (f"step {step}: plenoxels pruned {stats['before']} -> {stats['after']} active vertices "
                f"at {self.resolution}^3")
         if step in c["upsample_steps"]:
@@ -609,8 +583,7 @@ class Plenoxels(nn.Module):
             else:
                 msg += (f", upsampling to {new}^3 skipped (limit {self.resolution_cap()} on "
                         f"{self.density_data.device.type})")
-        trainer.rebuild_optimizer()
-        trainer.events.append(msg)
+        return StepRequests(rebuild_optimizer=True, events=[msg])
 
     # -- checkpoints ------------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -32,20 +32,36 @@ def step_size(bound: float, steps_per_diagonal: int) -> float:
     return 2.0 * bound * math.sqrt(3.0) / steps_per_diagonal
 
 
-def ray_aabb(rays_o: torch.Tensor, dirs: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Entry and exit distances (R,), (R,) of rays (R, 3) through [-bound, bound]^3.
+def ray_aabb(rays_o: torch.Tensor, rays_d: torch.Tensor, lo, hi) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slab test: (t_near, t_far), each (R,), of the part of o + t d inside the box [lo, hi].
 
-    Slab method. Rays that miss get s0 == s1 == 0 (an empty interval); the entry
-    is clamped at 0 so a camera inside the box starts at its own position.
+    rays_o, rays_d (R, 3); lo, hi (3,) or numbers. The ray misses when t_far < t_near; a
+    ray starting inside has t_near < 0. Components of d that are exactly zero are handled
+    explicitly (no 0 * inf = NaN): such a slab either contains the whole ray or none of it.
     """
-    inv = 1.0 / torch.where(dirs.abs() < 1e-12, torch.full_like(dirs, 1e-12), dirs)
-    a = (-bound - rays_o) * inv
-    b = (bound - rays_o) * inv
-    s0 = torch.minimum(a, b).amax(-1).clamp(min=0.0)
-    s1 = torch.maximum(a, b).amin(-1)
-    hit = s1 > s0
+    lo = torch.as_tensor(lo, dtype=rays_o.dtype, device=rays_o.device).expand(3)
+    hi = torch.as_tensor(hi, dtype=rays_o.dtype, device=rays_o.device).expand(3)
+    parallel = rays_d == 0
+    safe_d = torch.where(parallel, torch.ones_like(rays_d), rays_d)
+    t0, t1 = (lo - rays_o) / safe_d, (hi - rays_o) / safe_d
+    tmin, tmax = torch.minimum(t0, t1), torch.maximum(t0, t1)
+    inside = (rays_o >= lo) & (rays_o <= hi)
+    inf = torch.full_like(tmin, math.inf)
+    tmin = torch.where(parallel, torch.where(inside, -inf, inf), tmin)
+    tmax = torch.where(parallel, torch.where(inside, inf, -inf), tmax)
+    return tmin.amax(-1), tmax.amin(-1)
+
+
+def march_interval(rays_o: torch.Tensor, dirs: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The interval (s0, s1), each (R,), that a ray marcher walks through [-bound, bound]^3:
+    ray_aabb's, with the entry clamped at 0 (a camera inside the box starts at its own
+    position) and misses as the empty interval s0 == s1 == 0, so fixed-shape kernels need
+    no branch for them."""
+    t0, t1 = ray_aabb(rays_o, dirs, -bound, bound)
+    s0 = t0.clamp(min=0.0)
+    hit = t1 > s0
     zero = torch.zeros_like(s0)
-    return torch.where(hit, s0, zero), torch.where(hit, s1, zero)
+    return torch.where(hit, s0, zero), torch.where(hit, t1, zero)
 
 
 def cell_index(x: torch.Tensor, bound: float, res: int) -> torch.Tensor:
@@ -98,6 +114,51 @@ def occupied(grid: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tenso
 # --------------------------------------------------------------------------------------
 # Marching
 # --------------------------------------------------------------------------------------
+
+class OccupancyGrid(torch.nn.Module):
+    """The occupancy estimator every field shares (nerfacc's OccupancyGrid, instant-ngp's
+    density grid): a res^3 grid over [-bound, bound]^3 of decayed maxima of the field's
+    density, thresholded into a uint8 mask. It knows no model: ``update`` takes the field's
+    density as a callback.
+
+    ``persistent``: saved with checkpoints (a resumed run keeps skipping the same space).
+    """
+
+    def __init__(self, res: int, bound: float, persistent: bool = True):
+        super().__init__()
+        self.res, self.bound = int(res), float(bound)
+        cells = self.res ** 3
+        self.register_buffer("density_grid", torch.zeros(cells), persistent=persistent)
+        self.register_buffer("occupancy", torch.ones(cells, dtype=torch.uint8), persistent=persistent)
+
+    def cells_to_update(self, all_cells: bool) -> torch.Tensor:
+        """Every cell, or (instant-ngp's rule once warmed up) a quarter of the cells at random
+        plus as many of the occupied ones."""
+        cells, dev = self.density_grid.shape[0], self.density_grid.device
+        if all_cells:
+            return torch.arange(cells, device=dev)
+        n = cells // 4
+        uniform = torch.randint(0, cells, (n,), device=dev)
+        occ_idx = self.occupancy.nonzero().squeeze(1)
+        if occ_idx.numel() == 0:
+            return uniform
+        return torch.cat([uniform, occ_idx[torch.randint(0, occ_idx.numel(), (n,), device=dev)]])
+
+    @torch.no_grad()
+    def update(self, density_fn, step: float, decay: float, idx: torch.Tensor | None = None,
+               chunk: int = 1 << 20) -> None:
+        """Density at one random point in each cell of idx (default: all), decay-max into the
+        grid, re-threshold. ``step``: the marching step, whose opacity sets the threshold."""
+        idx = self.cells_to_update(True) if idx is None else idx
+        pts = random_points_in_cells(idx, self.res, self.bound)
+        sigma = torch.cat([density_fn(pts[a:a + chunk]).float() for a in range(0, pts.shape[0], chunk)])
+        self.density_grid.copy_(ema_update(self.density_grid, idx, sigma, decay))
+        self.occupancy.copy_(occupied(self.density_grid, occupancy_threshold(self.density_grid, step)))
+
+    def occupied_at(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: x (N, 3) lies inside the cube, in an occupied cell."""
+        return (x.abs() <= self.bound).all(-1) & (self.occupancy[cell_index(x, self.bound, self.res)] != 0)
+
 
 def _use_triton(t: torch.Tensor) -> bool:
     """Triton on CUDA unless NERFLAB_KERNELS=torch; NERFLAB_KERNELS=triton forces it

@@ -148,7 +148,7 @@ def sphere_scene():
 
 
 def make_trainer(scene=None, seed: int = 0, batch: int = 256, lr: float = 5e-3, **model_options):
-    from app.trainer import TrainConfig, Trainer
+    from app.engine.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(model="nerf", model_options={**TINY_NERF, **model_options}, batch_rays=batch,
                       lr=lr, lr_final=lr / 10, lr_decay_steps=1000, seed=seed, device="cpu")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from pathlib import Path
 
-from app.checkpoint import CheckpointError
+from app.engine.checkpoint import CheckpointError
 from loaders import DataError, load_scene
 from loaders.images import read_image
 from loaders.png16 import read_png
@@ -337,7 +337,7 @@ TRAIN_BAD = [
 def test_absurd_train_values(scene, tmp_path, capsys, monkeypatch, args, word):
     import torch
 
-    import app.trainer
+    import app.engine.trainer
 
     if args[:2] == ["--device", "cuda:7"] and torch.cuda.device_count() > 7:
         pytest.skip("this machine has a cuda:7")
@@ -346,7 +346,7 @@ def test_absurd_train_values(scene, tmp_path, capsys, monkeypatch, args, word):
         # this test took ~20 GB and the kernel's OOM killer ended it.
         def no_trainer(*a, **k):
             raise AssertionError("a Trainer was built for an absurd size")
-        monkeypatch.setattr(app.trainer, "Trainer", no_trainer)
+        monkeypatch.setattr(app.engine.trainer, "Trainer", no_trainer)
     out = tmp_path / "out"
     base = ["train", "--data", scene, "--out", out, "--steps", 2, *TINY]
     for k in range(0, len(args), 2):  # override TINY's value where it sets the same flag
@@ -494,7 +494,7 @@ def test_render_from_a_damaged_run(tiny_run, tmp_path, capsys, case):
 
 @pytest.mark.parametrize("case", ["truncated_checkpoint", "nan_weights", "wrong_shape_weights"])
 def test_damaged_checkpoint_api_error(tiny_run, tmp_path, case):
-    from app.runs import load_run
+    from app.engine.runs import load_run
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -516,7 +516,7 @@ def test_run_directory_that_is_not_one(tmp_path, capsys, what):
 
 def test_relative_data_path_resolves_against_the_run(tiny_run, tmp_path):
     """run.json may name its scene relative to itself (as assets/demo_run does)."""
-    from app.runs import read_run
+    from app.engine.runs import read_run
 
     run = tmp_path / "moved" / "run"
     shutil.copytree(tiny_run, run)
@@ -525,6 +525,6 @@ def test_relative_data_path_resolves_against_the_run(tiny_run, tmp_path):
     info["data"] = "../scene"
     (run / "run.json").write_text(json.dumps(info))
     assert read_run(str(run))["data"] == str(tmp_path / "moved" / "scene")
-    from app.runs import load_run
+    from app.engine.runs import load_run
     trainer, scene, _ = load_run(str(run), "cpu")
     assert trainer.step_count == 2 and len(scene.split("train")) == 8

@@ -1,11 +1,11 @@
-"""app/checkpoint.py: exact round trip, exact resume, clear refusals, atomic writes."""
+"""app/engine/checkpoint.py: exact round trip, exact resume, clear refusals, atomic writes."""
 import os
 
 import pytest
 import torch
 
-import app.checkpoint as ckpt_mod
-from app.checkpoint import CheckpointError, atomic_write, load_into, save_checkpoint, trainer_from_checkpoint
+import app.engine.checkpoint as ckpt_mod
+from app.engine.checkpoint import CheckpointError, atomic_write, load_into, save_checkpoint, trainer_from_checkpoint
 from tests.conftest import make_sphere_scene, make_trainer
 
 
@@ -138,7 +138,7 @@ def test_atomic_write_failure_keeps_old_file(tmp_path, scene, monkeypatch):
 
 def test_atomic_write_gives_umask_permissions(tmp_path):
     import os
-    from app.checkpoint import atomic_write
+    from app.engine.checkpoint import atomic_write
     p = tmp_path / "f.bin"
     atomic_write(str(p), lambda tmp: open(tmp, "wb").write(b"x"))
     umask = os.umask(0)
@@ -153,8 +153,8 @@ def test_checkpoint_without_a_newer_option_still_loads(tmp_path):
     import os
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
-    from app.checkpoint import load_into
-    from app.runs import load_run
+    from app.engine.checkpoint import load_into
+    from app.engine.runs import load_run
 
     demo = os.path.join(os.path.dirname(__file__), "..", "assets", "demo_run")
     trainer, _, _ = load_run(demo, "cpu")

@@ -176,13 +176,18 @@ def test_default_learning_rate_follows_the_preset(scene_dir, tmp_path, preset, l
     assert json.load(open(out2 / "run.json"))["config"]["lr"] == 1e-3
 
 
-def test_bf16_defaults_on_for_mlp_models_on_cuda_only(scene_dir, tmp_path):
+def test_bf16_defaults_follow_each_models_policy(scene_dir, tmp_path, monkeypatch):
     from app.cli import main
-    from app.commands.train import bf16_default
+    from app.engine import presets
 
-    assert bf16_default("hash", True) and bf16_default("nerf", True)
-    assert not bf16_default("plenoxels", True)
-    assert not any(bf16_default(m, False) for m in ("nerf", "hash", "plenoxels"))
+    for native in (False, True):
+        monkeypatch.setattr(presets, "cpu_has_native_bf16", lambda native=native: native)
+        got = {(k, cuda): presets.train_config(k, {}, cuda).autocast
+               for k in ("nerf", "hash", "plenoxels") for cuda in (False, True)}
+        # The MLP models on CUDA; the NeRF also on CPUs with native bf16; Plenoxels never.
+        assert got == {("nerf", True): True, ("hash", True): True, ("plenoxels", True): False,
+                       ("nerf", False): native, ("hash", False): False, ("plenoxels", False): False}
+    monkeypatch.setattr(presets, "cpu_has_native_bf16", lambda: False)
     base = ["train", "--data", scene_dir, "--steps", "1", "--device", "cpu", "--width", "8",
             "--n-coarse", "4", "--n-fine", "0", "--batch", "16", "--eval-images", "0"]
     for flag, want in ((None, False), ("--bf16", True), ("--no-bf16", False)):

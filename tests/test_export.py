@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from app.export import (DEFAULT_THRESHOLD, density_grid, export_mesh, extract_surface, grid_axes,
+from app.tools.export import (DEFAULT_THRESHOLD, density_grid, export_mesh, extract_surface, grid_axes,
                         ply_bytes, write_ply)
 from renderer.compositing import composite
 from renderer.sampling import stratified_samples

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from app.checkpoint import read_checkpoint
-from app.faults import make_hook, parse_faults
+from app.engine.checkpoint import read_checkpoint
+from app.engine.faults import make_hook, parse_faults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--width", "16", "--n-coarse", "4", "--n-fine", "4", "--L-xyz", "4", "--L-dir", "2",

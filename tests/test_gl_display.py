@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from renderer.gl_display import (DisplayThread, GLCompositor, NumpyCompositor, layout_rects,
+from app.gui.gl_display import (DisplayThread, GLCompositor, NumpyCompositor, layout_rects,
                                  make_compositor, resize)
 
 
@@ -153,7 +153,7 @@ def test_triton_is_loaded_before_the_first_gl_context(tmp_path):
         assert gl_problem() is not None
         import moderngl
         assert moderngl.CALLS == [True], moderngl.CALLS
-        for mod in ("renderer.gl_display", "app.gui_lab"):
+        for mod in ("app.gui.gl_display", "app.gui.lab_tab"):
             sys.modules.pop("triton")
             sys.modules.pop(mod, None)
             __import__(mod)

@@ -1,4 +1,4 @@
-"""app/graph_step.py and the static-shape pieces under it: fixed-capacity marching
+"""app/engine/graph_step.py and the static-shape pieces under it: fixed-capacity marching
 against the dynamic marcher, the static render against the eager training render,
 and the trainer's graphed step run eagerly on a CPU (training, batch rule, NaN
 recovery, fallback). The CUDA capture itself is exercised by bench/gpu_check.py."""
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.trainer import TrainConfig, Trainer
+from app.engine.trainer import TrainConfig, Trainer
 from models.hashgrid import HashGridModel
 from renderer import occupancy as oc
 from tests.conftest import make_sphere_scene, needs_triton, run_in_triton_interpreter
@@ -22,7 +22,7 @@ def _march_inputs(n=48, seed=0):
     o = o / o.norm(dim=-1, keepdim=True) * 4
     d = torch.rand(n, 3, generator=g) * 2.4 - 1.2 - o
     d = d / d.norm(dim=-1, keepdim=True)
-    s0, s1 = oc.ray_aabb(o, d, 1.5)
+    s0, s1 = oc.march_interval(o, d, 1.5)
     occ = (torch.rand(16 ** 3, generator=g) < 0.4).to(torch.uint8)
     j = torch.rand(n, generator=g)
     return o, d, s0, s1, occ, j, oc.step_size(1.5, 300)
@@ -213,7 +213,7 @@ def test_eager_step_after_pipelined_ones_counts_the_step_in_flight_first():
 @pytest.mark.parametrize("where", ["launch", "collect"])
 def test_static_step_failure_falls_back_to_the_eager_step(monkeypatch, where):
     # launch: a capture failure; collect: an asynchronous CUDA error surfacing at the sync.
-    from app import graph_step
+    from app.engine import graph_step
 
     def boom(self, *args):
         raise RuntimeError("operation not permitted when stream is capturing")
@@ -228,7 +228,7 @@ def test_static_step_failure_falls_back_to_the_eager_step(monkeypatch, where):
 
 
 def test_checkpoint_of_a_graphed_optimiser_loads_anywhere(tmp_path):
-    from app.checkpoint import save_checkpoint, trainer_from_checkpoint
+    from app.engine.checkpoint import save_checkpoint, trainer_from_checkpoint
     tr = _static_trainer()
     for _ in range(4):
         tr.step()
@@ -331,7 +331,7 @@ def test_control_flow_exceptions_pass_through_and_the_graph_is_rebuilt(monkeypat
 
 
 def test_fed_trainer_uses_the_static_step_only_without_a_feed():
-    from app.worker import _fed_trainer_class
+    from app.gui.worker import _fed_trainer_class
     cfg = TrainConfig(model="hash", model_options=dict(TINY), batch_rays=128, device="cpu", cuda_graph=True)
     tr = _fed_trainer_class()(make_sphere_scene(n_views=8), cfg)
     tr.static_on_cpu = True

@@ -20,8 +20,8 @@ SCRIPT = textwrap.dedent(r"""
     import numpy as np
     import dearpygui.dearpygui as dpg
     from PIL import ImageGrab
-    from app.gui_lab import DISP, build_lab_tab, _resample
-    from app.lab2d import load_image
+    from app.gui.lab_tab import DISP, build_lab_tab, _resample
+    from app.lab.lab2d import load_image
 
     dpg.create_context()
     dpg.create_viewport(title="lab test", width=1280, height=800, x_pos=0, y_pos=0)

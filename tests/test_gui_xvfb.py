@@ -26,7 +26,7 @@ from tests.conftest import CAMERA_ANGLE_X, orbit_poses, write_png, write_transfo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 24
-TINY = {"arch": {"width": 32, "depth": 2, "skips": [], "dir_width": 16}, "L_xyz": 4, "L_dir": 2,
+TINY = {"arch": {"nerf": {"width": 32, "depth": 2, "skips": [], "dir_width": 16}}, "L_xyz": 4, "L_dir": 2,
         "n_coarse": 12, "n_fine": 8, "batch_rays": 256, "lr": 5e-3}
 SPHERES = [((0.0, -0.9, 0.0), 0.8, (0.9, 0.15, 0.1)), ((0.0, 0.9, 0.0), 0.8, (0.1, 0.3, 0.95))]
 

@@ -12,8 +12,8 @@ from tests.conftest import needs_triton, run_in_triton_interpreter
 import torch
 
 from models import build_model
-from models.hashgrid import (HashEncoding, HashGridModel, hash_encode_torch, level_layout, sh_basis_matrix,
-                             sh_encode, trunc_exp)
+from models.hashgrid import HashEncoding, HashGridModel, hash_encode_torch, level_layout, trunc_exp
+from models.sh import sh_basis_matrix, sh_encode
 from tests.conftest import make_sphere_scene
 
 # Small enough for CPU tests, same structure as the defaults.
@@ -113,7 +113,7 @@ def test_registered_and_config_roundtrip():
     assert sum(p.numel() for p in m2.parameters()) == sum(p.numel() for p in m.parameters())
     for a, b in zip(m.parameters(), m2.parameters()):
         assert torch.equal(a, b)  # same seed, same weights
-    with pytest.raises(ValueError, match="unknown hash-grid options"):
+    with pytest.raises(ValueError, match="unknown HashGridModel option"):
         build_model("hash", width=3)
     with pytest.raises(ValueError, match="grid_res"):
         build_model("hash", grid_res=2)
@@ -161,7 +161,7 @@ def test_eval_rendering_equals_training_compositor_without_jitter():
         torch.manual_seed(0)
         rays_o, dirs, dnorm, s0, s1 = m._setup_rays(o, d, 2.0, 6.0)
         pk = m._march(rays_o, dirs, s0, s1, torch.full((32,), 0.5))
-        from models.hashgrid import sh_encode as she
+        from models.sh import sh_encode as she
         sigma, rgb = m._field_packed(rays_o, dirs, she(dirs, m.sh_C), pk["ray_ids"], pk["s"])
         from renderer.occupancy import composite_packed
         one = composite_packed(sigma, rgb, pk["s"], m.dt, pk["ray_ids"], 32)
@@ -184,7 +184,7 @@ def test_render_rays_outputs_and_backward():
 
 
 def _trainer(tmp_seed=0):
-    from app.trainer import TrainConfig, Trainer
+    from app.engine.trainer import TrainConfig, Trainer
     cfg = TrainConfig(model="hash", model_options=dict(TINY), batch_rays=256, lr=1e-2, lr_final=1e-3,
                       lr_decay_steps=1000, seed=tmp_seed, device="cpu")
     return Trainer(make_sphere_scene(n_views=8), cfg)
@@ -202,21 +202,20 @@ def test_short_cpu_training_decreases_loss_and_adapts_batch():
 
 
 def test_step_hook_budget_rule():
-    m = HashGridModel(**TINY)
+    from models.field import StepContext
 
-    class T:
-        batch_rays = 1000
-    t = T()
-    m._last_batch = (1000, 8192)  # twice the budget -> halve the rays
-    m.step_hook(1, t)
-    assert t.batch_rays == 512
-    m._last_batch = (512, 512)  # 1 sample per ray -> grow, at most 2x per step
-    m.step_hook(2, t)
-    assert t.batch_rays == 1024
+    m = HashGridModel(**TINY)
+    ctx = StepContext(near=2.0, far=6.0, batch_rays=1000, autocast=False, training_rays=None,
+                      owns=lambda p: True)
+    assert m.step_hook(1, ctx) is None  # no batch reported yet: nothing to ask
+    m.note_batch(1000, 8192)  # twice the budget -> halve the rays
+    assert m.step_hook(1, ctx).batch_rays == 512
+    m.note_batch(512, 512)  # 1 sample per ray -> grow, at most 2x per step
+    assert m.step_hook(2, ctx).batch_rays == 1024
 
 
 def test_checkpoint_roundtrip(tmp_path):
-    from app.checkpoint import save_checkpoint, trainer_from_checkpoint
+    from app.engine.checkpoint import save_checkpoint, trainer_from_checkpoint
     tr = _trainer()
     for _ in range(9):
         tr.step()

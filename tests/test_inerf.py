@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.inerf import (InvertPose, hat, interest_mask, interest_points, perturb_pose, rotation_error_deg,
+from app.tools.inerf import (InvertPose, hat, interest_mask, interest_points, perturb_pose, rotation_error_deg,
                        se3_exp, translation_error)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,7 +157,7 @@ def test_bare_model_needs_intrinsics_and_bounds():
 
 @pytest.fixture(scope="module")
 def demo():
-    from app.runs import load_run
+    from app.engine.runs import load_run
 
     trainer, scene, _ = load_run(DEMO, "cpu")
     return trainer, scene

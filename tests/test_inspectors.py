@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from app import inspectors as ins
-from app.lab2d import loglinear_fourier_features
-from app.rasterplot import colormap, heatmap_image, line_plot_image
+from app.lab import inspectors as ins
+from app.lab.lab2d import loglinear_fourier_features
+from app.gui.rasterplot import colormap, heatmap_image, line_plot_image
 from models.encoding import FourierFeatures, Identity, PositionalEncoding, basic_fourier_features, \
     gaussian_fourier_features
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from app.lab2d import (MAPPINGS, ImageError, LabConfig, LabSession, MappingRun, format_table, load_image,
+from app.lab.lab2d import (MAPPINGS, ImageError, LabConfig, LabSession, MappingRun, format_table, load_image,
                        loglinear_fourier_features, make_mapping, parse_mappings, pixel_coords, side_by_side,
                        split_every_other, train_mapping)
-from app.metrics import psnr
+from app.engine.metrics import psnr
 
 
 @contextlib.contextmanager

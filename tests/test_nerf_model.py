@@ -139,7 +139,7 @@ def test_config_roundtrip_and_validation():
     # Same architecture and the same fixed Fourier matrix (seeded).
     m2.load_state_dict(m.state_dict(), strict=True)
     torch.testing.assert_close(m2.coarse.pos_enc.B, m.coarse.pos_enc.B, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="unknown NeRF options"):
+    with pytest.raises(ValueError, match="unknown NeRFModel option"):
         NeRFModel(widht=3)
     with pytest.raises(ValueError):
         NeRFModel(n_coarse=1)

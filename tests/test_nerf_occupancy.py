@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from app.trainer import all_finite
+from app.engine.trainer import all_finite
 from models.nerf import NeRFModel, _query
 from renderer import occupancy as oc
 from renderer.compositing import composite
@@ -42,22 +42,23 @@ def test_query_with_occupancy_skips_only_empty_space():
     res, bound = 16, 1.5
     centres = (oc.cell_coords(torch.arange(res ** 3), res).float() + 0.5) * (2 * bound / res) - bound
     near = (centres - torch.tensor([0.3, 0.0, 0.2])).norm(dim=-1) < 0.7 + math.sqrt(3) * bound / res
-    grid = near.to(torch.uint8)
+    grid = oc.OccupancyGrid(res, bound)
+    grid.occupancy.copy_(near.to(torch.uint8))
     s_a, c_a, n_a = _query(field, o, d, t, 0.0)
-    s_b, c_b, n_b = _query(field, o, d, t, 0.0, (grid, bound, res))
+    s_b, c_b, n_b = _query(field, o, d, t, 0.0, grid)
     assert n_a == t.numel() and 0 < n_b < n_a
     ra = composite(s_a, c_a, t, d, 1.0)
     rb = composite(s_b, c_b, t, d, 1.0)
     assert ra["acc"].max() > 0.9 and ra["acc"].min() < 0.01
     assert torch.allclose(ra["rgb"], rb["rgb"], atol=1e-6)
     # With everything occupied the query is the plain one.
-    s_c, c_c, n_c = _query(field, o, d, t, 0.0, (torch.ones(res ** 3, dtype=torch.uint8), 10.0, res))
+    s_c, c_c, n_c = _query(field, o, d, t, 0.0, oc.OccupancyGrid(res, 10.0))
     assert torch.equal(s_c, s_a) and torch.equal(c_c, c_a) and n_c == n_a
 
 
 def test_occupancy_option_defaults_off_and_validates():
     assert NeRFModel().config["occupancy_res"] is None
-    assert not hasattr(NeRFModel(), "density_grid")
+    assert not hasattr(NeRFModel(), "estimator")
     with pytest.raises(ValueError, match="occupancy_res"):
         NeRFModel(occupancy_res=4)
     with pytest.raises(ValueError, match="occupancy_warmup"):

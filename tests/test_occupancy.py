@@ -18,7 +18,7 @@ from renderer.compositing import composite
 def test_ray_aabb_hand_cases():
     o = torch.tensor([[-5.0, 0.0, 0.0], [0.0, -5.0, 3.0], [0.5, 0.0, 0.0], [-5.0, 0.2, -0.3]])
     d = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
-    s0, s1 = oc.ray_aabb(o, d, 1.5)
+    s0, s1 = oc.march_interval(o, d, 1.5)
     assert torch.allclose(s0, torch.tensor([3.5, 0.0, 0.0, 3.5]))
     # Ray 1 passes above the box (z = 3 > 1.5): empty interval. Ray 2 starts inside.
     assert torch.allclose(s1, torch.tensor([6.5, 0.0, 1.5, 6.5]))
@@ -96,7 +96,7 @@ def test_march_matches_scalar_loop():
     bound, res, max_steps = 1.5, 8, 64
     dt = oc.step_size(bound, max_steps)
     o, d = _random_rays(24, seed=1)
-    s0, s1 = oc.ray_aabb(o, d, bound)
+    s0, s1 = oc.march_interval(o, d, bound)
     occ = (torch.rand(res ** 3, generator=torch.Generator().manual_seed(2)) < 0.3).to(torch.uint8)
     jitter = torch.rand(24, generator=torch.Generator().manual_seed(3))
     pk = oc.march_rays_torch(o, d, s0, s1, occ, bound, res, dt, max_steps, jitter, ray_chunk=7)
@@ -113,7 +113,7 @@ def test_march_budget_drops_whole_rays():
     bound, res, max_steps = 1.5, 8, 64
     dt = oc.step_size(bound, max_steps)
     o, d = _random_rays(16, seed=4)
-    s0, s1 = oc.ray_aabb(o, d, bound)
+    s0, s1 = oc.march_interval(o, d, bound)
     occ = torch.ones(res ** 3, dtype=torch.uint8)
     j = torch.full((16,), 0.5)
     full = oc.march_rays_torch(o, d, s0, s1, occ, bound, res, dt, max_steps, j)
@@ -135,7 +135,7 @@ def _ball_field(x):
 
 
 def _packed_render(o, d, occ, bound, res, dt, max_steps):
-    s0, s1 = oc.ray_aabb(o, d, bound)
+    s0, s1 = oc.march_interval(o, d, bound)
     pk = oc.march_rays_torch(o, d, s0, s1, occ, bound, res, dt, max_steps, torch.full((o.shape[0],), 0.5))
     x = o[pk["ray_ids"]] + d[pk["ray_ids"]] * pk["s"][:, None]
     sigma, rgb = _ball_field(x)
@@ -219,7 +219,7 @@ def test_triton_march_kernel_matches_torch_in_interpreter():
         g = torch.Generator().manual_seed(0)
         o = torch.randn(48, 3, generator=g); o = o / o.norm(dim=-1, keepdim=True) * 4
         d = torch.rand(48, 3, generator=g) * 2.4 - 1.2 - o; d = d / d.norm(dim=-1, keepdim=True)
-        s0, s1 = oc.ray_aabb(o, d, 1.5)
+        s0, s1 = oc.march_interval(o, d, 1.5)
         occ = (torch.rand(16 ** 3, generator=g) < 0.4).to(torch.uint8)
         j = torch.rand(48, generator=g)
         dt = oc.step_size(1.5, 300)

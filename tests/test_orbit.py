@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from app.commands.render import orbit_pose
-from renderer.orbit import MAX_ELEVATION, OrbitCamera, scene_up
+from app.gui.orbit import MAX_ELEVATION, OrbitCamera, scene_up
 
 
 def project(c2w, p, focal, cx, cy):

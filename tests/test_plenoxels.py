@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from models import build_model
-from models.plenoxels import (Plenoxels, cell_occupancy, dilate, interpolate, ray_aabb,
-                              trilinear_corners, tv_loss, upsample_vertices)
+from models.plenoxels import (Plenoxels, cell_occupancy, dilate, interpolate, trilinear_corners, tv_loss,
+                              upsample_vertices)
+from renderer.occupancy import ray_aabb
 from renderer.compositing import composite
 from tests.conftest import make_sphere_scene
 
@@ -197,16 +198,18 @@ def _points(n, seed, r=1.0):
 
 def test_registered_and_validates_options():
     m = build_model("plenoxels", resolution=8)
-    assert m.kind == "plenoxels" and m.config["resolution"] == 8 and m.links.shape == (9, 9, 9)
+    from models.plenoxels import Plenoxels
+
+    assert isinstance(m, Plenoxels) and m.config["resolution"] == 8 and m.links.shape == (9, 9, 9)
     assert m.sh_data.shape == (9 ** 3, 27)
-    with pytest.raises(ValueError, match="unknown Plenoxels options"):
+    with pytest.raises(ValueError, match="unknown Plenoxels option"):
         build_model("plenoxels", resolutoin=8)
     with pytest.raises(ValueError, match="bbox"):
         build_model("plenoxels", bbox=[1, 1, 1, 0, 0, 0])
     with pytest.raises(ValueError, match="resolution"):
         build_model("plenoxels", resolution=1)
     with pytest.raises(ValueError, match="degree"):
-        build_model("plenoxels", sh_degree=3)
+        build_model("plenoxels", sh_degree=4)
     with pytest.raises(ValueError, match="upsample_steps"):
         build_model("plenoxels", upsample_steps=[None])
     with pytest.raises(ValueError, match="dilation"):
@@ -332,7 +335,7 @@ def test_set_samples_controls_the_step():
 
 # -- training through the Trainer ----------------------------------------------------------------------
 def _trainer(scene=None, **opts):
-    from app.trainer import TrainConfig, Trainer
+    from app.engine.trainer import TrainConfig, Trainer
 
     base = dict(resolution=8, upsample_steps=[], prune_steps=[], prune_rays=2048)
     cfg = TrainConfig(model="plenoxels", model_options={**base, **opts}, batch_rays=256, lr=1e-2,
@@ -368,7 +371,7 @@ def test_upsampling_beyond_the_cap_is_skipped():
 
 
 def test_checkpoint_roundtrip_after_upsampling(tmp_path):
-    from app.checkpoint import save_checkpoint, trainer_from_checkpoint
+    from app.engine.checkpoint import save_checkpoint, trainer_from_checkpoint
 
     scene = make_sphere_scene()
     tr = _trainer(scene, prune_steps=[3], upsample_steps=[5])
@@ -409,7 +412,7 @@ def test_rollback_to_a_smaller_grid_keeps_training():
 def test_resume_into_a_run_built_at_the_starting_resolution(tmp_path):
     """`train --resume` rebuilds the model from the command line (64^3 by default)
     while the checkpoint holds the upsampled grid: the weights decide."""
-    from app.checkpoint import CheckpointError, load_into, save_checkpoint
+    from app.engine.checkpoint import CheckpointError, load_into, save_checkpoint
 
     scene = make_sphere_scene()
     tr = _trainer(scene, upsample_steps=[3])
@@ -433,8 +436,8 @@ def test_resume_into_a_run_built_at_the_starting_resolution(tmp_path):
 
 def test_gui_worker_trains_renders_and_probes_plenoxels():
     """The GUI path: build_model('plenoxels') with its defaults inside the worker."""
-    from app.worker import Worker
-    from renderer.orbit import OrbitCamera
+    from app.gui.worker import Worker
+    from app.gui.orbit import OrbitCamera
 
     w = Worker(scene=make_sphere_scene(), settings=dict(model="plenoxels", batch_rays=128),
                device="cpu", threads=1)
@@ -448,6 +451,6 @@ def test_gui_worker_trains_renders_and_probes_plenoxels():
         w.send("probe", index=0, u=0.5, v=0.5)
         p = w.probes.wait(lambda p: True, 120.0)
         assert p["t_coarse"].shape == p["w_coarse"].shape and p["w_coarse"].sum() <= 1 + 1e-5
-        assert w.run_sync(lambda wk: wk.trainers[0].model.kind) == "plenoxels"
+        assert w.run_sync(lambda wk: type(wk.trainers[0].model).__name__) == "Plenoxels"
     finally:
         w.stop(5.0)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.trainer import TrainConfig, Trainer
+from app.engine.trainer import TrainConfig, Trainer
 from loaders import load_scene
 from tests.conftest import TINY_NERF, make_sphere_scene, write_png, write_transforms
 
@@ -115,7 +115,7 @@ def test_without_alpha_or_flag_the_scene_background_is_used(tmp_path):
             _rgba_scene(tmp_path)
             scene = load_scene(str(tmp_path))
         tr = _trainer(scene, flag)
-        assert tr.alpha is None
+        assert tr.rays.alpha is None
         assert tr.sample_batch(8)[2].shape == (8, 3)
         target, bg = tr._swap_background(tr.sample_batch(8)[2])
         assert bg == tr.background and target.shape == (8, 3)

@@ -109,6 +109,6 @@ def test_eval_sh_is_the_weighted_sum():
 
 def test_bad_sizes_raise():
     with pytest.raises(ValueError, match="degree"):
-        num_coeffs(3)
-    with pytest.raises(ValueError, match="1, 4 or 9"):
+        num_coeffs(4)
+    with pytest.raises(ValueError, match="1, 4, 9 or 16"):
         eval_sh(torch.zeros(2, 3, 5), torch.zeros(2, 3))

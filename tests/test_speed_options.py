@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.allocator import keep_freed_memory
-from app.trainer import TrainConfig, Trainer
+from app.engine.allocator import keep_freed_memory
+from app.engine.trainer import TrainConfig, Trainer
 from models import build_model
 from tests.conftest import TINY_NERF, make_sphere_scene
 
@@ -85,7 +85,7 @@ def test_keep_freed_memory_applies_once():
 def test_cpu_bf16_detection_reads_cpu_flags(monkeypatch, tmp_path):
     import builtins
 
-    from app import trainer as trainer_mod
+    from app.engine import trainer as trainer_mod
     real_open = builtins.open
 
     def fake(flags):
@@ -102,19 +102,19 @@ def test_cpu_bf16_detection_reads_cpu_flags(monkeypatch, tmp_path):
 
 
 def test_gui_worker_uses_bf16_only_for_the_nerf_and_where_native(monkeypatch):
-    from app import trainer as trainer_mod
-    from app import worker as worker_mod
+    from app.engine import trainer as trainer_mod
+    from app.gui import worker as worker_mod
     monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda: False)
     assert worker_mod.default_settings(cuda=False)["bf16"] is False
     monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda: True)
     assert worker_mod.default_settings(cuda=False)["bf16"] is True
-    assert worker_mod.default_settings(cuda=True, registry=["nerf", "hash"])["bf16"] is True
+    assert worker_mod.default_settings(cuda=True)["bf16"] is True
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_cli_bf16_on_cpu_trains_and_warns_only_without_native_bf16(native, scene_dir, tmp_path, monkeypatch,
                                                                    capsys):
-    from app import trainer as trainer_mod
+    from app.engine import trainer as trainer_mod
     from app.cli import main
     monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda: native)
     out = tmp_path / "run"

@@ -10,7 +10,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from app.video import Cancelled, orbit_poses, render_orbit_video
+from app.tools.video import Cancelled, orbit_poses, render_orbit_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "assets", "demo_run")
@@ -18,7 +18,7 @@ DEMO = os.path.join(ROOT, "assets", "demo_run")
 
 @pytest.fixture(scope="module")
 def demo():
-    from app.runs import load_run
+    from app.engine.runs import load_run
 
     trainer, _, _ = load_run(DEMO, "cpu")
     return trainer
@@ -87,9 +87,9 @@ def test_gif_fallback_when_ffmpeg_is_missing(demo, tmp_path, monkeypatch, capsys
 
 
 def test_fallback_is_announced(demo, tmp_path, monkeypatch):
-    import app.video
+    import app.tools.video
 
-    monkeypatch.setattr(app.video, "ffmpeg_exe", lambda: None)
+    monkeypatch.setattr(app.tools.video, "ffmpeg_exe", lambda: None)
     said = []
     out = render_orbit_video(demo, str(tmp_path / "v.mp4"), frames=2, size=16, log=said.append)
     assert out.endswith("v.gif") and len(said) == 1 and "GIF" in said[0] and out in said[0]
@@ -165,9 +165,9 @@ def test_forward_facing_runs_are_refused(tmp_path):
 
 
 def test_huge_gif_is_refused_before_rendering(demo, tmp_path, monkeypatch):
-    import app.video
+    import app.tools.video
 
-    monkeypatch.setattr(app.video, "ffmpeg_exe", lambda: None)
+    monkeypatch.setattr(app.tools.video, "ffmpeg_exe", lambda: None)
     monkeypatch.setattr(demo, "render", lambda *a, **k: pytest.fail("rendered a frame"))
     with pytest.raises(ValueError, match="GiB of memory"):
         render_orbit_video(demo, str(tmp_path / "v.mp4"), frames=5000, size=512, log=None)

@@ -4,7 +4,7 @@ the default per model, recovery and checkpoints."""
 import pytest
 import torch
 
-from app.trainer import TrainConfig, Trainer
+from app.engine.trainer import TrainConfig, Trainer
 from tests.conftest import make_sphere_scene
 from tests.test_hashgrid import TINY
 
@@ -85,7 +85,7 @@ def test_rollback_restarts_the_average_from_the_restored_weights():
 
 
 def test_checkpoint_keeps_the_average(tmp_path):
-    from app.checkpoint import save_checkpoint, trainer_from_checkpoint
+    from app.engine.checkpoint import save_checkpoint, trainer_from_checkpoint
     tr = _trainer(ema=0.9)
     for _ in range(8):
         tr.step()
@@ -102,12 +102,12 @@ def test_checkpoint_keeps_the_average(tmp_path):
 
 
 def test_a_loaded_run_uses_the_average(tmp_path):
-    from app.checkpoint import save_checkpoint
+    from app.engine.checkpoint import save_checkpoint
     tr = _trainer(ema=0.9)
     for _ in range(8):
         tr.step()
     save_checkpoint(str(tmp_path / "ck.safetensors"), tr)
-    from app.checkpoint import trainer_from_checkpoint
+    from app.engine.checkpoint import trainer_from_checkpoint
     tr2 = trainer_from_checkpoint(str(tmp_path / "ck.safetensors"), tr.scene, device="cpu")
     tr2.apply_average()
     assert tr2.ema is None

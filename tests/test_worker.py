@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from app.worker import (Worker, field_label, level_sizes, measure_camera_latency, model_options,
-                        perturb_pose, ray_through_pixel, rotation_error_deg)
-from renderer.orbit import OrbitCamera
+from app.gui.worker import Worker, field_label, level_sizes, measure_camera_latency, model_options, ray_through_pixel
+from app.gui.orbit import OrbitCamera
 from renderer.rays import get_rays, intrinsics
 from tests.conftest import make_sphere_scene
 
-TINY = dict(arch=dict(width=32, depth=2, skips=[], dir_width=16), L_xyz=4, L_dir=2, n_coarse=8,
+TINY = dict(arch={"nerf": dict(width=32, depth=2, skips=[], dir_width=16)}, L_xyz=4, L_dir=2, n_coarse=8,
             n_fine=8, batch_rays=128, model="nerf", preset="cpu")
 WAIT = 60.0  # generous: the CPU is shared; tests wait for events, they never time them
 
@@ -76,13 +75,6 @@ def test_model_options_variants():
     assert model_options(dict(s, compare_b="L"), "B")["L_xyz"] == 2
     assert field_label(s, "B") == "no PE (raw xyz)"
     assert model_options(dict(s, model="hash"), "A") == {}
-
-
-def test_pose_utilities():
-    c2w = OrbitCamera(radius=4.0, azimuth=30.0, elevation=30.0).c2w64()
-    p = perturb_pose(c2w, 10.0, 0.2, seed=3)
-    assert rotation_error_deg(p, c2w) == pytest.approx(10.0, abs=1e-6)
-    assert np.linalg.norm(p[:3, 3] - c2w[:3, 3]) == pytest.approx(0.2, abs=1e-6)
 
 
 # -- the thread ----------------------------------------------------------------------------------------
@@ -302,7 +294,10 @@ def test_inerf_demo_plumbing(worker, monkeypatch):
             self.n += 1
             return {"c2w": self.c2w, "loss": 1.0 / self.n}
 
-    monkeypatch.setitem(sys.modules, "app.inerf", types.SimpleNamespace(InvertPose=FakeInvert))
+    import app.tools.inerf as real
+
+    monkeypatch.setitem(sys.modules, "app.tools.inerf", types.SimpleNamespace(
+        InvertPose=FakeInvert, perturb_pose=real.perturb_pose, rotation_error_deg=real.rotation_error_deg))
     steps_after(worker, 1)
     worker.send("inerf_start", view=0, steps=12)
     f = worker.wait_frame(lambda f: f.kind == "inerf" and f.info.get("step", 0) >= 10, WAIT)
@@ -389,8 +384,8 @@ def test_tool_hooks_run_on_the_worker_thread(worker, monkeypatch, tmp_path):
             raise ValueError(f"{path}: unsupported extension")
         return path
 
-    monkeypatch.setitem(sys.modules, "app.export", types.SimpleNamespace(export_mesh=export_mesh))
-    monkeypatch.setitem(sys.modules, "app.video", types.SimpleNamespace(render_orbit_video=render_orbit_video))
+    monkeypatch.setitem(sys.modules, "app.tools.export", types.SimpleNamespace(export_mesh=export_mesh))
+    monkeypatch.setitem(sys.modules, "app.tools.video", types.SimpleNamespace(render_orbit_video=render_orbit_video))
     steps_after(worker, 1)
     worker.send("export_mesh", path=str(tmp_path / "m.ply"))
     notes = notes_until(worker, lambda n: "mesh exported" in n[1])
@@ -436,7 +431,7 @@ def test_gesture_preempts_a_long_training_step():
 
 
 def test_bf16_setting_reaches_only_the_nerf_trainer():
-    from app.worker import default_settings
+    from app.gui.worker import default_settings
     worker = Worker(scene=make_sphere_scene(), settings=dict(TINY), device="cpu", threads=1)  # not started
     worker.device = torch.device("cpu")  # these two are set by the thread on start
     worker.scene = make_sphere_scene()
@@ -457,7 +452,7 @@ def test_bf16_setting_reaches_only_the_nerf_trainer():
 
 
 def test_gui_nerf_gets_the_occupancy_grid_except_on_ndc_scenes():
-    from app.worker import default_settings
+    from app.gui.worker import default_settings
     worker = Worker(scene=make_sphere_scene(), settings=dict(TINY), device="cpu", threads=1)  # not started
     worker.device = torch.device("cpu")
     worker.scene = make_sphere_scene()
@@ -472,7 +467,7 @@ def test_gui_nerf_gets_the_occupancy_grid_except_on_ndc_scenes():
 
 
 def test_hash_on_a_cpu_warns_that_it_is_built_for_cuda():
-    from app.worker import default_settings
+    from app.gui.worker import default_settings
     worker = Worker(scene=make_sphere_scene(), settings=dict(TINY), device="cpu", threads=1)  # not started
     worker.device = torch.device("cpu")
     worker.scene = make_sphere_scene()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from app.cli import UserError
-from app.runs import load_run, write_json
+from app.engine.runs import load_run, write_json
 
 
 def configure(p) -> None:

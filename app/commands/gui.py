@@ -23,12 +23,15 @@ To run the GUI on a server without a screen: xvfb-run -s "-screen 0 1280x800x24"
 
 
 def configure(p) -> None:
-    from app.runs import DEFAULT_SCENE
+    from app.engine.runs import DEFAULT_SCENE
 
     p.add_argument("--data", default=DEFAULT_SCENE, help="scene directory (Blender or LLFF)")
     p.add_argument("--downscale", type=int, default=1, help="integer image downscale when loading")
-    p.add_argument("--model", default=None, choices=["nerf", "plenoxels", "hash"],
-                   help="field to train (default: small NeRF on CPU; hash if available, else paper NeRF, on CUDA)")
+    import models
+
+    p.add_argument("--model", default=None, choices=models.available(),
+                   help="field to train (default: the registry's default for the device: the small "
+                        "NeRF on a CPU, the hash grid on CUDA)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--snapshot", default=None, metavar="PATH",
                    help="start from a checkpoint file or a run directory (with its logged history)")
@@ -137,7 +140,7 @@ def run(args) -> int:
         raise UserError(f"--data {args.data}: no such scene directory")
     if args.snapshot and not os.path.exists(args.snapshot):
         raise UserError(f"--snapshot {args.snapshot}: no such file or run directory")
-    from app.gui import App, ViewportError
+    from app.gui.window import App, ViewportError
 
     try:
         app = App(args, settings)

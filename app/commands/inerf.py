@@ -62,8 +62,8 @@ def check_args(args) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from app.inerf import InvertPose, perturb_pose, rotation_error_deg, translation_error
-    from app.runs import load_run, write_json
+    from app.tools.inerf import InvertPose, perturb_pose, rotation_error_deg, translation_error
+    from app.engine.runs import load_run, write_json
     from loaders.images import composite_alpha, read_image
 
     check_args(args)

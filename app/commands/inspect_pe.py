@@ -34,8 +34,8 @@ def configure(p) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from app import inspectors as ins
-    from app.rasterplot import heatmap_image, line_plot_image, save_png
+    from app.lab import inspectors as ins
+    from app.gui.rasterplot import heatmap_image, line_plot_image, save_png
     from models.encoding import gaussian_fourier_features
 
     if args.d_model < 2 or args.d_model % 2:

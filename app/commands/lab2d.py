@@ -13,9 +13,7 @@ from app.cli import UserError
 from app.commands.train import positive as _positive  # noqa: E402
 
 
-# Same path as app.lab2d.DEFAULT_IMAGE, without importing torch to build the parser.
-DEFAULT_IMAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                             "assets", "lab_image.png")
+from assets import LAB_IMAGE as DEFAULT_IMAGE
 
 
 def configure(p) -> None:
@@ -61,9 +59,9 @@ def run(args) -> int:
     import numpy as np
     import torch
 
-    from app.checkpoint import atomic_write
-    from app.lab2d import ImageError, LabConfig, format_table, load_image, parse_mappings, run_lab, side_by_side
-    from app.rasterplot import line_plot_image, save_png
+    from app.engine.checkpoint import atomic_write
+    from app.lab.lab2d import ImageError, LabConfig, format_table, load_image, parse_mappings, run_lab, side_by_side
+    from app.gui.rasterplot import line_plot_image, save_png
 
     try:
         kinds = parse_mappings(args.mappings)

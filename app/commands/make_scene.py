@@ -1,6 +1,8 @@
 """`main.py make-scene`: regenerate the embedded scene (assets/make_scene.py) at any size."""
 from __future__ import annotations
 
+from assets import SCENE_DIR
+
 import os
 
 from app.cli import UserError
@@ -20,7 +22,7 @@ def run(args) -> int:
         raise UserError(f"--res must be between 16 and 4096, got {args.res}")
     if min(args.n_train, args.n_val, args.n_test) < 1:
         raise UserError("--n-train, --n-val and --n-test must each be at least 1")
-    if os.path.abspath(args.out) == os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "assets", "scene")):
+    if os.path.abspath(args.out) == SCENE_DIR:
         print("note: overwriting the embedded scene")
     from assets.make_scene import write_dataset
 

@@ -25,7 +25,7 @@ def parse_bbox(text: str):
         raise UserError(f"--bbox: need 6 comma-separated numbers, got {text!r}") from None
     if len(v) != 6:
         raise UserError(f"--bbox: need 6 comma-separated numbers, got {len(v)}")
-    from app.export import check_bbox
+    from app.tools.export import check_bbox
     try:
         check_bbox((v[:3], v[3:]))
     except ValueError as exc:
@@ -38,8 +38,8 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    from app.export import MAX_RES, export_mesh
-    from app.runs import load_run
+    from app.tools.export import MAX_RES, export_mesh
+    from app.engine.runs import load_run
 
     # Every argument is checked before the (slow) model load and before any output exists.
     if not (2 <= args.res <= MAX_RES):

@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from app.cli import UserError
-from app.runs import load_run
+from app.engine.runs import load_run
 
 
 def configure(p) -> None:

@@ -7,30 +7,7 @@ import os
 import time
 
 from app.cli import UserError
-from app.runs import CKPT, DEFAULT_SCENE, write_json
-
-# Named model settings. 'paper' is NeRF as published; 'cpu' keeps the same
-# architecture family but narrower and with fewer samples so a 2-core CPU gets
-# thousands of steps in minutes (README quotes what each reaches).
-PRESETS = {
-    "paper": dict(width=256, depth=8, n_coarse=64, n_fine=128),
-    "cpu": dict(width=128, depth=4, skips=[], dir_width=64, n_coarse=32, n_fine=32),
-}
-# Centre-crop warm-up steps per preset (app/trainer.TrainConfig.precrop_steps says why):
-# the official NeRF recipe for Blender scenes; the small CPU net does not need it and
-# a 5-minute CPU run cannot spare the steps.
-PRECROP = {"paper": 500, "cpu": 0}
-# Adam learning rate per preset: the paper's 5e-4 for the paper network; the narrow CPU
-# network learns far faster with 3e-3 (embedded scene, 2 minutes on the 2-core CPU,
-# 512 rays, bf16, occupancy grid: 16.91 dB at 5e-4 vs 20.26 dB at 3e-3, 20 test views).
-PRESET_LR = {"paper": 5e-4, "cpu": 3e-3}
-
-
-def precrop_for(model: str, preset: str | None, cuda: bool) -> int:
-    if model != "nerf":
-        return 0
-    return PRECROP[preset or ("paper" if cuda else "cpu")]
-
+from app.engine.runs import CKPT, DEFAULT_SCENE, write_json
 
 def positive(kind):
     def parse(s):
@@ -48,7 +25,12 @@ def configure(p) -> None:
     p.add_argument("--steps", type=positive(int), default=5000, help="optimisation steps")
     p.add_argument("--time-limit", type=positive(float), default=None,
                    help="stop after this many seconds of training even if steps remain")
-    p.add_argument("--model", default="nerf", choices=["nerf", "plenoxels", "hash"])
+    import models
+    from models.nerf import PRESETS
+
+    p.add_argument("--model", default=None, choices=models.available(),
+                   help="field to train (default: the registry's default for the device: the NeRF "
+                        "on a CPU, the hash grid on CUDA)")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="NeRF size preset (default: cpu on CPU, paper on CUDA)")
     p.add_argument("--no-pe", action="store_true", help="plain MLP on raw (x, d): shows spectral bias")
@@ -62,28 +44,29 @@ def configure(p) -> None:
     p.add_argument("--width", type=positive(int), default=None)
     p.add_argument("--batch", type=positive(int), default=None, help="rays per step")
     p.add_argument("--lr", type=positive(float), default=None,
-                   help="Adam learning rate (default: 5e-4 paper preset, 3e-3 cpu preset, 1e-2 grid models)")
+                   help="Adam learning rate (default: the model's; NeRF 5e-4 paper preset, 3e-3 cpu "
+                        "preset; grid models 1e-2)")
     p.add_argument("--precrop-steps", type=int, default=None,
                    help="first steps that sample only the central half of each image "
-                        "(default 500 with the paper preset, else 0)")
+                        "(default: the model's; 500 with the NeRF paper preset, else 0)")
     p.add_argument("--downscale", type=positive(int), default=1, help="integer image downscale (2 = half-res)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 mixed precision for the matmuls (default: on for the NeRF and hash "
-                        "models on CUDA, off on a CPU, where it pays only with native bf16: "
-                        "avx512_bf16 / AMX, about 2x faster steps; slower on other CPUs)")
+                   help="bf16 mixed precision for the matmuls (default: the model's: on CUDA for "
+                        "the models with MLPs; on a CPU only where bf16 is native, avx512_bf16 / "
+                        "AMX; Plenoxels has no matmuls and stays fp32)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the NeRF networks on CUDA (20-25%% more steps/s on lego and less "
                         "memory, after ~20 s of compilation; ignored on CPU and by other models)")
     p.add_argument("--no-cuda-graph", action="store_true",
-                   help="hash model on CUDA: run the eager step instead of replaying each training "
-                        "step as one CUDA graph (about 2.5x more steps/s on an H200)")
+                   help="models with a fixed-shape step (hash) on CUDA: run the eager step instead of "
+                        "replaying each training step as one CUDA graph")
     p.add_argument("--random-bkgd", action="store_true",
                    help="train with a random colour behind transparent pixels (scenes with alpha; "
                         "instant-ngp's default), which discourages floaters; eval keeps white/black")
     p.add_argument("--black-bkgd", action="store_true", help="composite RGBA on black instead of white")
     p.add_argument("--ema", type=float, default=None, metavar="DECAY",
                    help="evaluate and save for use a moving average of the weights with this decay "
-                        "(default: the model's, 0.95 for hash (+0.2-0.3 dB at 15 s on lego), 0 otherwise)")
+                        "(default: the model's, 0.95 for hash, 0 otherwise)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--eval-images", type=int, default=8, help="test views to evaluate at the end (0: none)")
@@ -94,25 +77,16 @@ def configure(p) -> None:
 
 
 def model_options(args, cuda: bool) -> dict:
-    if args.model != "nerf":
-        opts = {}
-    else:
-        preset = args.preset or ("paper" if cuda else "cpu")
-        opts = dict(PRESETS[preset])
-        enc = args.encoding or ("none" if args.no_pe else "pe")
-        if not (0 <= args.L_xyz <= 24 and 0 <= args.L_dir <= 24):
-            raise UserError(f"--L-xyz and --L-dir must be between 0 and 24 (got {args.L_xyz}, {args.L_dir})")
-        opts.update(pos_encoding=enc, L_xyz=args.L_xyz, L_dir=args.L_dir, sigma_scale=args.sigma)
-        if args.n_coarse is not None:
-            if args.n_coarse < 2:
-                raise UserError("--n-coarse must be at least 2")
-            opts["n_coarse"] = args.n_coarse
-        if args.n_fine is not None:
-            if args.n_fine < 0:
-                raise UserError("--n-fine must be >= 0")
-            opts["n_fine"] = args.n_fine
-        if args.width is not None:
-            opts["width"] = args.width
+    """The model's options from the flags; each model reads the knobs it has."""
+    from app.engine.presets import model_options as build
+
+    if not (0 <= args.L_xyz <= 24 and 0 <= args.L_dir <= 24):
+        raise UserError(f"--L-xyz and --L-dir must be between 0 and 24 (got {args.L_xyz}, {args.L_dir})")
+    if args.n_coarse is not None and args.n_coarse < 2:
+        raise UserError("--n-coarse must be at least 2")
+    if args.n_fine is not None and args.n_fine < 0:
+        raise UserError("--n-fine must be >= 0")
+    extra = None
     if args.options:
         try:
             extra = json.loads(args.options)
@@ -120,22 +94,18 @@ def model_options(args, cuda: bool) -> dict:
             raise UserError(f"--options is not valid JSON: {exc.msg}") from None
         if not isinstance(extra, dict):
             raise UserError("--options must be a JSON object")
-        opts.update(extra)
-    return opts
-
-
-def bf16_default(model: str, cuda: bool) -> bool:
-    """--bf16 when not given: on CUDA for the models with MLPs, as the GUI and the bench
-    train them (Plenoxels has none to speed up); off on a CPU, where it pays only with
-    native bf16."""
-    return cuda and model in ("nerf", "hash")
+    knobs = dict(preset=args.preset, pos_encoding=args.encoding or ("none" if args.no_pe else "pe"),
+                 L_xyz=args.L_xyz, L_dir=args.L_dir, sigma_scale=args.sigma, n_coarse=args.n_coarse,
+                 n_fine=args.n_fine, width=args.width)
+    return build(args.model, cuda, knobs, extra)
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
-    from app.checkpoint import load_into, save_checkpoint
-    from app.trainer import TrainConfig, Trainer, pick_device
+    from app.engine.checkpoint import load_into, save_checkpoint
+    from app.engine.presets import policy_for, train_config
+    from app.engine.trainer import Trainer, pick_device
     from loaders import load_scene
 
     # Upper bounds far past any machine this app targets: on a CPU an allocation that
@@ -150,6 +120,10 @@ def run(args) -> int:
         raise UserError(f"--out {args.out}: exists and is not a directory")
     device = pick_device(args.device)
     cuda = device.type == "cuda"
+    if args.model is None:
+        import models
+
+        args.model = models.default_model(cuda)
     if os.path.exists(os.path.join(args.out, CKPT)) and not args.resume:
         raise UserError(f"{args.out}: already holds a run (use --resume to continue, or another --out)")
     if args.resume and not os.path.isfile(os.path.join(args.out, CKPT)):
@@ -159,30 +133,24 @@ def run(args) -> int:
     scene = load_scene(args.data, downscale=args.downscale, white_bkgd=not args.black_bkgd)
     for note in scene.notes:
         print(f"note: {note}")
-    if args.bf16 is None:
-        args.bf16 = bf16_default(args.model, cuda)
     if args.bf16 and not cuda:
-        from app.trainer import cpu_has_native_bf16
+        from app.engine.trainer import cpu_has_native_bf16
         if not cpu_has_native_bf16():
             print("note: this CPU lists neither avx512_bf16 nor amx_bf16: --bf16 is emulated here "
                   "and will likely be slower than fp32")
-    nerf_lr = PRESET_LR[args.preset or ("paper" if cuda else "cpu")]
-    defaults = dict(batch_rays=4096 if cuda else 1024, lr=nerf_lr if args.model == "nerf" else 1e-2)
-    config = TrainConfig(model=args.model, model_options=opts,
-                         batch_rays=args.batch or defaults["batch_rays"], lr=args.lr or defaults["lr"],
-                         lr_final=(args.lr or defaults["lr"]) / 10, lr_decay_steps=max(args.steps, 1),
-                         seed=args.seed, device=str(device), autocast=args.bf16,
-                         compile=args.compile and cuda, random_background=args.random_bkgd,
-                         cuda_graph=cuda and args.model == "hash" and not args.no_cuda_graph,
-                         ema_decay=args.ema,
-                         precrop_steps=(args.precrop_steps if args.precrop_steps is not None
-                                        else precrop_for(args.model, args.preset, cuda)))
     try:
+        config = train_config(args.model, opts, cuda, steps=args.steps, lr=args.lr, batch_rays=args.batch,
+                              autocast=args.bf16, compile=args.compile, cuda_graph=not args.no_cuda_graph,
+                              precrop_steps=args.precrop_steps, seed=args.seed, device=str(device),
+                              random_background=args.random_bkgd, ema_decay=args.ema)
+        note = policy_for(args.model, cuda, opts).cpu_note
+        if note and not cuda:
+            print(f"note: {note}")
         trainer = Trainer(scene, config)
     except ValueError as exc:
         raise UserError(f"invalid model settings: {exc}") from None
-    from app.faults import install_from_env
-    try:  # testing only: NERFLAB_FAULT=oom@3,nan@5 injects faults (see app/faults.py)
+    from app.engine.faults import install_from_env
+    try:  # testing only: NERFLAB_FAULT=oom@3,nan@5 injects faults (see app/engine/faults.py)
         install_from_env(trainer)
     except ValueError as exc:
         raise UserError(str(exc)) from None

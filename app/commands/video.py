@@ -21,8 +21,8 @@ def configure(p) -> None:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from app.runs import load_run
-    from app.video import check_args, render_orbit_video
+    from app.engine.runs import load_run
+    from app.tools.video import check_args, render_orbit_video
 
     try:
         check_args(args.out, args.frames, args.fps, args.size, args.elevation, args.radius)

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from app.checkpoint import atomic_write
+from app.engine.checkpoint import atomic_write
 
 FFMPEG_EXT = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 MAX_SIZE = 4096

@@ -28,10 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from assets import LAB_IMAGE
 from models.encoding import FourierFeatures, Identity, basic_fourier_features, gaussian_fourier_features
 
 MAPPINGS = ("none", "basic", "pe", "gaussian")
-DEFAULT_IMAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "lab_image.png")
+DEFAULT_IMAGE = LAB_IMAGE
 
 
 class ImageError(Exception):

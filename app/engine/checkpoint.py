@@ -49,7 +49,7 @@ def atomic_write(path: str, write_fn) -> None:
 
 
 def _portable_group(g: dict) -> dict:
-    """A param group as JSON that any device can load: the CUDA-graph step (app/graph_step.py)
+    """A param group as JSON that any device can load: the CUDA-graph step (app/engine/graph_step.py)
     keeps lr in a device tensor and marks groups capturable, neither of which a CPU resume takes."""
     out = {k: (float(v) if torch.is_tensor(v) else v) for k, v in g.items()}
     out["capturable"] = False
@@ -58,19 +58,17 @@ def _portable_group(g: dict) -> dict:
 
 def save_checkpoint(path: str, trainer) -> None:
     """Model, optimiser state, config and step of a Trainer."""
-    if hasattr(trainer, "finish_pending"):
-        trainer.finish_pending()  # a graphed step still in flight belongs to the saved state
+    trainer.finish_pending()  # a graphed step still in flight belongs to the saved state
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in trainer.model.state_dict().items()}
     osd = trainer.optimizer.state_dict()
     for idx, st in osd["state"].items():
         for key, val in st.items():
             t = val if torch.is_tensor(val) else torch.tensor(val)
             tensors[f"optim.{idx}.{key}"] = t.detach().contiguous().cpu()
-    for i, e in enumerate(getattr(trainer, "ema", None) or []):
+    for i, e in enumerate(trainer.ema or []):
         tensors[f"ema.{i}"] = e.detach().contiguous().cpu()
     # A resume repeats the uninterrupted run only if the ray and sample RNGs resume too.
-    if getattr(trainer, "rng", None) is not None:
-        tensors["rng.trainer"] = trainer.rng.get_state()
+    tensors["rng.trainer"] = trainer.rng.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
     if trainer.device.type == "cuda":
         tensors["rng.cuda"] = torch.cuda.get_rng_state(trainer.device)
@@ -112,7 +110,7 @@ def _restore_rng(tensors, trainer) -> None:
     """RNG states, when saved (older checkpoints lack them) and from the same device
     type (a CUDA generator's state does not fit a CPU one: that resume is just not exact)."""
     try:
-        if "rng.trainer" in tensors and getattr(trainer, "rng", None) is not None:
+        if "rng.trainer" in tensors:
             trainer.rng.set_state(tensors["rng.trainer"])
         if "rng.torch" in tensors:
             torch.set_rng_state(tensors["rng.torch"])
@@ -144,10 +142,10 @@ def load_into(path: str, trainer, optimizer: bool = True) -> dict:
     mine = trainer.model.config
     # STATE_OPTIONS: config keys a model updates while training (a grid's current
     # resolution) and restores from the weights themselves.
-    free = ("n_coarse", "n_fine") + tuple(getattr(trainer.model, "STATE_OPTIONS", ()))
+    free = ("n_coarse", "n_fine") + tuple(trainer.model.STATE_OPTIONS)
     # An option newer than the checkpoint is read as its default, so adding an
     # option to a model never orphans older checkpoints.
-    defaults = getattr(trainer.model, "DEFAULTS", {})
+    defaults = trainer.model.DEFAULTS
     saved_opts = {**{k: v for k, v in defaults.items() if k not in saved_opts}, **saved_opts}
     diff = sorted(k for k in set(saved_opts) | set(mine)
                   if k not in free and saved_opts.get(k) != mine.get(k))
@@ -183,7 +181,7 @@ def load_into(path: str, trainer, optimizer: bool = True) -> dict:
 
 def trainer_from_checkpoint(path: str, scene, device: str = "auto"):
     """Build a Trainer whose config comes from the checkpoint, then restore it."""
-    from app.trainer import TrainConfig, Trainer
+    from app.engine.trainer import TrainConfig, Trainer
 
     meta, _ = read_checkpoint(path)
     cfg = dict(meta["config"])

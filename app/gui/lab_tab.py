@@ -3,7 +3,7 @@ live PSNR plot, plus the PE and kernel inspectors.
 
 The main GUI calls ``build_lab_tab(parent)`` once, inside its tab, and
 ``.update()`` on the returned object every frame. Training runs in
-app.lab2d.LabSession's background thread; update() only copies finished
+app.lab.lab2d.LabSession's background thread; update() only copies finished
 snapshots into textures and plots, so a frame never waits on a training step.
 All widgets get generated ids (no string tags) so they cannot collide with the
 main GUI's.
@@ -15,9 +15,9 @@ import os
 
 import numpy as np
 
-from app import inspectors as ins
-from app.lab2d import DEFAULT_IMAGE, MAPPINGS, ImageError, LabConfig, LabSession, load_image
-from app.rasterplot import PALETTE, colormap
+from app.lab import inspectors as ins
+from app.lab.lab2d import DEFAULT_IMAGE, MAPPINGS, ImageError, LabConfig, LabSession, load_image
+from app.gui.rasterplot import PALETTE, colormap
 from renderer.kernels import preload_before_gl
 
 # At import, before any GL context: see preload_before_gl (Triton and llvmpipe's LLVM).
@@ -341,7 +341,7 @@ class LabTab:
         """(B, a, description) of the mapping the kernel inspector shows."""
         dpg = self.dpg
         kind = dpg.get_value(self.w_kind)
-        from app.lab2d import loglinear_fourier_features
+        from app.lab.lab2d import loglinear_fourier_features
         from models.encoding import gaussian_fourier_features
 
         if kind.startswith("Gaussian"):

@@ -59,65 +59,60 @@ def level_sizes(height: int, width: int, scale: float = 1.0) -> list[tuple[int, 
     return sizes
 
 
-def default_settings(cuda: bool, registry: list[str] | None = None) -> dict:
-    """GUI defaults: small 'cpu' NeRF preset on CPU; on CUDA 'hash' if registered else 'paper'."""
-    from app.commands.train import PRESETS
+def default_settings(cuda: bool) -> dict:
+    """GUI defaults: the registry's default model for this device, with its policy's
+    precision and the NeRF knobs (PE, L, samples) for the models that read them."""
+    import models
+    from models.nerf import PRESETS
 
-    if cuda and registry and "hash" in registry:
-        model = "hash"
-    else:
-        model = "nerf"
-    from app.trainer import cpu_has_native_bf16
+    from app.engine.trainer import cpu_has_native_bf16
 
-    preset = PRESETS["paper" if cuda else "cpu"]
-    # bf16 NeRF matmuls where they are native: CUDA, or a CPU with avx512_bf16 / AMX (2x steps).
-    return dict(model=model, preset="paper" if cuda else "cpu", pe=True, L_xyz=10, L_dir=4,
+    preset = "paper" if cuda else "cpu"
+    return dict(model=models.default_model(cuda), preset=preset, pe=True, L_xyz=10, L_dir=4,
                 bf16=cuda or cpu_has_native_bf16(),
                 # NeRF occupancy grid over [-1.5, 1.5]^3 (the cube the hash model also assumes):
                 # samples in empty cells are skipped from step 32 on (NeRFModel occupancy_warmup).
                 occupancy=True,
-                n_coarse=preset["n_coarse"], n_fine=preset["n_fine"], res_scale=1.0,
+                n_coarse=PRESETS[preset]["n_coarse"], n_fine=PRESETS[preset]["n_fine"], res_scale=1.0,
                 batch_rays=4096 if cuda else 512, compare=False, compare_b="pe_off", L_xyz_b=4)
 
 
-def model_options(s: dict, variant: str = "A") -> dict:
-    """build_model options for settings ``s``; variant 'B' is the compare partner (PE off or L_xyz_b)."""
-    from app.commands.train import PRESETS
+# Model options that the GUI's PE / L / sample widgets set (models with "pe" in GUI_KNOBS).
+PE_KNOB_OPTIONS = ("pos_encoding", "L_xyz", "L_dir", "n_coarse", "n_fine")
 
-    if s["model"] != "nerf":
-        return {}
-    opts = dict(PRESETS[s.get("preset", "cpu")])
-    opts.update(s.get("arch") or {})  # architecture overrides (tests use a tiny network)
+
+def knobs(s: dict, variant: str = "A", ndc: bool = False) -> dict:
+    """The user's knobs (models.field.KNOBS) from settings ``s``; variant 'B' is the compare
+    partner (PE off, or L_xyz_b). s["arch"] maps a model name to options restored from a
+    snapshot of that model."""
     pe, L = s["pe"], s["L_xyz"]
     if variant == "B":
         if s["compare_b"] == "pe_off":
             pe = False
         else:
             pe, L = True, s["L_xyz_b"]
-    opts.update(pos_encoding="pe" if pe else "none", L_xyz=int(L), L_dir=int(s["L_dir"]),
-                n_coarse=int(s["n_coarse"]), n_fine=int(s["n_fine"]))
-    if s.get("occupancy"):
-        opts.update(occupancy_res=64, occupancy_bound=1.5)
-    return opts
+    return dict(preset=s.get("preset"), arch=(s.get("arch") or {}).get(s["model"]), pos_encoding="pe" if pe else "none",
+                L_xyz=int(L), L_dir=int(s["L_dir"]), n_coarse=int(s["n_coarse"]), n_fine=int(s["n_fine"]),
+                occupancy=bool(s.get("occupancy")), ndc=ndc)
+
+
+def model_options(s: dict, variant: str = "A", cuda: bool = False, ndc: bool = False) -> dict:
+    """build_model options for settings ``s`` (see knobs)."""
+    from app.engine.presets import model_options as build
+
+    return build(s["model"], cuda, knobs(s, variant, ndc))
 
 
 def field_label(s: dict, variant: str = "A") -> str:
-    if s["model"] != "nerf":
-        return s["model"]
-    o = model_options(s, variant)
-    return f"PE L={o['L_xyz']}" if o["pos_encoding"] == "pe" else "no PE (raw xyz)"
+    import models
+
+    return models.model_class(s["model"]).describe(model_options(s, variant))
 
 
 def available_models() -> list[str]:
-    """Model kinds build_model accepts in this build (nerf always; plenoxels / hash if present)."""
     import models
 
-    try:
-        models.build_model("\0probe")  # loads the built-ins; an unknown name raises ValueError
-    except ValueError:
-        pass
-    return [k for k in ("nerf", "plenoxels", "hash") if k in models.REGISTRY] + sorted(
-        k for k in models.REGISTRY if k not in ("nerf", "plenoxels", "hash"))
+    return models.available()
 
 
 def ray_through_pixel(c2w: np.ndarray, u: float, v: float, width: int, height: int,
@@ -216,7 +211,7 @@ class _RenderJob:
 
 
 def _fed_trainer_class():
-    from app.trainer import Trainer
+    from app.engine.trainer import Trainer
 
     class FedTrainer(Trainer):
         """Trainer.step with a batch supplied from outside: two fields see the same rays.
@@ -262,7 +257,7 @@ class Worker:
         self._status_lock = threading.Lock()
         self._status = {"state": "starting", "device": "?", "step": 0, "steps_per_s": 0.0,
                         "error": None, "run_id": 0, "settings": {}, "settings_seq": 0,
-                        "models": ["nerf"], "labels": [], "render": "", "inerf": None}
+                        "models": [], "labels": [], "render": "", "inerf": None}
         self._cam_lock = threading.Lock()
         self._cam_version = 0
         self._stop = threading.Event()
@@ -464,17 +459,18 @@ class Worker:
         self._install_hook()
 
     def _load(self) -> None:
-        from app.trainer import pick_device
-        from renderer.orbit import scene_up
+        from app.engine.trainer import pick_device
+        from app.gui.orbit import scene_up
 
         self._set_status(state="loading")
         self.device = pick_device(self.device_name)
         cuda = self.device.type == "cuda"
         models = available_models()
-        self.settings = {**default_settings(cuda, models), **self._settings_override}
+        self.settings = {**default_settings(cuda), **self._settings_override}
         if self.settings["model"] not in models:
-            self._note("warn", f"model '{self.settings['model']}' is not available in this build; using nerf")
-            self.settings["model"] = "nerf"
+            fallback = default_settings(cuda)["model"]
+            self._note("warn", f"model '{self.settings['model']}' is not registered; using {fallback}")
+            self.settings["model"] = fallback
         self._set_status(device=str(self.device) + (f" ({torch_device_name(self.device)})" if cuda else ""),
                          models=models)
         if self._scene_in is not None:
@@ -502,26 +498,14 @@ class Worker:
 
     # -- model (re)building ----------------------------------------------------------------
     def _config(self, variant: str):
-        from app.commands.train import PRECROP, PRESET_LR
-        from app.trainer import TrainConfig
+        from app.engine.presets import train_config
 
         s = self.settings
-        lr = float(s.get("lr") or (PRESET_LR[s.get("preset", "cpu")] if s["model"] == "nerf" else 1e-2))
-        precrop = PRECROP[s.get("preset", "cpu")] if s["model"] == "nerf" else 0
-        opts = model_options(s, variant)
-        if self.scene.ndc:  # forward-facing scenes: NDC coordinates, not the object cube
-            opts.pop("occupancy_res", None)
-            opts.pop("occupancy_bound", None)
-        return TrainConfig(model=s["model"], model_options=opts,
-                           batch_rays=int(s["batch_rays"]), lr=lr, lr_final=lr / 10,
-                           lr_decay_steps=100_000, seed=self.seed, device=str(self.device),
-                           precrop_steps=precrop,
-                           # bf16 speeds up the NeRF MLP everywhere it is native, and the hash
-                           # model's graphed CUDA step (339 vs 302 steps/s on an H200,
-                           # docs/bench_gpu.md); Plenoxels has no MLP and stays fp32.
-                           autocast=bool(s.get("bf16", False)) and (
-                               s["model"] == "nerf" or (s["model"] == "hash" and self.device.type == "cuda")),
-                           cuda_graph=s["model"] == "hash")
+        cuda = self.device.type == "cuda"
+        opts = model_options(s, variant, cuda, ndc=self.scene.ndc)
+        return train_config(s["model"], opts, cuda, interactive=True, lr=s.get("lr"),
+                            batch_rays=s.get("batch_rays"), autocast=bool(s.get("bf16", False)),
+                            seed=self.seed, device=str(self.device))
 
     def _build(self, reason: str) -> None:
         """Fresh trainer(s) from self.settings; on failure the old ones stay."""
@@ -537,15 +521,13 @@ class Worker:
         self._set_status(run_id=self._run_id, step=0, steps_per_s=0.0, labels=labels,
                          settings=dict(self.settings), settings_seq=self._status["settings_seq"] + 1,
                          model_desc=f"{self.settings['model']} {n_params / 1e6:.2f} M params",
+                         gui_knobs=list(type(new[0].model).GUI_KNOBS),
                          model_config=dict(new[0].model.config))
         if reason != "start":
             self._note("info", reason)
-        if self.settings["model"] == "hash" and self.device.type != "cuda":
-            # Measured on this project's 2-core CPU with the GUI's one torch thread: the first
-            # steps (which refresh every occupancy cell) take over a minute each.
-            self._note("warn", "the hash model is built for CUDA (Triton kernels, CUDA graphs); on a CPU "
-                               "its torch reference path takes seconds to minutes per step. "
-                               "Plenoxels is the grid model for CPUs.")
+        note = new[0].policy.cpu_note
+        if note and self.device.type != "cuda":
+            self._note("warn", note)
         self._restart_render()
 
     def _apply_settings(self, changes: dict) -> None:
@@ -574,16 +556,10 @@ class Worker:
             self._set_status(settings=dict(old), settings_seq=self._status["settings_seq"] + 1)
             raise
         if any(k in changes for k in SAMPLE_KEYS):
-            applied = []
             for t in self.trainers:
-                if hasattr(t.model, "set_samples"):
-                    t.model.set_samples(n_coarse=s["n_coarse"], n_fine=s["n_fine"])
-                    applied.append(t)
-            if applied:
-                self._note("info", f"samples per ray: coarse {s['n_coarse']}, fine {s['n_fine']} "
-                                   f"(applied at once, no rebuild)")
-            else:
-                self._note("warn", f"model '{s['model']}' has no sample counts to change")
+                t.model.set_samples(n_coarse=s["n_coarse"], n_fine=s["n_fine"])
+            self._note("info", f"samples per ray: coarse {s['n_coarse']}, fine {s['n_fine']} "
+                               f"(applied at once, no rebuild)")
         if "batch_rays" in changes:
             for t in self.trainers:
                 t.batch_rays = int(s["batch_rays"])
@@ -644,14 +620,14 @@ class Worker:
         elif name == "refresh":
             self._restart_render()
         elif name == "save":
-            from app.checkpoint import save_checkpoint
+            from app.engine.checkpoint import save_checkpoint
 
             save_checkpoint(kw["path"], self.trainers[0])
             self._note("info", f"snapshot saved: {kw['path']} (step {self.trainers[0].step_count})")
         elif name == "load":
             self._load_snapshot(kw["path"])
         elif name == "export_mesh":
-            from app.export import export_mesh
+            from app.tools.export import export_mesh
 
             t0 = time.perf_counter()
             with self.trainers[0].averaged():
@@ -662,7 +638,7 @@ class Worker:
             self._note("info", f"mesh exported to {kw['path']} in {time.perf_counter() - t0:.1f} s"
                                + (f" ({summary})" if summary else ""))
         elif name == "video":
-            from app.video import render_orbit_video
+            from app.tools.video import render_orbit_video
 
             t0 = time.perf_counter()
             out = render_orbit_video(self.trainers[0], kw["path"], frames=int(kw.get("frames", 60)),
@@ -692,9 +668,9 @@ class Worker:
         to the snapshot's settings; compare mode ends (B would not match A)."""
         import json
 
-        from app.checkpoint import CheckpointError, load_into, read_checkpoint
-        from app.runs import CKPT
-        from app.trainer import TrainConfig
+        from app.engine.checkpoint import CheckpointError, load_into, read_checkpoint
+        from app.engine.runs import CKPT
+        from app.engine.trainer import TrainConfig
 
         ckpt, history = path, None
         if os.path.isdir(path):
@@ -703,13 +679,16 @@ class Worker:
         cfg = meta["config"]
         opts = cfg.get("model_options", {})
         s = dict(self.settings, model=cfg["model"], compare=False)
-        if cfg["model"] == "nerf":
+        import models
+
+        # Knobs the GUI shows for this model come back to the widgets; the rest of the options
+        # become "arch", so Reset / rebuilds keep the snapshot's network.
+        taken = PE_KNOB_OPTIONS if "pe" in models.model_class(cfg["model"]).GUI_KNOBS else ()
+        s["arch"] = {**(s.get("arch") or {}), cfg["model"]: {k: v for k, v in opts.items() if k not in taken}}
+        if taken:
             s.update(pe=opts.get("pos_encoding", "pe") != "none", L_xyz=opts.get("L_xyz", 10),
                      L_dir=opts.get("L_dir", 4), n_coarse=opts.get("n_coarse", s["n_coarse"]),
-                     n_fine=opts.get("n_fine", s["n_fine"]),
-                     # The rest of the architecture, so Reset / rebuilds keep the snapshot's network.
-                     arch={k: v for k, v in opts.items()
-                           if k not in ("pos_encoding", "L_xyz", "L_dir", "n_coarse", "n_fine")})
+                     n_fine=opts.get("n_fine", s["n_fine"]))
         # The snapshot's own config (learning-rate schedule included: resuming a converged
         # field at a fresh, 10x larger learning rate would undo it), on this device, at the
         # GUI's batch size (a GPU run's batch would make each CPU step take seconds).
@@ -997,16 +976,15 @@ class Worker:
     def _inerf_start(self, view: int, steps) -> None:
         import importlib
 
-        inerf = importlib.import_module("app.inerf")  # (the sys.modules entry: tests substitute it)
+        inerf = importlib.import_module("app.tools.inerf")  # (the sys.modules entry: tests substitute it)
 
         sp = self.scene.split("test") if "test" in self.scene.splits else self.scene.split("train")
         view = view % len(sp)
         truth = sp.c2w[view].astype(np.float64)
-        # Prefer the iNeRF module's own pose helpers (same maths as its CLI) when it has them.
-        perturb = getattr(inerf, "perturb_pose", perturb_pose)
-        init = perturb(truth, 10.0, 0.2 * self.scene.scene_radius / 4.0, seed=view)
+        init = inerf.perturb_pose(truth, 10.0, 0.2 * self.scene.scene_radius / 4.0, seed=view)
         inv = inerf.InvertPose(self.trainers[0], sp.images[view], init.astype(np.float32))
-        self._inerf = {"inv": inv, "rot_err": getattr(inerf, "rotation_error_deg", rotation_error_deg), "truth": truth, "target": sp.images[view], "i": 0,
+        self._inerf = {"inv": inv, "rot_err": inerf.rotation_error_deg, "truth": truth,
+                       "target": sp.images[view], "i": 0,
                        "steps": int(steps), "was_training": self.training, "c2w": init, "view": view}
         self.training = False
         self._note("info", f"iNeRF: recovering the pose of test view {view} from a start perturbed by 10 deg "
@@ -1078,27 +1056,6 @@ def torch_device_name(device) -> str:
         return torch.cuda.get_device_name(device)
     except Exception:  # noqa: BLE001
         return "cuda"
-
-
-def rotation_error_deg(a: np.ndarray, b: np.ndarray) -> float:
-    """Angle (degrees) of the rotation taking a's orientation (4, 4) to b's."""
-    r = np.asarray(a, np.float64)[:3, :3].T @ np.asarray(b, np.float64)[:3, :3]
-    return float(np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1.0, 1.0))))
-
-
-def perturb_pose(c2w: np.ndarray, rot_deg: float, trans: float, seed: int = 0) -> np.ndarray:
-    """c2w (4, 4) rotated by rot_deg about a random axis (through the camera) and shifted by trans."""
-    rng = np.random.default_rng(seed)
-    axis = rng.normal(size=3)
-    axis /= np.linalg.norm(axis)
-    a = math.radians(rot_deg)
-    K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    R = np.eye(3) + math.sin(a) * K + (1 - math.cos(a)) * K @ K
-    out = np.array(c2w, dtype=np.float64)
-    out[:3, :3] = R @ out[:3, :3]
-    shift = rng.normal(size=3)
-    out[:3, 3] += trans * shift / np.linalg.norm(shift)
-    return out
 
 
 def measure_camera_latency(worker: Worker, cameras, fov: float, timeout: float = 60.0) -> list[float]:

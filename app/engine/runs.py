@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 
-from app.checkpoint import CheckpointError, atomic_write
+from app.engine.checkpoint import CheckpointError, atomic_write
+from assets import SCENE_DIR
 
-DEFAULT_SCENE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "scene")
+DEFAULT_SCENE = SCENE_DIR
 CKPT = "checkpoint.safetensors"
 
 
@@ -48,7 +49,7 @@ def read_run(run_dir: str) -> dict:
 def load_run(run_dir: str, device: str = "auto", data: str | None = None):
     """(trainer, scene, info) restored from a run directory, with the averaged weights
     (TrainConfig.ema_decay) in place of the raw ones."""
-    from app.checkpoint import trainer_from_checkpoint
+    from app.engine.checkpoint import trainer_from_checkpoint
     from loaders import load_scene
 
     info = read_run(run_dir)

@@ -23,21 +23,20 @@ from __future__ import annotations
 
 import torch
 
-from app.trainer import loss_and_mse
+from app.engine.trainer import loss_and_mse
 
 STATS = ("loss", "mse", "found_inf", "rays", "marched", "kept", "n_active")
 
 
 def supports_graph(trainer) -> bool:
     """True when the trainer's model and scene allow the static step."""
-    m = trainer.model
     near, far = trainer.scene.near, trainer.scene.far
-    return (hasattr(m, "render_rays_static") and isinstance(near, (int, float))
-            and isinstance(far, (int, float)))
+    return trainer.policy.cuda_graph and isinstance(near, (int, float)) and isinstance(far, (int, float))
 
 
 class StaticStep:
-    """Fixed-shape training step for a trainer whose model has ``render_rays_static``.
+    """Fixed-shape training step for a trainer whose model's policy allows it (its
+    ``render_rays_static``).
 
     Construction switches the trainer's optimiser to tensor learning rates and a
     ``found_inf`` flag (both read by the fused Adam kernel on every step); ``release``

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from app.checkpoint import atomic_write
+from app.engine.checkpoint import atomic_write
 
 DEFAULT_BBOX = ((-1.5, -1.5, -1.5), (1.5, 1.5, 1.5))
 # sigma = 10 per scene unit: a 0.1-unit thick shell already has opacity

@@ -5,7 +5,6 @@ recovery rules (NaN, out of memory) hold everywhere.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,7 +14,10 @@ import torch
 
 from loaders.scene import Scene
 from models import build_model
-from renderer.rays import intrinsics, ndc_rays
+from models.field import StepContext, StepRequests, TrainPolicy
+from app.engine.averaging import WeightAverage
+from app.engine.batches import RaySampler, swap_background
+from renderer.rays import intrinsics
 from renderer.render import render_image
 
 
@@ -49,7 +51,7 @@ class TrainConfig:
     # explain empty space with background-coloured density ("floaters"); with a random one
     # only transparency explains it. Evaluation still uses the scene's background.
     random_background: bool = False
-    # Replay the whole training step as one CUDA graph (app/graph_step.py) for models that
+    # Replay the whole training step as one CUDA graph (app/engine/graph_step.py) for models that
     # offer a static-shape step (the hash model). CUDA only; ignored elsewhere. The step
     # then uses a fixed 2^18-slot sample buffer and steers its own ray count.
     cuda_graph: bool = False
@@ -144,16 +146,11 @@ class Trainer:
         self.rng = torch.Generator(device=self.device).manual_seed(self.config.seed)
         tr = scene.split("train")
         self.height, self.width, self.focal = tr.height, tr.width, tr.focal
-        self.K = intrinsics(self.width, self.height, self.focal)
-        self.images = torch.from_numpy(tr.images).to(self.device)  # (N, H, W, 3)
-        # (N, H, W) coverage, kept only when training swaps the background.
-        self.alpha = (torch.from_numpy(tr.alpha).to(self.device)
-                      if self.config.random_background and tr.alpha is not None else None)
-        self.c2w = torch.from_numpy(tr.c2w).to(self.device)  # (N, 4, 4)
+        self.rays = RaySampler.from_split(tr, self.device, scene.ndc, keep_alpha=self.config.random_background)
         self.model = model if model is not None else build_model(self.config.model,
                                                                   **self.config.model_options)
         self.model.to(self.device)
-        if self.config.compile and self.device.type == "cuda" and hasattr(self.model, "compile_fields"):
+        if self.config.compile and self.device.type == "cuda":
             self.model.compile_fields()
         self.optimizer = self._make_optimizer()
         self.step_count = 0
@@ -163,24 +160,18 @@ class Trainer:
         self.last_metrics: dict = {}
         self._consecutive_bad = 0
         self._good_state = None  # (step, model state, optimizer state) to roll back to
-        self._static = None  # app.graph_step.StaticStep while the graphed step is in use
+        self._static = None  # app.engine.graph_step.StaticStep while the graphed step is in use
         self._static_failed = False
         self.static_on_cpu = False  # tests: run the static step eagerly on a CPU
         # Keep one graphed step in flight between step() calls (see _static_step); off by
         # default so that step() returns with the step it took finished and counted.
         self.pipeline = False
         self._inflight: dict | None = None  # StaticStep.launch token of the step in flight
-        self.ema: list[torch.Tensor] | None = None  # averaged copies of _ema_params(), when on
-        self._in_averaged = False
-        self._raw_buf: list[torch.Tensor] | None = None
+        self.average = WeightAverage(self._ema_params)
 
     # -- construction -----------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        if hasattr(self.model, "param_groups"):
-            groups = self.model.param_groups(self.config.lr)
-        else:
-            groups = [{"params": [p for p in self.model.parameters() if p.requires_grad],
-                       "lr": self.config.lr}]
+        groups = self.model.param_groups(self.config.lr)
         for g in groups:
             g.setdefault("initial_lr", g["lr"])
         fused = self.device.type == "cuda"
@@ -194,68 +185,45 @@ class Trainer:
         """Called by models whose parameter tensors change shape (grid upsampling)."""
         self._drop_static()
         self.optimizer = self._make_optimizer()
-        self.ema = None  # the average restarts from the new tensors
+        self.average.values = None  # the average restarts from the new tensors
 
     # -- weight averaging -------------------------------------------------------------
     @property
+    def policy(self) -> TrainPolicy:
+        """The model's training policy for its options on this device."""
+        return type(self.model).policy(self.device.type == "cuda", self.model.config)
+
+    @property
     def ema_decay(self) -> float:
         d = self.config.ema_decay
-        return float(getattr(self.model, "EMA_DECAY", 0.0)) if d is None else float(d)
+        return float(self.policy.ema_decay) if d is None else float(d)
 
     def _ema_params(self) -> list[torch.Tensor]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
-    def _fits_params(self, tensors: list[torch.Tensor] | None) -> bool:
-        """True when ``tensors`` match the parameters one for one in shape (a grid that was
-        upsampled, or a model rebuilt, leaves an average or buffer that no longer does)."""
-        params = self._ema_params()
-        return tensors is not None and len(tensors) == len(params) and all(
-            t.shape == p.shape for t, p in zip(tensors, params))
+    @property
+    def ema(self) -> list[torch.Tensor] | None:
+        """The averaged copies of the parameters, when on (checkpoints save them)."""
+        return self.average.values
 
-    @torch.no_grad()
+    @ema.setter
+    def ema(self, values) -> None:
+        self.average.values = values
+
+    def _fits_params(self, tensors) -> bool:
+        return self.average.fits(tensors)
+
     def _ema_update(self) -> None:
-        """ema <- decay * ema + (1 - decay) * weights, after each applied step."""
-        d = self.ema_decay
-        if d <= 0.0:
-            return
-        params = self._ema_params()
-        if not self._fits_params(self.ema):
-            self.ema = [p.detach().clone() for p in params]
-        else:
-            torch._foreach_lerp_(self.ema, [p.detach() for p in params], 1.0 - d)
+        self.average.update(self.ema_decay)
 
-    @torch.no_grad()
     def apply_average(self) -> None:
         """Replace the weights by their average for good: for a run loaded to be used
         (render, evaluate, export, iNeRF), not trained on."""
-        if self._fits_params(self.ema):
-            torch._foreach_copy_(self._ema_params(), self.ema)
-        self.ema = None
+        self.average.apply()
 
-    @contextlib.contextmanager
     def averaged(self):
-        """Within the block the model holds the averaged weights (when the decay is > 0).
-
-        Copies in place, because a captured CUDA graph holds the parameters' addresses;
-        the raw weights are restored on exit, whatever happens inside."""
-        params = self._ema_params()
-        if self._in_averaged or not self._fits_params(self.ema):
-            yield
-            return
-        self._in_averaged = True
-        with torch.no_grad():
-            # One kept buffer: the GUI enters this for every render chunk.
-            if not self._fits_params(self._raw_buf):
-                self._raw_buf = [torch.empty_like(p) for p in params]
-            raw = self._raw_buf
-            torch._foreach_copy_(raw, [p.detach() for p in params])
-            torch._foreach_copy_(params, self.ema)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                torch._foreach_copy_(params, raw)
-            self._in_averaged = False
+        """Within the block the model holds the averaged weights (when the decay is > 0)."""
+        return self.average.swapped_in()
 
     def _drop_static(self, finish: bool = True) -> None:
         """Forget the graphed step (it holds the optimiser's state tensors); the next step
@@ -274,7 +242,7 @@ class Trainer:
             return False
         if self.device.type != "cuda" and not self.static_on_cpu:
             return False
-        from app.graph_step import supports_graph
+        from app.engine.graph_step import supports_graph
         return self.step_count >= self.config.precrop_steps and supports_graph(self)
 
     @property
@@ -288,44 +256,17 @@ class Trainer:
 
     # -- data ---------------------------------------------------------------------------
     def sample_batch(self, n: int, generator: torch.Generator | None | str = "trainer"):
-        """Random rays across all training images: rays_o, rays_d (n, 3), target (n, 3) rgb on
-        the scene's background, or (n, 4) rgb + alpha with random_background on a scene with
-        alpha (``step`` then picks the colours). During the first precrop_steps steps, pixels
-        come from the central crop only. ``generator``: the trainer's own by default; None
+        """n random training rays: rays_o, rays_d (n, 3), target (n, 3) rgb on the scene's
+        background, or (n, 4) rgb + alpha with random_background on a scene with alpha
+        (``step`` then picks the colours). ``generator``: the trainer's own by default; None
         for torch's default one (the only one a CUDA graph replays)."""
-        n_img, h, w = self.images.shape[:3]
         g = self.rng if generator == "trainer" else generator
-        img = torch.randint(0, n_img, (n,), device=self.device, generator=g)
-        y0, y1, x0, x1 = 0, h, 0, w
-        if self.step_count < self.config.precrop_steps:
-            ch, cw = max(1, round(h * self.config.precrop_frac)), max(1, round(w * self.config.precrop_frac))
-            y0, x0 = (h - ch) // 2, (w - cw) // 2
-            y1, x1 = y0 + ch, x0 + cw
-        py = torch.randint(y0, y1, (n,), device=self.device, generator=g)
-        px = torch.randint(x0, x1, (n,), device=self.device, generator=g)
-        K = self.K
-        dirs = torch.stack([(px.float() + 0.5 - K[0, 2]) / K[0, 0],
-                            -(py.float() + 0.5 - K[1, 2]) / K[1, 1],
-                            -torch.ones(n, device=self.device)], -1)
-        c2w = self.c2w[img]
-        rays_d = (c2w[:, :3, :3] @ dirs[..., None]).squeeze(-1)
-        rays_o = c2w[:, :3, 3]
-        if self.scene.ndc:
-            rays_o, rays_d = ndc_rays(h, w, self.focal, 1.0, rays_o, rays_d)
-        target = self.images[img, py, px]
-        if self.alpha is not None:
-            target = torch.cat([target, self.alpha[img, py, px, None].float()], -1)
-        return rays_o, rays_d, target
+        crop = self.config.precrop_frac if self.step_count < self.config.precrop_steps else 1.0
+        b = self.rays.sample(n, g, crop)
+        return b.rays_o, b.rays_d, b.target
 
     def _swap_background(self, target: torch.Tensor, generator: torch.Generator | None | str = "trainer"):
-        """target (n, 3 or 4) -> (rgb target (n, 3), background to render with: the scene's,
-        or (n, 3) random colours that the target is re-composited on)."""
-        if target.shape[-1] != 4:
-            return target, self.background
-        bg = torch.rand(target.shape[0], 3, device=target.device,
-                        generator=self.rng if generator == "trainer" else generator)
-        # Exact: the stored rgb is rgb*a + (1 - a)*old, so adding (1 - a)*(bg - old) swaps it.
-        return target[:, :3] + (1.0 - target[:, 3:]) * (bg - self.background), bg
+        return swap_background(target, self.background, self.rng if generator == "trainer" else generator)
 
     # -- training -----------------------------------------------------------------------
     def step(self) -> dict:
@@ -383,19 +324,42 @@ class Trainer:
         self._ema_update()
         if self.step_count % self.SNAPSHOT_EVERY == 0 or self._good_state is None:
             self._snapshot()
-        if hasattr(self.model, "step_hook"):
-            # Grid refreshes run the field too: same precision as the step (on a CPU with native
-            # bf16 a 64^3 refresh in fp32 would cost as much as a dozen bf16 steps).
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.autocast):
-                self.model.step_hook(self.step_count, self)
+        self._run_hook(self.step_count)
         mse = mse_t.item()
         self.last_metrics = {"step": self.step_count, "loss": loss.item(), "mse": mse,
                              "psnr": psnr_from_mse(mse), "lr": lr, "batch_rays": self.batch_rays,
                              "time": time.perf_counter() - t0}
         return self.last_metrics
 
+    def hook_context(self) -> StepContext:
+        """What the model's step hook may read. Its training rays come from the base
+        sampler: a subclass may feed fixed batches (the GUI's compare mode), and a pruner
+        shown only those few rays would prune what the others see."""
+        owned = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        return StepContext(near=self.scene.near, far=self.scene.far, batch_rays=self.batch_rays,
+                           autocast=self.config.autocast,
+                           training_rays=lambda n: Trainer.sample_batch(self, n)[:2],
+                           owns=lambda p: id(p) in owned)
+
+    def _run_hook(self, step: int) -> None:
+        """Call the model's step hook and carry out what it asks."""
+        # Grid refreshes run the field too: same precision as the step (on a CPU with native
+        # bf16 a 64^3 refresh in fp32 would cost as much as a dozen bf16 steps).
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.autocast):
+            req = self.model.step_hook(step, self.hook_context())
+        self.apply_requests(req)
+
+    def apply_requests(self, req: StepRequests | None) -> None:
+        if req is None:
+            return
+        if req.batch_rays is not None:
+            self.batch_rays = int(req.batch_rays)
+        if req.rebuild_optimizer:
+            self.rebuild_optimizer()
+        self.events.extend(req.events)
+
     def _static_step(self, t0: float, lr: float) -> dict | None:
-        """One step through app.graph_step.StaticStep. Returns None when the graphed step
+        """One step through app.engine.graph_step.StaticStep. Returns None when the graphed step
         cannot run here (then it is off for the rest of the run and the caller falls back to
         the eager step); recovery rules are the eager step's.
 
@@ -403,7 +367,7 @@ class Trainer:
         the next step, then waits for and reports the one before it, so the host's share of
         a step (about 0.4 ms on an H200, a tenth of the step) and the graph launch overlap
         the GPU's work instead of leaving it idle. ``finish_pending`` reports the last one."""
-        from app.graph_step import StaticStep
+        from app.engine.graph_step import StaticStep
         if self._static is not None and self._static.signature != self._static.current_signature():
             self._drop_static()  # counts the step in flight, captured with the old options
             if self._static_failed:  # that step's sync failed: the caller takes the eager step
@@ -427,9 +391,7 @@ class Trainer:
             # is harmless.
             upcoming += tok["steps"]
             self._ema_update()
-            if hasattr(self.model, "step_hook"):
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.autocast):
-                    self.model.step_hook(upcoming, self)
+            self._run_hook(upcoming)
         if self.pipeline:
             done = self._inflight if self._inflight is not None else new.pop(0)
             self._inflight = new[-1]
@@ -467,7 +429,7 @@ class Trainer:
         self.step_count += n
         if self.step_count // self.SNAPSHOT_EVERY != before // self.SNAPSHOT_EVERY or self._good_state is None:
             self._snapshot()
-        self.model._last_batch = (int(st["rays"]), int(st["kept"]))  # what the bench reports
+        self.model.note_batch(int(st["rays"]), int(st["kept"]))  # what the bench reports
         # The graph steers its own ray count; batch_rays reports it (the hook's choice only
         # matters to an eager step).
         self.batch_rays = int(st["n_active"])
@@ -565,7 +527,7 @@ class Trainer:
         return {"split": split, "images": rows, "mean": mean, "step": self.step_count}
 
     def _evaluate_rows(self, sp, it, ssim: bool) -> list[dict]:
-        from app.metrics import psnr, ssim as ssim_fn
+        from app.engine.metrics import psnr, ssim as ssim_fn
 
         rows = []
         for i in it:

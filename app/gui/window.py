@@ -1,8 +1,8 @@
 """NeRF Lab desktop app (dearpygui).
 
 Threads: this (GUI) thread builds and draws the UI and never runs torch; the
-training worker (app.worker.Worker) trains and renders; the display thread
-(renderer.gl_display.DisplayThread) upsamples renders into the one RGBA texture
+training worker (app.gui.worker.Worker) trains and renders; the display thread
+(app.gui.gl_display.DisplayThread) upsamples renders into the one RGBA texture
 buffer with moderngl (numpy fallback). The GUI loop polls both each frame.
 """
 from __future__ import annotations
@@ -19,9 +19,9 @@ import time
 
 import numpy as np
 
-from app.worker import Worker
-from renderer.gl_display import DisplayThread, layout_rects
-from renderer.orbit import OrbitCamera
+from app.gui.worker import Worker
+from app.gui.gl_display import DisplayThread, layout_rects
+from app.gui.orbit import OrbitCamera
 
 TEX = 720  # the render texture is TEX x TEX; renders are letterboxed into it
 PANEL_W = 500  # side panel width (pixels)
@@ -179,9 +179,9 @@ class App:
         self.last_mouse = None
         self.active_until = 0.0  # full frame rate until then (input, new renders); slower when idle
         self.hooks = {
-            "export": _available("app.export", "export_mesh"),
-            "video": _available("app.video", "render_orbit_video"),
-            "inerf": _available("app.inerf", "InvertPose"),
+            "export": _available("app.tools.export", "export_mesh"),
+            "video": _available("app.tools.video", "render_orbit_video"),
+            "inerf": _available("app.tools.inerf", "InvertPose"),
         }
         dpg.create_context()
         dpg.configure_app(manual_callback_management=True)
@@ -329,7 +329,7 @@ class App:
                     dpg.bind_item_theme(f"{tag}_b", self.series_theme["b"])
         # Model
         with self._header("Model"):
-            dpg.add_combo(["nerf"], label="model", default_value="nerf", width=160, tag="model",
+            dpg.add_combo([], label="model", default_value="", width=160, tag="model",
                           callback=lambda s, a: self._settings(model=a))
             with dpg.tooltip("model"):
                 dpg.add_text("Field kinds this build can construct (models.build_model)", tag="model_tip")
@@ -430,7 +430,7 @@ class App:
     def _build_lab_tab(self) -> None:
         dpg = self.dpg
         try:
-            lab = importlib.import_module("app.gui_lab")
+            lab = importlib.import_module("app.gui.lab_tab")
         except ImportError:
             return  # the 2D lab is another feature; no tab in builds without it
         except Exception as exc:  # noqa: BLE001
@@ -805,7 +805,7 @@ class App:
         """Reflect the worker's effective settings (after a rebuild, a load, a refused change)."""
         dpg = self.dpg
         s = st["settings"]
-        models = st.get("models") or ["nerf"]
+        models = st.get("models") or []
         dpg.configure_item("model", items=models)
         dpg.set_value("model_tip", "Field kinds this build can construct: " + ", ".join(models))
         for key in ("model", "pe", "L_xyz", "L_dir", "n_coarse", "n_fine", "res_scale", "compare", "L_xyz_b"):
@@ -813,9 +813,13 @@ class App:
                 dpg.set_value(key, s[key])
         dpg.set_value("compare_b", "B = PE off (plain MLP)" if s.get("compare_b") == "pe_off"
                       else "B = PE with lower L")
-        nerf = s.get("model") == "nerf"
-        for key in ("pe", "L_xyz", "L_dir", "n_coarse", "n_fine", "compare", "compare_b", "L_xyz_b"):
-            dpg.configure_item(key, enabled=nerf)
+        # Widgets enabled by the model's GUI_KNOBS (models/field.py): PE and L (and the A/B
+        # compare, which is PE on vs off) for fields with an encoding, sample counts for most.
+        knobs = st.get("gui_knobs") or ()
+        for key in ("pe", "L_xyz", "L_dir", "compare", "compare_b", "L_xyz_b"):
+            dpg.configure_item(key, enabled="pe" in knobs)
+        for key in ("n_coarse", "n_fine"):
+            dpg.configure_item(key, enabled="samples" in knobs)
 
     def _relayout(self):
         dpg = self.dpg

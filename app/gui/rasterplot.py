@@ -190,6 +190,6 @@ def save_png(path: str, rgb: np.ndarray) -> None:
     """Write (H, W, 3) uint8 atomically (a crash never leaves a half-written PNG)."""
     from PIL import Image
 
-    from app.checkpoint import atomic_write
+    from app.engine.checkpoint import atomic_write
 
     atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))

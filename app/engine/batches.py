@@ -1,0 +1,75 @@
+"""Training batches: random pixels of the training images and their camera rays.
+
+The data-flow stage between cameras and samples: it owns the training images on the
+device and turns (image, pixel) draws into rays and targets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from renderer.rays import intrinsics, ndc_rays
+
+
+@dataclass
+class RayBatch:
+    rays_o: torch.Tensor  # (n, 3)
+    rays_d: torch.Tensor  # (n, 3), unnormalised: t is depth along the optical axis
+    target: torch.Tensor  # (n, 3) rgb, or (n, 4) rgb + alpha when alpha is kept
+    image: torch.Tensor  # (n,) index of the training image each ray comes from
+
+
+class RaySampler:
+    """Uniform random rays over all pixels of all training images."""
+
+    def __init__(self, images: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, focal: float,
+                 alpha: torch.Tensor | None = None, ndc: bool = False):
+        self.images, self.c2w, self.K, self.focal = images, c2w, K, focal
+        self.alpha, self.ndc = alpha, ndc
+
+    @classmethod
+    def from_split(cls, split, device: torch.device, ndc: bool, keep_alpha: bool) -> "RaySampler":
+        """From a loaders.scene split; alpha is kept only when training swaps the background."""
+        K = intrinsics(split.width, split.height, split.focal).to(device)
+        alpha = (torch.from_numpy(split.alpha).to(device)
+                 if keep_alpha and split.alpha is not None else None)
+        return cls(torch.from_numpy(split.images).to(device), torch.from_numpy(split.c2w).to(device),
+                   K, split.focal, alpha, ndc)
+
+    def sample(self, n: int, generator: torch.Generator | None, crop: float = 1.0) -> RayBatch:
+        """n rays; ``crop`` < 1 draws pixels from the central crop of that fraction only
+        (the precrop warm-up)."""
+        n_img, h, w = self.images.shape[:3]
+        dev = self.images.device
+        img = torch.randint(0, n_img, (n,), device=dev, generator=generator)
+        y0, y1, x0, x1 = 0, h, 0, w
+        if crop < 1.0:
+            ch, cw = max(1, round(h * crop)), max(1, round(w * crop))
+            y0, x0 = (h - ch) // 2, (w - cw) // 2
+            y1, x1 = y0 + ch, x0 + cw
+        py = torch.randint(y0, y1, (n,), device=dev, generator=generator)
+        px = torch.randint(x0, x1, (n,), device=dev, generator=generator)
+        K = self.K
+        dirs = torch.stack([(px.float() + 0.5 - K[0, 2]) / K[0, 0],
+                            -(py.float() + 0.5 - K[1, 2]) / K[1, 1],
+                            -torch.ones(n, device=dev)], -1)
+        c2w = self.c2w[img]
+        rays_d = (c2w[:, :3, :3] @ dirs[..., None]).squeeze(-1)
+        rays_o = c2w[:, :3, 3]
+        if self.ndc:
+            rays_o, rays_d = ndc_rays(h, w, self.focal, 1.0, rays_o, rays_d)
+        target = self.images[img, py, px]
+        if self.alpha is not None:
+            target = torch.cat([target, self.alpha[img, py, px, None].float()], -1)
+        return RayBatch(rays_o, rays_d, target, img)
+
+
+def swap_background(target: torch.Tensor, background, generator: torch.Generator | None):
+    """target (n, 3 or 4) -> (rgb target (n, 3), background to render with: ``background``,
+    or (n, 3) random colours that the target is re-composited on when it carries alpha)."""
+    if target.shape[-1] != 4:
+        return target, background
+    bg = torch.rand(target.shape[0], 3, device=target.device, generator=generator)
+    # Exact: the stored rgb is rgb*a + (1 - a)*old, so adding (1 - a)*(bg - old) swaps it.
+    return target[:, :3] + (1.0 - target[:, 3:]) * (bg - background), bg

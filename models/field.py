@@ -1,0 +1,194 @@
+"""The field interface: what the engine, the GUI and the tools may ask of a model.
+
+A field is an ``nn.Module`` subclass of :class:`Field`. The engine (app/engine) reaches a
+model only through the members below; nothing is looked up with ``hasattr``. Optional
+abilities have a default here (no hook, no CUDA-graph step, every parameter in one Adam
+group), so a new field overrides only what it has.
+
+Per-model policy (learning rate, precision, warm-up, batch size, whether a CUDA graph can
+replay its step, what the GUI shows) lives on the class as :meth:`Field.policy` and
+:meth:`Field.options_for`, so the CLI and the GUI build the same run from the same answer.
+
+Hooks ask, they don't reach in: :meth:`Field.step_hook` gets a read-only
+:class:`StepContext` and returns :class:`StepRequests` that the trainer carries out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TrainPolicy:
+    """How a model likes to be trained; every field has a default the CLI flags override.
+
+    bf16: "never"; "cuda" (bf16 autocast on CUDA only); "native" (on CUDA and on CPUs that
+    have native bf16 matmuls, avx512_bf16 / AMX, where it pays; elsewhere it is emulated).
+    """
+
+    lr: float = 1e-2
+    lr_final_ratio: float = 0.1
+    batch_rays_cpu: int = 1024
+    batch_rays_cuda: int = 4096
+    gui_batch_rays_cpu: int = 512  # the GUI keeps CPU steps short so the view stays live
+    bf16: str = "never"
+    precrop_steps: int = 0
+    cuda_graph: bool = False  # the model has render_rays_static (app/engine/graph_step.py)
+    ema_decay: float = 0.0
+    # Said to the user when the model is trained on a CPU where it is not meant to be.
+    cpu_note: str | None = None
+    # Which model the GUI and the CLI pick when none is named: highest wins.
+    default_rank_cpu: int = 0
+    default_rank_cuda: int = 0
+
+    def batch_rays(self, cuda: bool) -> int:
+        return self.batch_rays_cuda if cuda else self.batch_rays_cpu
+
+    def bf16_on(self, cuda: bool, cpu_native_bf16: bool) -> bool:
+        if self.bf16 == "cuda":
+            return cuda
+        if self.bf16 == "native":
+            return cuda or cpu_native_bf16
+        return False
+
+
+@dataclass
+class StepContext:
+    """What a step hook may read. ``training_rays(n)`` draws n random training rays
+    (rays_o, rays_d) from the trainer's own sampler; ``owns(p)`` says whether the optimiser
+    currently holds parameter tensor p (a grid replaced behind its back needs a rebuild)."""
+
+    near: float | torch.Tensor
+    far: float | torch.Tensor
+    batch_rays: int
+    autocast: bool
+    training_rays: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+    owns: Callable[[torch.Tensor], bool]
+
+
+@dataclass
+class StepRequests:
+    """What a step hook asks the trainer to do after a step."""
+
+    batch_rays: int | None = None  # use this many rays per step from now on
+    rebuild_optimizer: bool = False  # the parameter tensors changed shape
+    events: list[str] = field(default_factory=list)  # messages for the log / the GUI
+
+    def merge(self, other: "StepRequests | None") -> "StepRequests":
+        if other is None:
+            return self
+        return StepRequests(other.batch_rays if other.batch_rays is not None else self.batch_rays,
+                            self.rebuild_optimizer or other.rebuild_optimizer, self.events + other.events)
+
+
+# Knobs the user sets (GUI widgets, CLI flags). A model's options_for reads the ones it
+# has and ignores the rest, so neither front end needs to know which model has which.
+KNOBS = ("preset", "pos_encoding", "L_xyz", "L_dir", "sigma_scale", "n_coarse", "n_fine", "width",
+         "occupancy", "ndc", "arch")
+
+
+class Field(nn.Module):
+    """Base class of every radiance field. Subclasses set ``DEFAULTS`` and implement
+    ``render_rays``, ``loss_terms`` and ``density``; the rest has defaults."""
+
+    #: Every option the constructor accepts, with its default. ``config`` holds the merged
+    #: dict; it is saved with checkpoints and must rebuild the same model.
+    DEFAULTS: ClassVar[dict] = {}
+    #: Options the model changes while training (a grid's resolution); a checkpoint restores
+    #: them from the weights, so they may differ from the run's options.
+    STATE_OPTIONS: ClassVar[tuple[str, ...]] = ()
+    #: What the GUI shows for this model in its model list.
+    LABEL: ClassVar[str] = ""
+    #: Which GUI knobs apply (the others are greyed out): any of "pe", "L", "samples".
+    GUI_KNOBS: ClassVar[tuple[str, ...]] = ("samples",)
+
+    config: dict
+
+    # -- policy ---------------------------------------------------------------------------
+    @classmethod
+    def policy(cls, cuda: bool, options: dict) -> TrainPolicy:
+        """Training defaults for this model with these options on this kind of device."""
+        return TrainPolicy()
+
+    @classmethod
+    def options_for(cls, cuda: bool, **knobs) -> dict:
+        """Constructor options from the user's knobs (see KNOBS; None means "not set").
+        The default takes only ``arch`` (options restored from a snapshot): sample counts
+        mean different things to different models, so they reach a built model through
+        set_samples, and the NeRF knobs are the NeRF's."""
+        return dict(knobs.get("arch") or {})
+
+    @classmethod
+    def describe(cls, options: dict) -> str:
+        """A short label for a built model (the GUI's compare legend)."""
+        return cls.LABEL or cls.__name__
+
+    # -- rendering ------------------------------------------------------------------------
+    def render_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, near, far,
+                    background=None, train: bool = False) -> dict:
+        """Volume-render rays (R, 3) -> dict with at least rgb (R, 3), depth (R,), acc (R,).
+        near/far: floats or (R,) tensors; background: a float, (3,) or (R, 3) colour, or
+        None for none. ``train`` turns on jitter and whatever the loss needs."""
+        raise NotImplementedError
+
+    def loss_terms(self, out: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Scalar losses from render_rays(train=True)'s output; their sum is minimised.
+        "mse" is reported as PSNR; a model whose photometric loss is not the MSE also
+        returns a detached "metric_mse", which is reported and not minimised."""
+        raise NotImplementedError
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        """sigma (N,) at world positions x (N, 3): meshes, occupancy grids, probes."""
+        raise NotImplementedError
+
+    def radiance(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigma (N,), rgb (N, 3)) at positions x seen from unit directions d: vertex colours."""
+        raise NotImplementedError
+
+    # -- training -------------------------------------------------------------------------
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimiser groups; each may carry its own lr (scaled with the schedule) and eps."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
+    def step_hook(self, step: int, ctx: StepContext) -> StepRequests | None:
+        """Called after each applied step with the new step count; returns requests or None."""
+        return None
+
+    def note_batch(self, rays: int, samples: int) -> None:
+        """The trainer reports the rays and samples of the last training batch (a model that
+        steers its batch size to a sample budget uses it in step_hook)."""
+
+    def set_samples(self, n_coarse: int | None = None, n_fine: int | None = None) -> None:
+        """Change sample counts without a rebuild (they only change the integrator)."""
+        apply_sample_counts(self.config, n_coarse, n_fine)
+
+    def compile_fields(self) -> None:
+        """torch.compile what pays (CUDA); the default compiles nothing."""
+
+    def render_rays_static(self, rays_o, rays_d, near: float, far: float, background,
+                           active: torch.Tensor, capacity: int) -> dict:
+        """Fixed-shape training render for the CUDA-graph step (policy().cuda_graph)."""
+        raise NotImplementedError(f"{type(self).__name__} has no fixed-shape step")
+
+
+def apply_sample_counts(config: dict, n_coarse: int | None, n_fine: int | None) -> None:
+    """Validate and store sample counts in a model config."""
+    if n_coarse is not None:
+        if n_coarse < 2:
+            raise ValueError(f"n_coarse must be >= 2, got {n_coarse}")
+        config["n_coarse"] = int(n_coarse)
+    if n_fine is not None:
+        if n_fine < 0:
+            raise ValueError(f"n_fine must be >= 0, got {n_fine}")
+        config["n_fine"] = int(n_fine)
+
+
+def check_options(cls: type, config: dict) -> dict:
+    """DEFAULTS merged with config; an unknown option is a ValueError naming it."""
+    unknown = set(config) - set(cls.DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} option(s): {', '.join(sorted(unknown))}")
+    return {**cls.DEFAULTS, **config}
