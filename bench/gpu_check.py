@@ -396,7 +396,8 @@ def compaction_anatomy(data, steps_warm=600, steps_timed=300, factors=(2, 3, 4),
     st = tr._static
     n_rays = st.max_rays if st is not None else cap // 4
     active = torch.arange(n_rays, device=tr.device) < (st.n_active if st is not None else n_rays)
-    rays_o, rays_d, target = tr.sample_batch(n_rays)
+    batch = tr.sample_batch(n_rays)
+    rays_o, rays_d, target = batch.rays_o, batch.rays_d, batch.target
     bg = float(tr.background)
     with torch.autocast(tr.device.type, dtype=torch.bfloat16, enabled=tr.config.autocast):
         o, d, _, s0, s1 = m._setup_rays(rays_o, rays_d, float(tr.scene.near), float(tr.scene.far))

@@ -34,11 +34,25 @@ def available() -> list[str]:
     return list(REGISTRY)
 
 
-def default_model(cuda: bool) -> str:
-    """The model a front end picks when the user names none: the highest default rank."""
+def is_capture(scene) -> bool:
+    """Whether a loaded scene is a real capture (photos of the world, background at every
+    distance) rather than an object on a known background. For now judged from what the
+    loaders give: no alpha in the training images and no NDC warp (a forward-facing LLFF
+    scene is bounded by its NDC box and suits the object fields). The one place that says
+    so: the captures work is to give loaders.scene.Scene an explicit flag."""
+    return scene.split("train").alpha is None and not scene.ndc
+
+
+def default_model(cuda: bool, scene=None) -> str:
+    """The model a front end picks when the user names none: the highest default rank for
+    the device, or, for a real capture (``is_capture``), the highest capture rank."""
+    capture = scene is not None and is_capture(scene)
+
     def rank(name):
         p = model_class(name).policy(cuda, {})
-        return p.default_rank_cuda if cuda else p.default_rank_cpu
+        if capture and p.default_rank_capture:
+            return (1, p.default_rank_capture)
+        return (0, p.default_rank_cuda if cuda else p.default_rank_cpu)
     return max(REGISTRY, key=rank)
 
 

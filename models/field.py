@@ -43,6 +43,9 @@ class TrainPolicy:
     # Which model the GUI and the CLI pick when none is named: highest wins.
     default_rank_cpu: int = 0
     default_rank_cuda: int = 0
+    # The same for real captures (photos with no known background: models.default_model
+    # says which scenes are), on either device; 0 everywhere leaves the ranks above to decide.
+    default_rank_capture: int = 0
 
     def batch_rays(self, cuda: bool) -> int:
         return self.batch_rays_cuda if cuda else self.batch_rays_cpu
@@ -104,6 +107,10 @@ class Field(nn.Module):
     LABEL: ClassVar[str] = ""
     #: Which GUI knobs apply (the others are greyed out): any of "pe", "L", "samples".
     GUI_KNOBS: ClassVar[tuple[str, ...]] = ("samples",)
+    #: The field has per-image parameters: its ``render_rays(..., train=True)`` takes
+    #: ``image=`` (R,) int64, the training image each ray comes from. The trainer passes it
+    #: only to fields that set this (app/engine/batches.py render_batch).
+    TAKES_IMAGE: ClassVar[bool] = False
 
     config: dict
 
@@ -147,6 +154,21 @@ class Field(nn.Module):
     def radiance(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sigma (N,), rgb (N, 3)) at positions x seen from unit directions d: vertex colours."""
         raise NotImplementedError
+
+    # -- the training cameras ---------------------------------------------------------------
+    def bind_scene(self, c2w, near: float, far: float, ndc: bool) -> None:
+        """The training cameras, c2w (N, 4, 4) numpy float32, and the scene's bounds, told
+        before the optimiser is built: a field sizes its per-image parameters (one row per
+        training image, in this order) and places its frame here. A trainer calls it on
+        every construction, also before restoring a checkpoint, so the same cameras must
+        leave an already bound field as it is. The default needs nothing."""
+
+    def refine_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor,
+                    image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training rays (R, 3) of training images ``image`` (R,) moved by the field's
+        learned corrections to those cameras (pose refinement), differentiably. Rendering
+        and evaluation use the cameras as given. The default: the rays unchanged."""
+        return rays_o, rays_d
 
     # -- training -------------------------------------------------------------------------
     def param_groups(self, lr: float) -> list[dict]:

@@ -93,7 +93,7 @@ def test_trainer_renders_on_the_random_colours_its_targets_use(tmp_path, monkeyp
     monkeypatch.setattr(tr.model, "loss_terms", lambda out, target: seen.update(target=target) or
                         {"mse": torch.nn.functional.mse_loss(out["rgb"], target)})
     batch = tr.sample_batch(64)
-    assert batch[2].shape == (64, 4)
+    assert batch.target.shape == (64, 4)
     state = tr.rng.get_state()
     m = tr.step()
     assert not m.get("skipped")
@@ -101,7 +101,7 @@ def test_trainer_renders_on_the_random_colours_its_targets_use(tmp_path, monkeyp
     assert torch.is_tensor(bg) and bg.shape == (64, 3) and bg.std() > 0.1  # per-ray colours
     # Same draw again: the target is the stored pixel re-composited on exactly those colours.
     tr.rng.set_state(state)
-    _, _, t4 = tr.sample_batch(64)
+    t4 = tr.sample_batch(64).target
     bg2 = torch.rand(64, 3, generator=tr.rng)
     torch.testing.assert_close(bg2, bg)
     torch.testing.assert_close(target, t4[:, :3] + (1 - t4[:, 3:]) * (bg - tr.background))
@@ -116,6 +116,6 @@ def test_without_alpha_or_flag_the_scene_background_is_used(tmp_path):
             scene = load_scene(str(tmp_path))
         tr = _trainer(scene, flag)
         assert tr.rays.alpha is None
-        assert tr.sample_batch(8)[2].shape == (8, 3)
-        target, bg = tr._swap_background(tr.sample_batch(8)[2])
+        assert tr.sample_batch(8).target.shape == (8, 3)
+        target, bg = tr._swap_background(tr.sample_batch(8).target)
         assert bg == tr.background and target.shape == (8, 3)

@@ -184,7 +184,8 @@ def test_training_rays_match_rendering_rays():
 
     tr = make_trainer()
     state = tr.rng.get_state()
-    rays_o, rays_d, target = tr.sample_batch(50)
+    b = tr.sample_batch(50)
+    rays_o, rays_d, target = b.rays_o, b.rays_d, b.target
     g = torch.Generator().manual_seed(0)
     g.set_state(state)
     n_img, h, w = tr.rays.images.shape[:3]
@@ -196,6 +197,7 @@ def test_training_rays_match_rendering_rays():
         torch.testing.assert_close(rays_o[k], o[py[k], px[k]])
         torch.testing.assert_close(rays_d[k], d[py[k], px[k]])
         assert torch.equal(target[k], tr.rays.images[img[k], py[k], px[k]])
+        assert b.image[k] == img[k]  # the index a field with per-image parameters gets
 
 
 def test_nan_parameters_roll_back_to_last_healthy_state():
@@ -254,11 +256,11 @@ def test_precrop_samples_centre_pixels_then_whole_image():
     tr.rays.images = torch.stack([xs.float(), ys.float(), torch.zeros(h, w)], -1).expand(n, h, w, 3).clone()
     ch, cw = round(h * 0.5), round(w * 0.5)
     y0, x0 = (h - ch) // 2, (w - cw) // 2
-    _, _, t = tr.sample_batch(4000)
+    t = tr.sample_batch(4000).target
     assert t[:, 0].min() == x0 and t[:, 0].max() == x0 + cw - 1
     assert t[:, 1].min() == y0 and t[:, 1].max() == y0 + ch - 1
     tr.step_count = 500
-    _, _, t = tr.sample_batch(4000)
+    t = tr.sample_batch(4000).target
     assert t[:, 0].min() == 0 and t[:, 0].max() == w - 1
     assert t[:, 1].min() == 0 and t[:, 1].max() == h - 1
 

@@ -29,8 +29,8 @@ def configure(p) -> None:
     from models.nerf import PRESETS
 
     p.add_argument("--model", default=None, choices=models.available(),
-                   help="field to train (default: the registry's default for the device: the NeRF "
-                        "on a CPU, the hash grid on CUDA)")
+                   help="field to train (default: nerfacto for real captures, photos without alpha "
+                        "and not forward-facing; otherwise the NeRF on a CPU, the hash grid on CUDA)")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="NeRF size preset (default: cpu on CPU, paper on CUDA)")
     p.add_argument("--no-pe", action="store_true", help="plain MLP on raw (x, d): shows spectral bias")
@@ -120,17 +120,17 @@ def run(args) -> int:
         raise UserError(f"--out {args.out}: exists and is not a directory")
     device = pick_device(args.device)
     cuda = device.type == "cuda"
-    if args.model is None:
-        import models
-
-        args.model = models.default_model(cuda)
     if os.path.exists(os.path.join(args.out, CKPT)) and not args.resume:
         raise UserError(f"{args.out}: already holds a run (use --resume to continue, or another --out)")
     if args.resume and not os.path.isfile(os.path.join(args.out, CKPT)):
         raise UserError(f"{args.out}: no {CKPT} to resume from")
     # Validate everything before touching the output directory: bad input leaves nothing behind.
-    opts = model_options(args, cuda)
     scene = load_scene(args.data, downscale=args.downscale, white_bkgd=not args.black_bkgd)
+    if args.model is None:
+        import models
+
+        args.model = models.default_model(cuda, scene)
+    opts = model_options(args, cuda)
     for note in scene.notes:
         print(f"note: {note}")
     if args.bf16 and not cuda:

@@ -19,6 +19,14 @@ class RayBatch:
     target: torch.Tensor  # (n, 3) rgb, or (n, 4) rgb + alpha when alpha is kept
     image: torch.Tensor  # (n,) index of the training image each ray comes from
 
+    @property
+    def rays(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rays_o, self.rays_d
+
+    def head(self, n: int) -> "RayBatch":
+        """The first n rays (a fed batch cut to a smaller ray count)."""
+        return RayBatch(self.rays_o[:n], self.rays_d[:n], self.target[:n], self.image[:n])
+
 
 class RaySampler:
     """Uniform random rays over all pixels of all training images."""
@@ -73,3 +81,12 @@ def swap_background(target: torch.Tensor, background, generator: torch.Generator
     bg = torch.rand(target.shape[0], 3, device=target.device, generator=generator)
     # Exact: the stored rgb is rgb*a + (1 - a)*old, so adding (1 - a)*(bg - old) swaps it.
     return target[:, :3] + (1.0 - target[:, 3:]) * (bg - background), bg
+
+
+def render_batch(model, batch: RayBatch, near, far, background) -> dict:
+    """The training render of a batch: the rays moved by the field's learned camera
+    corrections (Field.refine_rays, identity for most fields), and the image index of each
+    ray passed to the fields that declare ``TAKES_IMAGE`` (per-image appearance)."""
+    rays_o, rays_d = model.refine_rays(batch.rays_o, batch.rays_d, batch.image)
+    extra = {"image": batch.image} if model.TAKES_IMAGE else {}
+    return model.render_rays(rays_o, rays_d, near, far, background=background, train=True, **extra)

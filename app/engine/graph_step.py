@@ -114,7 +114,8 @@ class StaticStep:
         tr = self.trainer
         model = tr.model
         gen = None if self.use_graph else tr.rng  # graphs replay the default generator's stream
-        rays_o, rays_d, target = tr.sample_batch(self.max_rays, generator=gen)
+        batch = tr.sample_batch(self.max_rays, generator=gen)
+        rays_o, rays_d, target = batch.rays_o, batch.rays_d, batch.target
         target, background = tr._swap_background(target, generator=gen)
         active = self.ray_index < self.n_active
         # Autocast's weight cache must be off while capturing (PyTorch's CUDA-graph notes).

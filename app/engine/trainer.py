@@ -16,7 +16,7 @@ from loaders.scene import Scene
 from models import build_model
 from models.field import StepContext, StepRequests, TrainPolicy
 from app.engine.averaging import WeightAverage
-from app.engine.batches import RaySampler, swap_background
+from app.engine.batches import RayBatch, RaySampler, render_batch, swap_background
 from renderer.rays import intrinsics
 from renderer.render import render_image
 
@@ -149,6 +149,8 @@ class Trainer:
         self.rays = RaySampler.from_split(tr, self.device, scene.ndc, keep_alpha=self.config.random_background)
         self.model = model if model is not None else build_model(self.config.model,
                                                                   **self.config.model_options)
+        # Per-image parameters and a field's frame follow the training cameras (Field.bind_scene).
+        self.model.bind_scene(tr.c2w, scene.near, scene.far, scene.ndc)
         self.model.to(self.device)
         if self.config.compile and self.device.type == "cuda":
             self.model.compile_fields()
@@ -255,15 +257,15 @@ class Trainer:
         return c.lr * (c.lr_final / c.lr) ** (step / c.lr_decay_steps)
 
     # -- data ---------------------------------------------------------------------------
-    def sample_batch(self, n: int, generator: torch.Generator | None | str = "trainer"):
-        """n random training rays: rays_o, rays_d (n, 3), target (n, 3) rgb on the scene's
-        background, or (n, 4) rgb + alpha with random_background on a scene with alpha
-        (``step`` then picks the colours). ``generator``: the trainer's own by default; None
-        for torch's default one (the only one a CUDA graph replays)."""
+    def sample_batch(self, n: int, generator: torch.Generator | None | str = "trainer") -> RayBatch:
+        """n random training rays (app.engine.batches.RayBatch): rays_o, rays_d (n, 3), the
+        image index (n,), target (n, 3) rgb on the scene's background, or (n, 4) rgb + alpha
+        with random_background on a scene with alpha (``step`` then picks the colours).
+        ``generator``: the trainer's own by default; None for torch's default one (the only
+        one a CUDA graph replays)."""
         g = self.rng if generator == "trainer" else generator
         crop = self.config.precrop_frac if self.step_count < self.config.precrop_steps else 1.0
-        b = self.rays.sample(n, g, crop)
-        return b.rays_o, b.rays_d, b.target
+        return self.rays.sample(n, g, crop)
 
     def _swap_background(self, target: torch.Tensor, generator: torch.Generator | None | str = "trainer"):
         return swap_background(target, self.background, self.rng if generator == "trainer" else generator)
@@ -287,12 +289,10 @@ class Trainer:
         try:
             if self.fault_hook is not None:
                 self.fault_hook(self)
-            rays_o, rays_d, target = self.sample_batch(self.batch_rays)
-            target, background = self._swap_background(target)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                enabled=self.config.autocast):
-                out = self.model.render_rays(rays_o, rays_d, self.scene.near, self.scene.far,
-                                             background=background, train=True)
+            batch = self.sample_batch(self.batch_rays)
+            target, background = self._swap_background(batch.target)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.autocast):
+                out = render_batch(self.model, batch, self.scene.near, self.scene.far, background)
             terms = self.model.loss_terms({k: v.float() for k, v in out.items()}, target)
             loss, mse_t = loss_and_mse(terms)
             if not torch.isfinite(loss):
@@ -338,7 +338,7 @@ class Trainer:
         owned = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
         return StepContext(near=self.scene.near, far=self.scene.far, batch_rays=self.batch_rays,
                            autocast=self.config.autocast,
-                           training_rays=lambda n: Trainer.sample_batch(self, n)[:2],
+                           training_rays=lambda n: Trainer.sample_batch(self, n).rays,
                            owns=lambda p: id(p) in owned)
 
     def _run_hook(self, step: int) -> None:
@@ -514,30 +514,9 @@ class Trainer:
 
     def evaluate(self, split: str = "test", max_images: int | None = None, ssim: bool = True,
                  progress=None) -> dict:
-        """PSNR (and SSIM) per image and mean on a split (with the averaged weights, if any)."""
-        self.finish_pending()  # the result names the step it was taken at
-        sp = self.scene.split(split)
-        n = len(sp) if max_images is None else min(max_images, len(sp))
-        it = range(n) if progress is None else progress(range(n))
-        with self.averaged():
-            rows = self._evaluate_rows(sp, it, ssim)
-        mean = {"psnr": float(np.mean([r["psnr"] for r in rows]))}
-        if ssim:
-            mean["ssim"] = float(np.mean([r["ssim"] for r in rows]))
-        return {"split": split, "images": rows, "mean": mean, "step": self.step_count}
-
-    def _evaluate_rows(self, sp, it, ssim: bool) -> list[dict]:
-        from app.engine.metrics import psnr, ssim as ssim_fn
-
-        rows = []
-        for i in it:
-            pred = self.render(sp.c2w[i], sp.height, sp.width, sp.focal, keys=("rgb",))["rgb"].numpy()
-            gt = sp.images[i]
-            row = {"name": sp.names[i] if sp.names else str(i), "psnr": psnr(pred, gt)}
-            if ssim:
-                row["ssim"] = ssim_fn(pred, gt)
-            rows.append(row)
-        return rows
+        """PSNR (and SSIM) per image and mean on a split (app/engine/evaluation.py)."""
+        from app.engine.evaluation import evaluate_split
+        return evaluate_split(self, split, max_images, ssim, progress)
 
     def config_dict(self) -> dict:
         d = asdict(self.config)

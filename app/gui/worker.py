@@ -221,8 +221,7 @@ def _fed_trainer_class():
 
         def sample_batch(self, n, generator="trainer"):
             if self.feed is not None:
-                o, d, t = self.feed
-                return o[:n], d[:n], t[:n]
+                return self.feed.head(n)
             return super().sample_batch(n, generator=generator)
 
         def _use_static(self):
