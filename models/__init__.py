@@ -11,6 +11,7 @@ REGISTRY: dict[str, str] = {
     "nerf": "models.nerf:NeRFModel",
     "plenoxels": "models.plenoxels:Plenoxels",
     "hash": "models.hashgrid:HashGridModel",
+    "nerfacto": "models.nerfacto:NerfactoField",
 }
 
 

@@ -1,0 +1,353 @@
+"""A field for real captures, after nerfstudio's nerfacto (Tancik et al. 2023).
+
+Real photos have background at every distance, exposure and white balance that change
+from photo to photo, and poses that are a little off. This field answers each:
+
+- Unbounded space: the training cameras are placed in the unit cube (``bind_scene``:
+  centred on the point their optical axes pass closest to, scaled so that the farthest
+  camera is at L-infinity distance 1); everything beyond is contracted into the shell up
+  to 2 (renderer/contraction.py, L-infinity: it fills the hash grid's cube) in front of a
+  multiresolution hash encoding (models/hashgrid.py's HashEncoding and its kernel).
+- Sampling that reaches far: rays run from the near to the far distance they are given
+  (the scene's; at most ``far`` normalised units, 1000 by default, which the contraction
+  puts at 1.999: a real capture's loader should give a far bound that lets them run on to
+  it), cut uniformly in the lindisp spacing;
+  two small hash-grid proposal density nets resample them (``n_proposal`` intervals per
+  ray each), and the radiance field is evaluated on ``n_samples`` intervals drawn from
+  the second proposal's histogram (renderer/proposal.py). The proposals learn from the
+  interlevel loss only; the distortion loss compacts each ray's weights.
+- Background from the field: a real photo has no known background colour, so when the
+  caller asks for one (any ``background`` but None) the transmittance left after the
+  last interval takes the last sample's colour instead (nerfstudio's "last_sample"): the
+  sky is whatever the far field learnt. With None nothing is added (mesh vertex colours).
+- Per-photo appearance: a learned embedding per training image (``appearance_dim``
+  numbers, zero at the start) feeds the colour head; renders and the viewer use the mean
+  embedding (the training images' average look).
+- Camera refinement: a per-image SO(3) x R^3 delta (rotation about the camera centre
+  and a shift, in the normalised frame) with its own learning rate ``pose_lr``, applied
+  to the training rays (``refine_rays``), with nerfstudio's small L1 penalty on the
+  deltas' sizes, which keeps the cameras from drifting together with the field.
+
+Every tensor here has a fixed shape (R rays x n intervals): no host sync in the step.
+
+config keys: n_levels, n_features, log2_hashmap_size, base_res, max_res (main hash grid),
+hidden, geo_features, color_hidden, appearance_dim; proposal_levels,
+proposal_log2_hashmap_size, proposal_max_res (one per proposal net), proposal_hidden;
+n_proposal (intervals per ray, one per proposal net), n_samples (radiance-field
+intervals per ray); proposal_update_every, proposal_warmup (the proposals are trained
+every step at first, then every proposal_update_every steps, ramping over
+proposal_warmup steps, as nerfstudio); anneal_steps; interlevel_weight,
+distortion_weight; contraction ("inf" or 2); far; refine_poses, pose_lr,
+pose_penalty_trans, pose_penalty_rot; seed.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.field import Field, StepContext, StepRequests, TrainPolicy, check_options
+from models.hashgrid import HashEncoding, trunc_exp
+from models.sh import sh_basis_matrix, sh_encode
+from renderer import proposal as prop
+from renderer.compositing import alpha_weights
+from renderer.contraction import ORDERS, contract, to_unit_cube
+from renderer.lie import so3_exp
+
+
+class HashDensity(nn.Module):
+    """Hash encoding + one-hidden-layer MLP: contracted points in [0, 1]^3 -> (N, out),
+    column 0 the log-density. A proposal net has out = 1; the radiance field's geometry
+    net out = 1 + its geometry features."""
+
+    def __init__(self, n_levels: int, n_features: int, log2_hashmap_size: int, base_res: int,
+                 max_res: int, hidden: int, out: int, seed: int):
+        super().__init__()
+        self.encoding = HashEncoding(n_levels, n_features, log2_hashmap_size, base_res, max_res, seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.mlp = nn.Sequential(nn.Linear(self.encoding.out_dim, hidden), nn.ReLU(),
+                                     nn.Linear(hidden, out))
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.encoding(x01))
+
+
+class NerfactoField(Field):
+    """Radiance field for real, unbounded captures (see the module doc)."""
+
+    LABEL = "nerfacto (real captures)"
+    GUI_KNOBS = ()
+    TAKES_IMAGE = True
+    POLICY = TrainPolicy(
+        lr=1e-2, lr_final_ratio=0.1, batch_rays_cpu=512, batch_rays_cuda=4096, gui_batch_rays_cpu=256,
+        bf16="cuda", cuda_graph=False, default_rank_capture=3,
+        cpu_note="nerfacto is built for CUDA; on a CPU its torch hash-encoding path takes about a "
+                 "second per step and a real capture needs thousands of steps")
+    DEFAULTS = dict(
+        n_levels=16, n_features=2, log2_hashmap_size=19, base_res=16, max_res=2048,
+        hidden=64, geo_features=15, color_hidden=64, appearance_dim=32,
+        proposal_levels=5, proposal_log2_hashmap_size=17, proposal_max_res=[64, 256], proposal_hidden=16,
+        n_proposal=[256, 96], n_samples=48, proposal_update_every=5, proposal_warmup=5000,
+        anneal_steps=1000, interlevel_weight=1.0, distortion_weight=0.002, contraction="inf", far=1000.0,
+        refine_poses=True, pose_lr=1e-3, pose_penalty_trans=1e-2, pose_penalty_rot=1e-3, seed=0)
+    # A CPU cannot afford the full grid and sample counts (the torch hash encoding costs
+    # ~30 us per point and level there): fewer levels, a smaller table, fewer samples.
+    CPU_OPTIONS = dict(n_levels=8, log2_hashmap_size=17, max_res=512, n_proposal=[64, 32], n_samples=24)
+
+    def __init__(self, **config):
+        super().__init__()
+        c = self.config = check_options(type(self), config)
+        self._check(c)
+        c["proposal_max_res"] = [int(v) for v in c["proposal_max_res"]]
+        c["n_proposal"] = [int(v) for v in c["n_proposal"]]
+        geo = 1 + c["geo_features"]
+        self.field = HashDensity(c["n_levels"], c["n_features"], c["log2_hashmap_size"], c["base_res"],
+                                 c["max_res"], c["hidden"], geo, c["seed"])
+        self.proposals = nn.ModuleList(
+            HashDensity(c["proposal_levels"], 2, c["proposal_log2_hashmap_size"], min(16, r), r,
+                        c["proposal_hidden"], 1, c["seed"] + 1 + i)
+            for i, r in enumerate(c["proposal_max_res"]))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c["seed"])
+            ch = c["color_hidden"]
+            self.color_net = nn.Sequential(
+                nn.Linear(c["geo_features"] + 16 + c["appearance_dim"], ch), nn.ReLU(),
+                nn.Linear(ch, ch), nn.ReLU(), nn.Linear(ch, 3))
+        # Per-image parameters, sized by bind_scene (no rows until a scene is bound).
+        self.appearance = nn.Parameter(torch.zeros(0, c["appearance_dim"]))
+        self.pose_delta = nn.Parameter(torch.zeros(0, 6))
+        # The normalised frame: x_n = (x - center) * scale (set by bind_scene, saved).
+        self.register_buffer("center", torch.zeros(3))
+        self.register_buffer("scale", torch.ones(()))
+        # Steps trained, saved so that a restored field samples with the same anneal power.
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("sh_C", sh_basis_matrix().float(), persistent=False)
+        self.ndc = False
+        self._scale = 1.0  # host copies of the frame (a Python float needs no device sync)
+        self._step = 0
+        self.register_load_state_dict_post_hook(lambda module, keys: module._sync_host_copies())
+
+    @staticmethod
+    def _check(c: dict) -> None:
+        if c["contraction"] not in ORDERS:
+            raise ValueError(f"contraction must be one of {ORDERS}, got {c['contraction']!r}")
+        if len(c["n_proposal"]) != len(c["proposal_max_res"]) or not c["n_proposal"]:
+            raise ValueError("n_proposal and proposal_max_res need one entry per proposal net "
+                             f"(got {c['n_proposal']} and {c['proposal_max_res']})")
+        if min(c["n_proposal"]) < 2 or c["n_samples"] < 2:
+            raise ValueError(f"n_proposal and n_samples must be >= 2, got {c['n_proposal']}, {c['n_samples']}")
+        if not (c["far"] > 1.0 and math.isfinite(c["far"])):
+            raise ValueError(f"far must be a finite number > 1 (normalised units), got {c['far']}")
+        if c["appearance_dim"] < 0 or c["proposal_update_every"] < 1 or c["anneal_steps"] < 1:
+            raise ValueError("need appearance_dim >= 0, proposal_update_every >= 1 and anneal_steps >= 1")
+        if not (c["pose_lr"] >= 0 and math.isfinite(c["pose_lr"])):
+            raise ValueError(f"pose_lr must be a number >= 0, got {c['pose_lr']}")
+
+    # -- policy ---------------------------------------------------------------------------
+    @classmethod
+    def policy(cls, cuda: bool, options: dict) -> TrainPolicy:
+        return cls.POLICY
+
+    @classmethod
+    def options_for(cls, cuda: bool, **knobs) -> dict:
+        """The full grid and nerfstudio's sample counts on CUDA; CPU_OPTIONS on a CPU."""
+        base = {} if cuda else dict(cls.CPU_OPTIONS)
+        return {**base, **(knobs.get("arch") or {})}
+
+    def set_samples(self, n_coarse: int | None = None, n_fine: int | None = None) -> None:
+        """The GUI's coarse/fine counts are the NeRF's; this field's are the n_proposal and
+        n_samples options (GUI_KNOBS is empty, so the GUI does not offer them)."""
+
+    # -- the training cameras --------------------------------------------------------------
+    def bind_scene(self, c2w, near: float, far: float, ndc: bool) -> None:
+        c2w = np.asarray(c2w, np.float64)
+        center, scale = (np.zeros(3), 1.0) if ndc else normalising_frame(c2w)
+        dev = self.center.device
+        self.center.copy_(torch.as_tensor(center, dtype=torch.float32, device=dev))
+        self.scale.fill_(float(scale))
+        self.ndc = bool(ndc)
+        n, a = len(c2w), self.config["appearance_dim"]
+        if self.appearance.shape[0] != n:
+            self.appearance = nn.Parameter(torch.zeros(n, a, device=dev))
+            self.pose_delta = nn.Parameter(torch.zeros(n, 6, device=dev))
+        self._sync_host_copies()
+
+    def _sync_host_copies(self) -> None:
+        self._scale = float(self.scale)
+        self._step = int(self.steps)
+
+    def refine_rays(self, rays_o, rays_d, image):
+        """Rotate each ray's direction about its camera centre and shift the centre by the
+        image's learned delta (nerfstudio's SO(3) x R^3; the shift in normalised units)."""
+        if not self.config["refine_poses"] or self.ndc or self.pose_delta.shape[0] == 0:
+            return rays_o, rays_d
+        delta = self.pose_delta[image]  # (R, 6): rotation vector, shift
+        R = so3_exp(delta[:, :3])
+        rays_d = (R @ rays_d[..., None].to(R.dtype)).squeeze(-1)
+        return rays_o + delta[:, 3:] / self._scale, rays_d
+
+    # -- the field -------------------------------------------------------------------------
+    def _x01(self, x_n: torch.Tensor) -> torch.Tensor:
+        """Normalised points (N, 3) -> the hash grid's [0, 1]^3 through the contraction."""
+        return to_unit_cube(contract(x_n, self.config["contraction"]))
+
+    def _embedding(self, n: int, image: torch.Tensor | None, device) -> torch.Tensor:
+        """(n, appearance_dim): the rays' images' embeddings, or the mean one for renders."""
+        a = self.appearance
+        if image is not None and a.shape[0] > 0:
+            return a[image]
+        mean = a.mean(0) if a.shape[0] > 0 else torch.zeros(a.shape[1], device=device)
+        return mean.expand(n, a.shape[1])
+
+    def _radiance_n(self, x_n, dirs, emb):
+        """sigma (N,) per normalised unit and rgb (N, 3) at normalised points."""
+        h = self.field(self._x01(x_n))
+        sigma = trunc_exp(h[:, 0].float())
+        sh = sh_encode(F.normalize(dirs.float(), dim=-1), self.sh_C)
+        rgb = torch.sigmoid(self.color_net(torch.cat([h[:, 1:], sh.to(h.dtype), emb.to(h.dtype)], -1)).float())
+        return sigma, rgb
+
+    def _to_world_units(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.center) * self.scale
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        """sigma (N,) per world unit at world points (N, 3)."""
+        h = self.field(self._x01(self._to_world_units(x)))
+        return trunc_exp(h[:, 0].float()) * self.scale
+
+    def radiance(self, x: torch.Tensor, d: torch.Tensor):
+        """(sigma (N,) per world unit, rgb (N, 3)) with the mean appearance embedding."""
+        sigma, rgb = self._radiance_n(self._to_world_units(x), d, self._embedding(x.shape[0], None, x.device))
+        return sigma * self.scale, rgb
+
+    # -- rendering -------------------------------------------------------------------------
+    def _ray_bounds(self, rays_o, rays_d, near, far):
+        """Normalised origins, unit directions, |d|, and near/far (R, 1) in normalised units."""
+        o = self._to_world_units(rays_o)
+        dnorm = rays_d.float().norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        dirs = rays_d.float() / dnorm
+        per_ray = lambda v: v if isinstance(v, (int, float)) else torch.as_tensor(  # noqa: E731
+            v, dtype=torch.float32, device=o.device).reshape(-1, 1)
+        t0 = (per_ray(near) * dnorm * self._scale).clamp(min=0.0)
+        t1 = (per_ray(far) * dnorm * self._scale).clamp(max=float(self.config["far"]))
+        return o, dirs, dnorm, t0, torch.maximum(t1, t0 + 1e-4)
+
+    def _proposal_weights(self, net, o, dirs, t, grad: bool):
+        mid = 0.5 * (t[:, 1:] + t[:, :-1])
+        x = (o[:, None, :] + dirs[:, None, :] * mid[..., None]).reshape(-1, 3)
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            sigma = trunc_exp(net(self._x01(x))[:, 0].float()).reshape(mid.shape)
+            return alpha_weights(sigma, t[:, 1:] - t[:, :-1])[0]
+
+    def render_rays(self, rays_o, rays_d, near, far, background=None, train: bool = False,
+                    image: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """rays (R, 3) -> rgb (R, 3), depth (R,) along the un-normalised d (as the other
+        fields), acc (R,), samples (0-dim); with train also interlevel and distortion
+        (0-dim losses). image (R,): the training image of each ray (its appearance);
+        None renders with the mean embedding. background: None for none, anything else for
+        the field's own (see the module doc)."""
+        c = self.config
+        n_rays = rays_o.shape[0]
+        o, dirs, dnorm, t0, t1 = self._ray_bounds(rays_o, rays_d, near, far)
+        jitter = (lambda: torch.rand(n_rays, 1, device=o.device)) if train else (lambda: None)  # noqa: E731
+        anneal = prop.anneal_power(self._step, steps=c["anneal_steps"])
+        train_props = train and self.trains_proposals(self._step)
+        u = prop.uniform_edges(n_rays, c["n_proposal"][0], jitter(), o.device)
+        levels = []
+        for i, net in enumerate(self.proposals):
+            if i > 0:
+                u = prop.sample_histogram(u, levels[-1][1] ** anneal, c["n_proposal"][i], jitter())
+            w = self._proposal_weights(net, o, dirs, prop.spacing_to_distance(u, t0, t1), train_props)
+            levels.append((u, w))
+        u = prop.sample_histogram(u, levels[-1][1] ** anneal, c["n_samples"], jitter())
+        t = prop.spacing_to_distance(u, t0, t1)
+        mid = 0.5 * (t[:, 1:] + t[:, :-1])
+        S = mid.shape[1]
+        x = (o[:, None, :] + dirs[:, None, :] * mid[..., None]).reshape(-1, 3)
+        emb = self._embedding(n_rays, image, o.device)
+        sigma, rgb = self._radiance_n(x, dirs.repeat_interleave(S, 0), emb.repeat_interleave(S, 0))
+        sigma, rgb = sigma.reshape(n_rays, S), rgb.reshape(n_rays, S, 3)
+        w = alpha_weights(sigma, t[:, 1:] - t[:, :-1])[0]
+        acc = w.sum(-1)
+        color = (w[..., None] * rgb).sum(1)
+        if background is not None:  # the field's own background, whatever colour was asked for
+            color = color + (1.0 - acc)[:, None] * rgb[:, -1]
+        depth = (w * mid).sum(-1) / acc.clamp(min=1e-10) / (self._scale * dnorm[:, 0])
+        out = {"rgb": color, "depth": depth, "acc": acc,
+               "samples": torch.tensor(float(n_rays * (S + sum(c["n_proposal"]))), device=o.device)}
+        if train:
+            out["distortion"] = prop.distortion_loss(u, w)
+            out["interlevel"] = (sum(prop.interlevel_loss(u, w, pu, pw) for pu, pw in levels)
+                                 if train_props else torch.zeros((), device=o.device))
+        return out
+
+    def loss_terms(self, out: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """MSE, the weighted interlevel and distortion losses, and the pose deltas' penalty."""
+        c = self.config
+        terms = {"mse": ((out["rgb"] - target) ** 2).mean()}
+        if "interlevel" in out:
+            terms["interlevel"] = c["interlevel_weight"] * out["interlevel"]
+            terms["distortion"] = c["distortion_weight"] * out["distortion"]
+            if c["refine_poses"] and self.pose_delta.shape[0] > 0:
+                d = self.pose_delta
+                terms["pose"] = (c["pose_penalty_rot"] * d[:, :3].norm(dim=-1).mean()
+                                 + c["pose_penalty_trans"] * d[:, 3:].norm(dim=-1).mean())
+        return terms
+
+    # -- training --------------------------------------------------------------------------
+    def param_groups(self, lr: float) -> list[dict]:
+        """nerfstudio's Adam (eps 1e-15) for the field, the proposals and the appearance;
+        the pose deltas in their own group at pose_lr (decayed with the same schedule)."""
+        adam = dict(eps=1e-15)
+        main = (list(self.field.parameters()) + list(self.color_net.parameters())
+                + list(self.proposals.parameters()) + [self.appearance])
+        groups = [{"params": main, "lr": lr, **adam}]
+        if self.config["refine_poses"] and not self.ndc:
+            groups.append({"params": [self.pose_delta], "lr": self.config["pose_lr"], **adam})
+        return groups
+
+    def step_hook(self, step: int, ctx: StepContext) -> StepRequests | None:
+        """Count steps: the anneal power and the proposals' training steps follow them."""
+        self._step = int(step)
+        self.steps.fill_(self._step)
+        return None
+
+    def trains_proposals(self, step: int) -> bool:
+        """Whether training step ``step`` trains the proposal nets (the others evaluate them
+        without gradients, which is cheaper): every step for the first 10, then every k-th,
+        k ramping from 1 to proposal_update_every over proposal_warmup steps (nerfstudio's
+        schedule, here a function of the step alone, so a resumed run repeats it)."""
+        c = self.config
+        k = int(np.clip(round(c["proposal_update_every"] * step / max(c["proposal_warmup"], 1)),
+                        1, c["proposal_update_every"]))
+        return step < 10 or step % k == 0
+
+
+def normalising_frame(c2w: np.ndarray) -> tuple[np.ndarray, float]:
+    """(center (3,), scale) that put cameras c2w (N, 4, 4) into the unit cube.
+
+    The centre is the point closest, in least squares, to all optical axes (what the
+    cameras look at: the middle of an orbit, also of a partial one, where the mean camera
+    position would sit off to the side); when the axes are near parallel (a forward-facing
+    capture) that point is ill-defined and the cameras' mean position is used. The scale
+    brings the farthest camera to L-infinity distance 1, so the cameras and what lies
+    between them are in the contraction's linear region."""
+    o = c2w[:, :3, 3]
+    d = -c2w[:, :3, 2]
+    d = d / np.linalg.norm(d, axis=-1, keepdims=True)
+    P = np.eye(3)[None] - d[:, :, None] * d[:, None, :]  # projections orthogonal to each axis
+    A, b = P.sum(0), (P @ o[:, :, None]).sum(0)[:, 0]
+    center = o.mean(0)
+    eig = np.linalg.eigvalsh(A)
+    if eig[0] > 1e-2 * eig[-1]:
+        focus = np.linalg.solve(A, b)
+        # A focus far beyond the cameras' spread (nearly parallel axes) is not a centre.
+        spread = np.abs(o - center).max() + 1e-9
+        if np.abs(focus - center).max() <= 2.0 * spread:
+            center = focus
+    extent = np.abs(o - center).max()
+    return center, 1.0 / max(extent, 1e-6)

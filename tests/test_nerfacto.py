@@ -1,0 +1,369 @@
+"""The real-capture field (models/nerfacto.py): options, the normalised frame, gradients of
+each loss, per-image appearance, camera refinement recovering known perturbations on the
+embedded scene, the trainer passing image indices, checkpoints, mesh export, iNeRF, the
+CLI on the embedded scene, and the shared beer capture when it is present."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from models import build_model, default_model, is_capture
+from models.nerfacto import NerfactoField, normalising_frame
+from tests.conftest import look_at, make_sphere_scene, orbit_poses
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCENE = os.path.join(ROOT, "assets", "scene")
+BEER = os.path.join(ROOT, "..", "shared", "data", "captures", "beer")
+
+# Small enough for a CPU test: two-level grids, few samples.
+TINY = dict(n_levels=4, log2_hashmap_size=12, max_res=64, hidden=16, color_hidden=16, appearance_dim=4,
+            proposal_levels=2, proposal_log2_hashmap_size=10, proposal_max_res=[16, 32], proposal_hidden=8,
+            n_proposal=[16, 8], n_samples=8)
+
+
+def _trainer(scene=None, steps=1000, batch=128, **opts):
+    from app.engine.trainer import TrainConfig, Trainer
+    cfg = TrainConfig(model="nerfacto", model_options={**TINY, **opts}, batch_rays=batch, lr=1e-2,
+                      lr_final=1e-3, lr_decay_steps=steps, device="cpu")
+    return Trainer(scene if scene is not None else make_sphere_scene(n_views=8), cfg)
+
+
+def _rays(n, seed, radius=4.0):
+    g = torch.Generator().manual_seed(seed)
+    o = torch.randn(n, 3, generator=g)
+    o = o / o.norm(dim=-1, keepdim=True) * radius
+    d = (torch.rand(n, 3, generator=g) * 1.6 - 0.8) - o
+    return o, d / d.norm(dim=-1, keepdim=True) * 1.3
+
+
+def test_registered_options_round_trip_and_bad_options():
+    m = build_model("nerfacto", **TINY)
+    assert isinstance(m, NerfactoField) and m.TAKES_IMAGE
+    m2 = build_model("nerfacto", **json.loads(json.dumps(m.config)))
+    assert m2.config == m.config
+    for a, b in zip(m.parameters(), m2.parameters()):
+        assert torch.equal(a, b)  # same seed, same weights
+    for bad, match in (({"contraction": 1}, "contraction"), ({"n_proposal": [8]}, "one entry per proposal"),
+                       ({"far": 0.5}, "far"), ({"n_samples": 1}, "n_samples"), ({"width": 3}, "unknown")):
+        with pytest.raises(ValueError, match=match):
+            build_model("nerfacto", **{**TINY, **bad})
+    # The CPU gets the smaller grid and sample counts; CUDA nerfstudio's.
+    assert NerfactoField.options_for(False)["n_samples"] < NerfactoField.DEFAULTS["n_samples"]
+    assert NerfactoField.options_for(True) == {}
+
+
+def test_normalising_frame_centres_on_what_the_cameras_look_at():
+    orbit = orbit_poses(12, radius=4.0)
+    c, s = normalising_frame(orbit)
+    np.testing.assert_allclose(c, 0, atol=1e-9)
+    assert s == pytest.approx(1.0 / np.abs(orbit[:, :3, 3]).max())
+    # A quarter orbit around p: the mean camera position is off to the side, the point
+    # the optical axes meet is p.
+    p = np.array([1.0, 2.0, 0.5])
+    arc = np.stack([look_at(p + 3.0 * np.array([math.cos(a), math.sin(a), 0.3]), p)
+                    for a in np.linspace(0, math.pi / 2, 9)])
+    c, s = normalising_frame(arc)
+    np.testing.assert_allclose(c, p, atol=1e-9)
+    assert np.abs(arc[:, :3, 3] - c).max() * s == pytest.approx(1.0)
+    # Forward-facing (parallel axes): no meeting point; the mean position is the centre.
+    ff = np.stack([look_at([x, y, 5.0], [x, y, 0.0], up=(0, 1, 0)) for x in (-1, 0, 1) for y in (-0.5, 0.5)])
+    c, _ = normalising_frame(ff)
+    np.testing.assert_allclose(c, ff[:, :3, 3].mean(0), atol=1e-9)
+
+
+def test_bind_scene_sizes_per_image_parameters_and_keeps_a_bound_field():
+    m = build_model("nerfacto", **TINY)
+    assert m.appearance.shape == (0, 4) and m.pose_delta.shape == (0, 6)
+    poses = orbit_poses(5).astype(np.float32)
+    m.bind_scene(poses, 2.0, 6.0, False)
+    assert m.appearance.shape == (5, 4) and m.pose_delta.shape == (5, 6)
+    assert float(m.scale) == pytest.approx(1.0 / np.abs(poses[:, :3, 3]).max(), rel=1e-6)
+    with torch.no_grad():
+        m.appearance.add_(1.0)
+    m.bind_scene(poses, 2.0, 6.0, False)  # the same cameras again (a trainer restoring a checkpoint)
+    assert (m.appearance == 1.0).all()
+
+
+def test_render_rays_shapes_and_which_loss_trains_what():
+    torch.manual_seed(0)
+    m = build_model("nerfacto", **TINY)
+    m.bind_scene(orbit_poses(4).astype(np.float32), 2.0, 6.0, False)
+    o, d = _rays(32, seed=1)
+    image = torch.arange(32) % 4
+    out = m.render_rays(o, d, 2.0, 6.0, background=1.0, train=True, image=image)
+    assert out["rgb"].shape == (32, 3) and out["depth"].shape == (32,) and out["acc"].shape == (32,)
+    assert torch.isfinite(out["rgb"]).all() and (out["acc"] <= 1 + 1e-6).all()
+    terms = m.loss_terms(out, torch.rand(32, 3))
+    assert set(terms) == {"mse", "interlevel", "distortion", "pose"}
+
+    def grads(loss):
+        m.zero_grad(set_to_none=True)
+        loss.backward(retain_graph=True)
+        has = lambda mod: any(p.grad is not None and p.grad.abs().sum() > 0 for p in mod.parameters())  # noqa: E731
+        return has(m.field), has(m.proposals), has(m.color_net), m.appearance.grad is not None
+    # The photometric loss trains the field, the colour head and the appearance, never the
+    # proposals (samples are drawn, not differentiated); the interlevel loss only them.
+    assert grads(terms["mse"]) == (True, False, True, True)
+    assert grads(terms["interlevel"]) == (False, True, False, False)
+    assert grads(terms["distortion"])[:3] == (True, False, False)
+    # Rendering (no image): the mean embedding; no losses.
+    ev = m.render_rays(o, d, 2.0, 6.0, background=1.0)
+    assert "interlevel" not in ev and torch.isfinite(ev["rgb"]).all()
+
+
+def test_background_is_the_fields_own_and_none_adds_nothing():
+    m = build_model("nerfacto", **TINY).eval()
+    m.bind_scene(orbit_poses(4).astype(np.float32), 2.0, 6.0, False)
+    o, d = _rays(16, seed=2)
+    with torch.no_grad():
+        white, black, none = (m.render_rays(o, d, 2.0, 6.0, background=bg)["rgb"] for bg in (1.0, 0.0, None))
+    torch.testing.assert_close(white, black)  # the asked-for colour plays no part
+    assert (none <= white + 1e-6).all() and (white - none).abs().max() > 1e-3
+
+
+def test_appearance_embedding_changes_colour_and_renders_use_the_mean():
+    torch.manual_seed(0)
+    m = build_model("nerfacto", **TINY).eval()
+    m.bind_scene(orbit_poses(3).astype(np.float32), 2.0, 6.0, False)
+    with torch.no_grad():
+        m.appearance.copy_(torch.randn(3, 4) * 3)
+    o, d = _rays(16, seed=3)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        per = [m.render_rays(o, d, 2.0, 6.0, image=torch.full((16,), i))["rgb"] for i in range(3)]
+        mean = m.render_rays(o, d, 2.0, 6.0)["rgb"]
+        m.appearance.copy_(m.appearance.mean(0).expand(3, 4))
+        as_mean = m.render_rays(o, d, 2.0, 6.0, image=torch.zeros(16, dtype=torch.long))["rgb"]
+    assert (per[0] - per[1]).abs().max() > 1e-2
+    torch.testing.assert_close(mean, as_mean)
+
+
+def test_refine_rays_is_the_corrected_camera():
+    """refine_rays == the rays of [exp(w) R | o + t / scale] (rotation about the camera
+    centre, shift in the normalised frame); zero deltas leave the rays as they are."""
+    from renderer.lie import so3_exp
+    from renderer.rays import get_rays, intrinsics
+
+    m = build_model("nerfacto", **TINY)
+    poses = orbit_poses(3).astype(np.float32)
+    m.bind_scene(poses, 2.0, 6.0, False)
+    K = intrinsics(6, 5, 7.0)
+    o, d = get_rays(5, 6, K, torch.from_numpy(poses[1]))
+    o, d = o.reshape(-1, 3), d.reshape(-1, 3)
+    img = torch.ones(30, dtype=torch.long)
+    o2, d2 = m.refine_rays(o, d, img)
+    assert torch.equal(o2, o) and torch.equal(d2, d)
+    delta = torch.tensor([0.03, -0.02, 0.05, 0.01, 0.02, -0.03])
+    with torch.no_grad():
+        m.pose_delta[1] = delta
+    o2, d2 = m.refine_rays(o, d, img)
+    c2w = poses[1].astype(np.float64).copy()
+    c2w[:3, :3] = so3_exp(delta[:3].double()).numpy() @ c2w[:3, :3]
+    c2w[:3, 3] += delta[3:].double().numpy() / float(m.scale)
+    o3, d3 = get_rays(5, 6, K, torch.from_numpy(c2w))
+    torch.testing.assert_close(o2.double(), o3.reshape(-1, 3).double(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(d2.double(), d3.reshape(-1, 3).double(), atol=1e-5, rtol=0)
+
+
+def _blob_field():
+    """An analytic field in the embedded scene's frame: 24 Gaussian blobs of density within
+    1.1 of the origin (where the scene's objects are), coloured by smooth stripes of
+    position, rendered on 32 fixed depths in [2, 6] on white: a smooth, exact function of
+    the ray with parallax between near and far blobs."""
+    from renderer.compositing import composite
+
+    g = torch.Generator().manual_seed(0)
+    centres = (torch.rand(24, 3, generator=g, dtype=torch.float64) * 2 - 1) * 1.1
+    freqs = torch.randn(3, 3, generator=g, dtype=torch.float64) * 4.0
+    phase = torch.rand(3, generator=g, dtype=torch.float64) * 6.28
+
+    def render(o, d):
+        o, d = o.double(), d.double()
+        t = torch.linspace(2.0, 6.0, 32, dtype=torch.float64).expand(o.shape[0], 32)
+        x = o[:, None] + d[:, None] * t[..., None]
+        sigma = 30.0 * torch.exp(-((x[:, :, None] - centres) ** 2).sum(-1) / (2 * 0.15 ** 2)).sum(-1)
+        return composite(sigma, 0.5 + 0.5 * torch.sin(x @ freqs.T + phase), t, d, background=1.0)["rgb"]
+    return render
+
+
+def test_camera_refinement_recovers_known_perturbations_on_the_embedded_scene():
+    """Three training cameras of the embedded scene, each turned by 3 degrees about its
+    centre and moved by 0.05 (the scene is 4 units across): the field's per-image deltas,
+    fitted through refine_rays against renders of a fixed field from the true cameras,
+    bring them back to within 0.1 degree and 0.005 units.
+
+    L-BFGS on a fixed set of rays, because what is tested is the parametrisation and its
+    gradient: the perturbation is nearly an orbit about the scene, which changes a view
+    only through parallax, and first-order steps (Adam, as in training) follow that
+    narrow valley slowly (measured: 3 deg -> 0.8 deg in 300 steps)."""
+    from app.engine.batches import RaySampler
+    from app.tools.inerf import rotation_error_deg, translation_error
+    from loaders import load_scene
+    from renderer.lie import so3_exp
+    from renderer.rays import get_rays, intrinsics
+
+    field = _blob_field()
+    tr = load_scene(SCENE).split("train")
+    gt = tr.c2w[[0, 1, 2]].astype(np.float64)
+    size = 32
+    focal = tr.focal * size / tr.width
+    K = intrinsics(size, size, focal)
+    targets = torch.stack([field(*(r.reshape(-1, 3) for r in get_rays(size, size, K, torch.from_numpy(c).float())))
+                           .reshape(size, size, 3).float() for c in gt])
+    rng = np.random.default_rng(0)
+    pert = gt.copy()
+    for p in pert:
+        axis = rng.normal(size=3)
+        shift = rng.normal(size=3)
+        p[:3, :3] = so3_exp(torch.tensor(axis / np.linalg.norm(axis) * math.radians(3.0))).numpy() @ p[:3, :3]
+        p[:3, 3] += shift / np.linalg.norm(shift) * 0.05
+    m = build_model("nerfacto", **TINY)
+    m.bind_scene(pert.astype(np.float32), 2.0, 6.0, False)
+    batch = RaySampler(targets, torch.from_numpy(pert).float(), K, focal).sample(900, torch.Generator().manual_seed(0))
+    opt = torch.optim.LBFGS([m.pose_delta], lr=1.0, max_iter=40, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        o, d = m.refine_rays(batch.rays_o, batch.rays_d, batch.image)
+        loss = ((field(o, d).float() - batch.target) ** 2).mean()
+        loss.backward(inputs=[m.pose_delta])
+        return loss
+
+    opt.step(closure)
+    delta = m.pose_delta.detach().double()
+    fixed = pert.copy()
+    fixed[:, :3, :3] = so3_exp(delta[:, :3]).numpy() @ pert[:, :3, :3]
+    fixed[:, :3, 3] += delta[:, 3:].numpy() / float(m.scale)
+    for i in range(3):
+        assert rotation_error_deg(pert[i], gt[i]) == pytest.approx(3.0, abs=1e-3)
+        assert rotation_error_deg(fixed[i], gt[i]) < 0.1
+        assert translation_error(fixed[i], gt[i]) < 0.005 < 0.05 - 1e-6 <= translation_error(pert[i], gt[i])
+
+
+def test_trainer_passes_image_indices_and_trains_the_deltas():
+    tr = _trainer()
+    seen = {}
+    real = tr.model.render_rays
+
+    def spy(*a, **k):
+        seen.update(k)
+        return real(*a, **k)
+    tr.model.render_rays = spy
+    for _ in range(3):
+        assert not tr.step().get("skipped")
+    assert seen["image"].dtype == torch.int64 and seen["image"].shape == (128,)
+    assert seen["image"].max() < 8 and seen["train"]
+    # Its own learning rate, and the deltas and embeddings moved.
+    lrs = sorted(g["initial_lr"] for g in tr.optimizer.param_groups)
+    assert lrs == [1e-3, 1e-2]
+    assert tr.model.pose_delta.abs().sum() > 0 and tr.model.appearance.abs().sum() > 0
+    # A field without per-image parameters gets no image argument (the NeRF would refuse it).
+    from tests.conftest import make_trainer
+    assert not make_trainer().step().get("skipped")
+
+
+def test_short_training_fits_the_sphere_and_checkpoints_round_trip(tmp_path):
+    from app.engine.checkpoint import save_checkpoint, trainer_from_checkpoint
+
+    torch.manual_seed(0)
+    tr = _trainer(steps=120)
+    first = [tr.step()["psnr"] for _ in range(5)]
+    for _ in range(115):
+        m = tr.step()
+    assert m["psnr"] > np.mean(first) + 6, (first, m["psnr"])
+    # Eight 16-pixel views: the held-out ones are far from the mean colour's 10.3 dB.
+    assert tr.evaluate("test", ssim=False)["mean"]["psnr"] > 15
+    path = str(tmp_path / "ck.safetensors")
+    save_checkpoint(path, tr)
+    tr2 = trainer_from_checkpoint(path, tr.scene, device="cpu")
+    assert tr2.step_count == 120 and tr2.model._step == 120  # the anneal power is restored too
+    c2w = tr.scene.split("test").c2w[0]
+    torch.testing.assert_close(tr.render(c2w, 8, 8)["rgb"], tr2.render(c2w, 8, 8)["rgb"], rtol=0, atol=0)
+    assert not tr2.step().get("skipped")
+
+
+def test_mesh_export_and_inerf_run_with_it(tmp_path):
+    from app.tools.export import density_grid, export_mesh
+    from app.tools.inerf import InvertPose, perturb_pose
+
+    tr = _trainer()
+    for _ in range(30):
+        tr.step()
+    grid = density_grid(tr.model, 16)  # a short run: pick a level its density crosses
+    info = export_mesh(tr, str(tmp_path / "m.ply"), res=24, threshold=float(np.median(grid)), log=None)
+    assert info["faces"] > 0 and os.path.getsize(tmp_path / "m.ply") > 0
+    sp = tr.scene.split("test")
+    tr.optimizer.zero_grad(set_to_none=True)
+    inv = InvertPose(tr, sp.images[0], perturb_pose(sp.c2w[0], 5.0, 0.05), batch=64, sampling="random")
+    hist = inv.run(3)
+    assert all(np.isfinite(h["loss"]) for h in hist)
+    assert all(p.grad is None for p in tr.model.parameters())  # the field is not trained by it
+
+
+def test_default_model_for_captures():
+    sphere = make_sphere_scene()  # in memory, no alpha: a capture
+    assert is_capture(sphere) and default_model(True, sphere) == "nerfacto"
+    assert default_model(False, sphere) == "nerfacto"
+    assert default_model(True) == "hash" and default_model(False) == "nerf"  # no scene: as before
+    from loaders import load_scene
+    blender = load_scene(SCENE)  # RGBA: an object on a known background
+    assert not is_capture(blender) and default_model(True, blender) == "hash"
+    sphere.ndc = True  # forward-facing: its NDC box bounds it
+    assert not is_capture(sphere)
+
+
+def test_cli_trains_on_the_embedded_scene_and_beats_the_mean_colour(tmp_path):
+    """The CLI picks what it is told, trains, evaluates; a field that learnt nothing would
+    score the mean colour's PSNR (about 11 dB on this scene)."""
+    import subprocess
+    import sys
+
+    from loaders import load_scene
+
+    out = tmp_path / "run"
+    opts = dict(n_levels=4, log2_hashmap_size=12, max_res=64, n_proposal=[16, 8], n_samples=8)
+    proc = subprocess.run([sys.executable, "main.py", "train", "--model", "nerfacto", "--data", SCENE,
+                           "--downscale", "4", "--out", str(out), "--steps", "100", "--batch", "256",
+                           "--device", "cpu", "--eval-images", "2", "--options", json.dumps(opts)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "nerfacto is built for CUDA" in proc.stdout
+    scene = load_scene(SCENE, downscale=4)
+    mean = scene.split("train").images.reshape(-1, 3).mean(0)
+    test = scene.split("test").images[:2]
+    baseline = -10 * math.log10(float(((test - mean) ** 2).mean()))
+    got = json.load(open(out / "eval.json"))["mean"]["psnr"]
+    print(f"embedded scene at 32 px, 100 steps: {got:.2f} dB (mean colour {baseline:.2f} dB)")
+    assert got > baseline + 3.0
+
+
+@pytest.mark.skipif(not os.path.isdir(BEER), reason="../shared/data/captures/beer is not present")
+def test_beer_capture_trains_without_ndc(monkeypatch):
+    """The shared beer capture through the LLFF loader with NDC off (it is not forward
+    facing; the loader's default is NDC on, so this test asks for it off itself), at 1/16
+    resolution: a short run beats the mean colour on held-out frames."""
+    import loaders.llff as llff
+    from loaders.images import read_image, resize_area
+
+    # The loader compares each full-size image with the first one already downscaled, so
+    # any downscale > 1 fails; until the captures work fixes it, images are shrunk as read
+    # (the focal follows the image height, so it is right either way).
+    monkeypatch.setattr(llff, "read_image", lambda p: resize_area(read_image(p), 16))
+    scene = llff.load_llff(BEER, downscale=1, ndc=False)
+    assert scene.split("train").images.shape[1:3] == (80, 45)  # portrait frames
+    assert is_capture(scene) and default_model(True, scene) == "nerfacto"
+    tr = _trainer(scene, steps=150, batch=256)
+    for _ in range(150):
+        tr.step()
+    res = tr.evaluate("test", max_images=3, ssim=False)
+    mean = scene.split("train").images.reshape(-1, 3).mean(0)
+    test = scene.split("test").images[:3]
+    baseline = -10 * math.log10(float(((test - mean) ** 2).mean()))
+    print(f"beer at 1/16, 150 steps: {res['mean']['psnr']:.2f} dB (mean colour {baseline:.2f} dB)")
+    assert res["mean"]["psnr"] > baseline + 2.0
