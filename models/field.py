@@ -170,6 +170,14 @@ class Field(nn.Module):
         and evaluation use the cameras as given. The default: the rays unchanged."""
         return rays_o, rays_d
 
+    def appearance_code(self) -> torch.Tensor | None:
+        """For a view the field was not trained on: a fresh copy of the appearance code that
+        renders use (a field with per-image appearance renders with the training images'
+        mean), which evaluation may fit on part of that view and pass back as
+        ``render_rays(..., appearance=code)``. None (the default): no per-image appearance,
+        and render_rays takes no such argument."""
+        return None
+
     # -- training -------------------------------------------------------------------------
     def param_groups(self, lr: float) -> list[dict]:
         """Optimiser groups; each may carry its own lr (scaled with the schedule) and eps."""

@@ -195,13 +195,20 @@ class NerfactoField(Field):
         """Normalised points (N, 3) -> the hash grid's [0, 1]^3 through the contraction."""
         return to_unit_cube(contract(x_n, self.config["contraction"]))
 
-    def _embedding(self, n: int, image: torch.Tensor | None, device) -> torch.Tensor:
-        """(n, appearance_dim): the rays' images' embeddings, or the mean one for renders."""
+    def _embedding(self, n: int, image: torch.Tensor | None, device, code=None) -> torch.Tensor:
+        """(n, appearance_dim): the rays' images' embeddings, the given code, or the mean
+        embedding (renders)."""
         a = self.appearance
+        if code is not None:
+            return code.reshape(1, -1).expand(n, a.shape[1])
         if image is not None and a.shape[0] > 0:
             return a[image]
         mean = a.mean(0) if a.shape[0] > 0 else torch.zeros(a.shape[1], device=device)
         return mean.expand(n, a.shape[1])
+
+    def appearance_code(self) -> torch.Tensor:
+        """The mean embedding, detached: what a held-out view starts from (Field)."""
+        return self._embedding(1, None, self.appearance.device)[0].detach().clone()
 
     def _radiance_n(self, x_n, dirs, emb):
         """sigma (N,) per normalised unit and rgb (N, 3) at normalised points."""
@@ -244,12 +251,14 @@ class NerfactoField(Field):
             return alpha_weights(sigma, t[:, 1:] - t[:, :-1])[0]
 
     def render_rays(self, rays_o, rays_d, near, far, background=None, train: bool = False,
-                    image: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                    image: torch.Tensor | None = None, appearance: torch.Tensor | None = None
+                    ) -> dict[str, torch.Tensor]:
         """rays (R, 3) -> rgb (R, 3), depth (R,) along the un-normalised d (as the other
         fields), acc (R,), samples (0-dim); with train also interlevel and distortion
         (0-dim losses). image (R,): the training image of each ray (its appearance);
-        None renders with the mean embedding. background: None for none, anything else for
-        the field's own (see the module doc)."""
+        None renders with the mean embedding, or with ``appearance`` (appearance_dim,) when
+        given (a code fitted to a held-out view). background: None for none, anything else
+        for the field's own (see the module doc)."""
         c = self.config
         n_rays = rays_o.shape[0]
         o, dirs, dnorm, t0, t1 = self._ray_bounds(rays_o, rays_d, near, far)
@@ -268,7 +277,7 @@ class NerfactoField(Field):
         mid = 0.5 * (t[:, 1:] + t[:, :-1])
         S = mid.shape[1]
         x = (o[:, None, :] + dirs[:, None, :] * mid[..., None]).reshape(-1, 3)
-        emb = self._embedding(n_rays, image, o.device)
+        emb = self._embedding(n_rays, image, o.device, appearance)
         sigma, rgb = self._radiance_n(x, dirs.repeat_interleave(S, 0), emb.repeat_interleave(S, 0))
         sigma, rgb = sigma.reshape(n_rays, S), rgb.reshape(n_rays, S, 3)
         w = alpha_weights(sigma, t[:, 1:] - t[:, :-1])[0]

@@ -9,10 +9,12 @@ from renderer.rays import camera_directions, ndc_rays, rays_from_dirs
 @torch.no_grad()
 def render_image(model, c2w: torch.Tensor, height: int, width: int, K: torch.Tensor, near: float,
                  far: float, background=None, chunk: int = 8192, ndc: bool = False,
-                 keys: tuple[str, ...] = ("rgb", "depth", "acc"), autocast: bool = False) -> dict:
+                 keys: tuple[str, ...] = ("rgb", "depth", "acc"), autocast: bool = False,
+                 extra: dict | None = None) -> dict:
     """Render one view; returns each of ``keys`` as a (H, W[, C]) float32 tensor on CPU.
 
-    ``chunk`` bounds peak memory: rays are rendered ``chunk`` at a time.
+    ``chunk`` bounds peak memory: rays are rendered ``chunk`` at a time. ``extra``: more
+    keyword arguments for the model's render_rays (a fitted appearance code).
     """
     device = next(model.parameters()).device
     dirs = camera_directions(height, width, K, device)
@@ -26,7 +28,7 @@ def render_image(model, c2w: torch.Tensor, height: int, width: int, K: torch.Ten
         for s in range(0, rays_o.shape[0], chunk):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 out = model.render_rays(rays_o[s:s + chunk], rays_d[s:s + chunk], near, far,
-                                        background=background, train=False)
+                                        background=background, train=False, **(extra or {}))
             for k in keys:
                 outs[k].append(out[k].float())
     finally:
