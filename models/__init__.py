@@ -38,10 +38,11 @@ def available() -> list[str]:
 def is_capture(scene) -> bool:
     """Whether a loaded scene is a real capture (photos of the world, background at every
     distance) rather than an object on a known background. For now judged from what the
-    loaders give: no alpha in the training images and no NDC warp (a forward-facing LLFF
-    scene is bounded by its NDC box and suits the object fields). The one place that says
-    so: the captures work is to give loaders.scene.Scene an explicit flag."""
-    return scene.split("train").alpha is None and not scene.ndc
+    loaders give: no alpha in the training images, no declared white background (what the
+    Blender loader declares; the LLFF loader never does) and no NDC warp (a forward-facing
+    LLFF scene is bounded by its NDC box and suits the object fields). The one place that
+    says so: the captures work is to give loaders.scene.Scene an explicit flag."""
+    return scene.split("train").alpha is None and not scene.white_bkgd and not scene.ndc
 
 
 def default_model(cuda: bool, scene=None) -> str:

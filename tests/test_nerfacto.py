@@ -341,7 +341,7 @@ def test_held_out_appearance_is_fitted_on_the_left_half():
 
 
 def test_default_model_for_captures():
-    sphere = make_sphere_scene()  # in memory, no alpha: a capture
+    sphere = make_sphere_scene(white=False)  # no alpha, no declared background: a capture
     assert is_capture(sphere) and default_model(True, sphere) == "nerfacto"
     assert default_model(False, sphere) == "nerfacto"
     assert default_model(True) == "hash" and default_model(False) == "nerf"  # no scene: as before
@@ -350,6 +350,7 @@ def test_default_model_for_captures():
     assert not is_capture(blender) and default_model(True, blender) == "hash"
     sphere.ndc = True  # forward-facing: its NDC box bounds it
     assert not is_capture(sphere)
+    assert not is_capture(make_sphere_scene())  # RGB images on a declared white background
 
 
 def test_cli_trains_on_the_embedded_scene_and_beats_the_mean_colour(tmp_path):

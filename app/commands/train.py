@@ -29,8 +29,8 @@ def configure(p) -> None:
     from models.nerf import PRESETS
 
     p.add_argument("--model", default=None, choices=models.available(),
-                   help="field to train (default: nerfacto for real captures, photos without alpha "
-                        "and not forward-facing; otherwise the NeRF on a CPU, the hash grid on CUDA)")
+                   help="field to train (default: nerfacto for real captures, see models.is_capture; "
+                        "otherwise the NeRF on a CPU, the hash grid on CUDA)")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="NeRF size preset (default: cpu on CPU, paper on CUDA)")
     p.add_argument("--no-pe", action="store_true", help="plain MLP on raw (x, d): shows spectral bias")
