@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from app.engine.allocator import keep_freed_memory
-    from app.engine.checkpoint import CheckpointError
+    from app.engine.files import CheckpointError
     from loaders.scene import DataError
 
     keep_freed_memory()

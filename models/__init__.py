@@ -3,8 +3,11 @@ in REGISTRY below; the CLI's --model choices and the GUI's model list come from 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from models.field import Field, StepContext, StepRequests, TrainPolicy, apply_sample_counts  # noqa: F401
+if TYPE_CHECKING:  # the registry itself imports no torch: `main.py --help` stays light
+    from models.field import Field
+
 
 # name -> "module:class". Order is the order the GUI lists them in.
 REGISTRY: dict[str, str] = {
@@ -19,7 +22,7 @@ def register(name: str, target: str | type) -> None:
     REGISTRY[name] = target
 
 
-def model_class(name: str) -> type[Field]:
+def model_class(name: str) -> "type[Field]":
     """The Field subclass registered under name; ValueError naming the choices otherwise."""
     if name not in REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(REGISTRY)}")
@@ -42,6 +45,6 @@ def default_model(cuda: bool) -> str:
     return max(REGISTRY, key=rank)
 
 
-def build_model(kind: str, **options) -> Field:
+def build_model(kind: str, **options) -> "Field":
     """Construct a registered model by name with its options."""
     return model_class(kind)(**options)

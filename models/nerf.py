@@ -7,6 +7,7 @@ from torch import nn
 
 from models.encoding import make_encoding
 from models.field import Field, StepContext, TrainPolicy, check_options
+from models.nerf_presets import PRESETS
 from renderer.compositing import composite
 from renderer.occupancy import OccupancyGrid
 from renderer.sampling import hierarchical_samples, stratified_samples
@@ -99,12 +100,6 @@ def _query(field: NeRFField, rays_o, rays_d, t, sigma_noise: float, occ=None):
     return sigma.view(n_rays, n_samples), rgb.view(n_rays, n_samples, 3), idx.shape[0]
 
 
-# Named network sizes. 'paper' is NeRF as published; 'cpu' keeps the architecture family but
-# narrower and with fewer samples, so a 2-core CPU gets thousands of steps in minutes.
-PRESETS = {
-    "paper": dict(width=256, depth=8, n_coarse=64, n_fine=128),
-    "cpu": dict(width=128, depth=4, skips=[], dir_width=64, n_coarse=32, n_fine=32),
-}
 # Per preset: Adam's learning rate (the paper's 5e-4; the narrow CPU network learns far
 # faster with 3e-3, docs/models.md) and the centre-crop warm-up (the official recipe's 500
 # steps for Blender scenes; the small CPU net does not need it and a short CPU run cannot

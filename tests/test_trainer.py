@@ -126,7 +126,7 @@ def test_simulated_oom_halves_batch():
     assert "out of memory" in m["event"] and "256" in m["event"] and "128" in m["event"]
     assert tr.events == [m["event"]]
     _assert_same(before, _snapshot(tr))
-    for k in range(3):
+    for _ in range(3):
         m = tr.step()
         assert not m.get("skipped") and m["batch_rays"] == 128
     assert tr.step_count == 4

@@ -26,7 +26,7 @@ def configure(p) -> None:
     p.add_argument("--time-limit", type=positive(float), default=None,
                    help="stop after this many seconds of training even if steps remain")
     import models
-    from models.nerf import PRESETS
+    from models.nerf_presets import PRESETS
 
     p.add_argument("--model", default=None, choices=models.available(),
                    help="field to train (default: the registry's default for the device: the NeRF "
@@ -194,7 +194,7 @@ def run(args) -> int:
                 continue
             # A step can advance the count by more than one (the CUDA-graph step's first call
             # includes its warm-up steps), so periodic work triggers on crossing a multiple.
-            crossed = lambda every: trainer.step_count // every != prev // every  # noqa: E731
+            crossed = lambda every, prev=prev: trainer.step_count // every != prev // every  # noqa: E731
             bar.update(trainer.step_count - prev)
             if crossed(args.log_every):
                 rec = {k: m[k] for k in ("step", "loss", "psnr", "lr")} | {"time": round(train_time, 3)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from app.engine.checkpoint import CheckpointError, atomic_write
+from app.engine.files import CheckpointError, atomic_write
 from assets import SCENE_DIR
 
 DEFAULT_SCENE = SCENE_DIR

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from loaders.scene import Scene
-from models import build_model
+from models import build_model, default_model
 from models.field import StepContext, StepRequests, TrainPolicy
 from app.engine.averaging import WeightAverage
 from app.engine.batches import RaySampler, swap_background
@@ -25,7 +25,7 @@ from renderer.render import render_image
 class TrainConfig:
     """Everything that defines a run. Saved as JSON next to checkpoints."""
 
-    model: str = "nerf"
+    model: str | None = None  # a registered field; None: the registry's default for the device
     model_options: dict = field(default_factory=dict)
     batch_rays: int = 1024
     lr: float = 5e-4
@@ -142,6 +142,8 @@ class Trainer:
         self.config.validate()
         self.scene = scene
         self.device = pick_device(self.config.device)
+        if self.config.model is None:
+            self.config.model = default_model(self.device.type == "cuda")
         torch.manual_seed(self.config.seed)
         self.rng = torch.Generator(device=self.device).manual_seed(self.config.seed)
         tr = scene.split("train")

@@ -63,7 +63,7 @@ def default_settings(cuda: bool) -> dict:
     """GUI defaults: the registry's default model for this device, with its policy's
     precision and the NeRF knobs (PE, L, samples) for the models that read them."""
     import models
-    from models.nerf import PRESETS
+    from models.nerf_presets import PRESETS
 
     from app.engine.trainer import cpu_has_native_bf16
 
@@ -74,7 +74,7 @@ def default_settings(cuda: bool) -> dict:
                 # samples in empty cells are skipped from step 32 on (NeRFModel occupancy_warmup).
                 occupancy=True,
                 n_coarse=PRESETS[preset]["n_coarse"], n_fine=PRESETS[preset]["n_fine"], res_scale=1.0,
-                batch_rays=4096 if cuda else 512, compare=False, compare_b="pe_off", L_xyz_b=4)
+                batch_rays=None, compare=False, compare_b="pe_off", L_xyz_b=4)
 
 
 # Model options that the GUI's PE / L / sample widgets set (models with "pe" in GUI_KNOBS).
@@ -693,7 +693,8 @@ class Worker:
         # field at a fresh, 10x larger learning rate would undo it), on this device, at the
         # GUI's batch size (a GPU run's batch would make each CPU step take seconds).
         try:
-            config = TrainConfig(**{**cfg, "device": str(self.device), "batch_rays": int(s["batch_rays"])})
+            batch = int(s["batch_rays"] or self.trainers[0].config.batch_rays)
+            config = TrainConfig(**{**cfg, "device": str(self.device), "batch_rays": batch})
         except TypeError as exc:
             raise CheckpointError(ckpt, f"checkpoint config does not match this version: {exc}") from None
         mine = dict(self.trainers[0].model.config)
@@ -701,7 +702,7 @@ class Worker:
             opts.get(k) != mine.get(k) for k in set(opts) | set(mine) if k not in ("n_coarse", "n_fine"))
         t = _fed_trainer_class()(self.scene, config)
         load_into(ckpt, t)
-        t.batch_rays = int(s["batch_rays"])
+        t.batch_rays = batch
         self.settings = s
         self.trainers = [t]
         self._events_seen = [len(t.events)]
