@@ -124,8 +124,8 @@ class NeRFModel(Field):
     occupancy_res (None: off; e.g. 64: skip samples in cells of a res^3 occupancy grid over
     [-occupancy_bound, occupancy_bound]^3 (default 1.5) that the network finds empty; the
     grid is refreshed by step_hook, used from step occupancy_warmup on, and not saved).
-    occupancy_warmup is 32, not the 256 it was: on lego (H200) skipping from step 32 gave
-    1.5x the rays/s over a 60 s run and a better test PSNR at 15 and 60 s (docs/bench_gpu.md).
+    A short warm-up pays: skipping early gave more rays/s and no worse quality
+    (docs/bench_gpu.md).
     """
 
     LABEL = "NeRF (MLP, PE)"

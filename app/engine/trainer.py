@@ -41,10 +41,10 @@ class TrainConfig:
     # batch. The paper preset uses 500 steps (app/commands/train.py); 0 turns it off.
     precrop_steps: int = 0
     precrop_frac: float = 0.5
-    # torch.compile the NeRF networks (CUDA only: on a CPU it needs a C++ toolchain and was
-    # not measured). On an H200, lego, 8192 rays: 22.2 -> 27.6 steps/s and 32.6 -> 18.4 GiB
-    # peak, after ~20 s of compilation (docs/bench_gpu.md). Models without compile_fields
-    # (the hash model, where it was measured not to pay) ignore it.
+    # torch.compile the fields' networks (CUDA only: on a CPU it needs a C++ toolchain). It
+    # fuses the elementwise work between the NeRF's matmuls (more steps/s, less memory, after
+    # some seconds of compilation: docs/bench_gpu.md); fields where it does not pay compile
+    # nothing (Field.compile_fields).
     compile: bool = False
     # A random colour behind every training pixel of a scene with alpha (instant-ngp's and
     # nerfstudio's default for the synthetic scenes): a constant background lets the field
