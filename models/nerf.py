@@ -101,7 +101,7 @@ def _query(field: NeRFField, rays_o, rays_d, t, sigma_noise: float, occ=None):
 
 
 # Per preset: Adam's learning rate (the paper's 5e-4; the narrow CPU network learns far
-# faster with 3e-3, docs/models.md) and the centre-crop warm-up (the official recipe's 500
+# faster with 3e-3, docs/benchmarks.md) and the centre-crop warm-up (the official recipe's 500
 # steps for Blender scenes; the small CPU net does not need it and a short CPU run cannot
 # spare the steps; app/engine/trainer.TrainConfig.precrop_steps says why it exists).
 PRESET_POLICY = {
