@@ -83,13 +83,13 @@ def load_llff(root: str, downscale: int = 1, ndc: bool | None = None, holdout_ev
     c2w[:, :3, :4] = rot
     for i, m in enumerate(c2w):
         check_pose(pb_path, i, m)
-    images = []
+    images, raw_shape = [], None
     for f in files:
         p = os.path.join(img_dir, f)
         img = read_image(p)[..., :3]
         if not 1 <= factor <= min(img.shape[:2]):
             raise DataError(p, f"downscale {factor} must be between 1 and the image size {img.shape[1]}x{img.shape[0]}")
-        if images and img.shape[:2] != raw_shape:
+        if raw_shape is not None and img.shape[:2] != raw_shape:
             raise DataError(p, f"image size {img.shape[1]}x{img.shape[0]} differs from "
                                f"{raw_shape[1]}x{raw_shape[0]}")
         raw_shape = img.shape[:2]

@@ -9,7 +9,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 
 from loaders.scene import Scene
