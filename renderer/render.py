@@ -3,22 +3,29 @@ from __future__ import annotations
 
 import torch
 
-from renderer.rays import camera_directions, ndc_rays, rays_from_dirs
+from renderer.cameras import Cameras, camera_grid_directions
+from renderer.rays import ndc_rays, rays_from_dirs
 
 
 @torch.no_grad()
-def render_image(model, c2w: torch.Tensor, height: int, width: int, K: torch.Tensor, near: float,
-                 far: float, background=None, chunk: int = 8192, ndc: bool = False,
-                 keys: tuple[str, ...] = ("rgb", "depth", "acc"), autocast: bool = False) -> dict:
-    """Render one view; returns each of ``keys`` as a (H, W[, C]) float32 tensor on CPU.
+def render_image(model, c2w: torch.Tensor, camera: Cameras, near: float, far: float, background=None,
+                 chunk: int = 8192, ndc: bool = False, keys: tuple[str, ...] = ("rgb", "depth", "acc"),
+                 autocast: bool = False, ndc_frame: tuple[int, int, float] | None = None) -> dict:
+    """Render one view through ``camera`` (a one-camera renderer.cameras.Cameras: its
+    size, intrinsics and distortion); returns each of ``keys`` as a (H, W[, C]) float32
+    tensor on CPU.
 
-    ``chunk`` bounds peak memory: rays are rendered ``chunk`` at a time.
+    ``chunk`` bounds peak memory: rays are rendered ``chunk`` at a time. ndc_frame
+    (height, width, focal): the NDC warp of the training cameras, which every view of a
+    forward-facing scene must share (default: this camera's own).
     """
     device = next(model.parameters()).device
-    dirs = camera_directions(height, width, K, device)
+    height, width = int(camera.height[0]), int(camera.width[0])
+    dirs = camera_grid_directions(camera, 0, device)
     rays_o, rays_d = rays_from_dirs(dirs.reshape(-1, 3), c2w.to(device))
     if ndc:
-        rays_o, rays_d = ndc_rays(height, width, float(K[0, 0]), 1.0, rays_o, rays_d)
+        h0, w0, f0 = ndc_frame or (height, width, float(camera.fx[0]))
+        rays_o, rays_d = ndc_rays(h0, w0, f0, 1.0, rays_o, rays_d)
     outs: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     was_training = model.training
     model.eval()

@@ -192,7 +192,8 @@ def test_training_rays_match_rendering_rays():
     py = torch.randint(0, h, (50,), generator=g)
     px = torch.randint(0, w, (50,), generator=g)
     for k in range(50):
-        o, d = get_rays(h, w, tr.rays.K, tr.rays.c2w[img[k]])
+        K = torch.tensor(tr.scene.split("train").cameras.K(int(img[k])), dtype=torch.float32)
+        o, d = get_rays(h, w, K, tr.rays.c2w[img[k]])
         torch.testing.assert_close(rays_o[k], o[py[k], px[k]])
         torch.testing.assert_close(rays_d[k], d[py[k], px[k]])
         assert torch.equal(target[k], tr.rays.images[img[k], py[k], px[k]])

@@ -13,7 +13,8 @@ def configure(p) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="density level of the surface (default 10, per scene unit)")
     p.add_argument("--bbox", default="-1.5,-1.5,-1.5,1.5,1.5,1.5", metavar="X0,Y0,Z0,X1,Y1,Z1",
-                   help="box the grid spans, world units")
+                   help="box the grid spans, in the scene's normalised units (the mesh itself is written in "
+                        "the capture's own frame)")
     p.add_argument("--no-colors", action="store_true", help="geometry only")
     p.add_argument("--device", default="auto")
 

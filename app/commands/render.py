@@ -14,8 +14,10 @@ def configure(p) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--view", default="test:0", help="SPLIT:INDEX of a dataset camera")
     g.add_argument("--pose", default=None,
-                   help="camera-to-world 4x4 as JSON (16 numbers or nested), OpenGL convention")
-    g.add_argument("--orbit", default=None, metavar="AZ,EL,R", help="orbit camera: degrees, degrees, radius")
+                   help="camera-to-world 4x4 as JSON (16 numbers or nested), OpenGL convention, in the "
+                        "capture's own frame (that of its transforms.json / COLMAP model)")
+    g.add_argument("--orbit", default=None, metavar="AZ,EL,R",
+                   help="orbit camera around the scene's centre: degrees, degrees, radius in scene units")
     p.add_argument("--out", default="render.png", help="RGB output PNG")
     p.add_argument("--depth-out", default=None, help="also write a depth PNG (turbo colour map)")
     p.add_argument("--acc-out", default=None, help="also write an opacity PNG")
@@ -79,8 +81,9 @@ def run(args) -> int:
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise UserError(f"{flag}: the folder of {path} does not exist")
     trainer, scene, _ = load_run(args.run_dir, args.device)
+    camera = None
     if args.pose:
-        c2w = parse_pose(args.pose)
+        c2w = scene.from_world_poses(parse_pose(args.pose)).astype(np.float32)
     elif args.orbit:
         try:
             az, el, r = (float(v) for v in args.orbit.split(","))
@@ -95,13 +98,16 @@ def run(args) -> int:
             if i < 0:
                 raise IndexError
             c2w = sp.c2w[i]
+            camera = sp.cameras[i]  # a dataset view: its own intrinsics and distortion
         except (ValueError, IndexError):
             raise UserError(f"--view: {args.view!r} is not SPLIT:INDEX with INDEX < {len(sp)}") from None
     size = args.size
     if size is not None and not (8 <= size <= 4096):
         raise UserError(f"--size must be between 8 and 4096, got {size}")
-    h = w = size if size else None
-    out = trainer.render(c2w, h or trainer.height, w or trainer.width)
+    if size:
+        out = trainer.render(c2w, size, size)
+    else:
+        out = trainer.render(c2w, camera=camera)
     iio.imwrite(args.out, to_uint8(out["rgb"].numpy()))
     print(f"wrote {args.out}")
     if args.depth_out:

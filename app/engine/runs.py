@@ -1,6 +1,7 @@
 """Run directories: what `train` writes and every other command reads.
 
-RUN_DIR/run.json          data path, downscale, background (how to reload the scene)
+RUN_DIR/run.json          data path, downscale, background, NDC, the world -> scene
+                          normalisation (how to reload the scene exactly as trained)
 RUN_DIR/checkpoint.safetensors
 RUN_DIR/metrics.jsonl     one JSON object per logged step
 RUN_DIR/eval.json         written by `eval`
@@ -46,6 +47,30 @@ def read_run(run_dir: str) -> dict:
     return info
 
 
+def scene_record(scene, args_like) -> dict:
+    """What run.json keeps to reload ``scene`` as it was trained: besides the loader's
+    options, the NDC choice and the normalisation (recomputing them from the files would
+    move the field if frames were added or dropped since)."""
+    return {"ndc": bool(scene.ndc), "skip_missing": bool(getattr(args_like, "skip_missing", False)),
+            "kind": scene.kind, "normalization": scene.normalization.to_json()}
+
+
+def scene_options(info: dict, path: str) -> dict:
+    """load_scene keyword arguments from a run.json record (older runs: the defaults)."""
+    from loaders.normalize import Similarity
+
+    opts = {"downscale": int(info.get("downscale", 1)), "white_bkgd": bool(info.get("white_bkgd", True))}
+    if "ndc" in info:
+        opts["ndc"] = bool(info["ndc"])
+    opts["skip_missing"] = bool(info.get("skip_missing", False))
+    if info.get("normalization") is not None:
+        try:
+            opts["normalization"] = Similarity.from_json(info["normalization"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(path, f"'normalization' is not a similarity transform ({exc})") from None
+    return opts
+
+
 def load_run(run_dir: str, device: str = "auto", data: str | None = None):
     """(trainer, scene, info) restored from a run directory, with the averaged weights
     (TrainConfig.ema_decay) in place of the raw ones."""
@@ -53,8 +78,7 @@ def load_run(run_dir: str, device: str = "auto", data: str | None = None):
     from loaders import load_scene
 
     info = read_run(run_dir)
-    scene = load_scene(data or info["data"], downscale=int(info.get("downscale", 1)),
-                       white_bkgd=bool(info.get("white_bkgd", True)))
+    scene = load_scene(data or info["data"], **scene_options(info, os.path.join(run_dir, "run.json")))
     trainer = trainer_from_checkpoint(os.path.join(run_dir, CKPT), scene, device)
     trainer.apply_average()  # loaded to be used: what training showed is what is used
     return trainer, scene, info

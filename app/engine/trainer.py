@@ -9,7 +9,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 
 from loaders.scene import Scene
@@ -17,8 +16,6 @@ from models import build_model, default_model
 from models.field import StepContext, StepRequests, TrainPolicy
 from app.engine.averaging import WeightAverage
 from app.engine.batches import RaySampler, swap_background
-from renderer.rays import intrinsics
-from renderer.render import render_image
 
 
 @dataclass
@@ -498,48 +495,20 @@ class Trainer:
             if callback is not None:
                 callback(m)
 
-    # -- rendering and evaluation ----------------------------------------------------------
-    def render(self, c2w, height: int | None = None, width: int | None = None,
-               focal: float | None = None, keys=("rgb", "depth", "acc"), chunk: int | None = None) -> dict:
-        """Render a view with the training intrinsics (optionally rescaled to height x width)."""
-        h = height or self.height
-        w = width or self.width
-        f = focal if focal is not None else self.focal * w / self.width
-        K = intrinsics(w, h, f)
-        c2w = torch.as_tensor(np.asarray(c2w, dtype=np.float32))
-        if chunk is None:
-            chunk = 65536 if self.device.type == "cuda" else 4096
-        with self.averaged():
-            return render_image(self.model, c2w, h, w, K, self.scene.near, self.scene.far,
-                                background=self.background, chunk=chunk, ndc=self.scene.ndc, keys=keys,
-                                autocast=self.config.autocast)
+    # -- rendering and evaluation (app/engine/views.py) -----------------------------------
+    def render(self, c2w, height: int | None = None, width: int | None = None, focal: float | None = None,
+               keys=("rgb", "depth", "acc"), chunk: int | None = None, camera=None) -> dict:
+        """Render a view: through ``camera`` (a dataset view's own Cameras) or a pinhole
+        with the training focal (rescaled to height x width)."""
+        from app.engine.views import render_view
+        return render_view(self, c2w, height, width, focal, keys, chunk, camera)
 
     def evaluate(self, split: str = "test", max_images: int | None = None, ssim: bool = True,
                  progress=None) -> dict:
-        """PSNR (and SSIM) per image and mean on a split (with the averaged weights, if any)."""
-        self.finish_pending()  # the result names the step it was taken at
-        sp = self.scene.split(split)
-        n = len(sp) if max_images is None else min(max_images, len(sp))
-        it = range(n) if progress is None else progress(range(n))
-        with self.averaged():
-            rows = self._evaluate_rows(sp, it, ssim)
-        mean = {"psnr": float(np.mean([r["psnr"] for r in rows]))}
-        if ssim:
-            mean["ssim"] = float(np.mean([r["ssim"] for r in rows]))
-        return {"split": split, "images": rows, "mean": mean, "step": self.step_count}
-
-    def _evaluate_rows(self, sp, it, ssim: bool) -> list[dict]:
-        from app.engine.metrics import psnr, ssim as ssim_fn
-
-        rows = []
-        for i in it:
-            pred = self.render(sp.c2w[i], sp.height, sp.width, sp.focal, keys=("rgb",))["rgb"].numpy()
-            gt = sp.images[i]
-            row = {"name": sp.names[i] if sp.names else str(i), "psnr": psnr(pred, gt)}
-            if ssim:
-                row["ssim"] = ssim_fn(pred, gt)
-            rows.append(row)
-        return rows
+        """PSNR (and SSIM) per image and mean on a split, each view rendered through its own
+        camera (with the averaged weights, if any)."""
+        from app.engine.views import evaluate_split
+        return evaluate_split(self, split, max_images, ssim, progress)
 
     def config_dict(self) -> dict:
         d = asdict(self.config)

@@ -138,7 +138,9 @@ class App:
         self.quit = False
         self.stats_out = sys.stdout
         self.worker = Worker(data=args.data, settings=settings, device=args.device,
-                             downscale=args.downscale, train=not args.paused)
+                             downscale=args.downscale, train=not args.paused,
+                             scene_options={"ndc": getattr(args, "ndc", None),
+                                            "skip_missing": getattr(args, "skip_missing", False)})
         self.display = DisplayThread(TEX, TEX, prefer_gl=not args.no_gl, background=BG)
         self.camera: OrbitCamera | None = None
         self.info: dict | None = None

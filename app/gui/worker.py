@@ -241,11 +241,12 @@ class Worker:
 
     def __init__(self, data: str | None = None, scene=None, settings: dict | None = None,
                  device: str = "auto", downscale: int = 1, train: bool = True,
-                 threads: int | None = None, seed: int = 0):
+                 threads: int | None = None, seed: int = 0, scene_options: dict | None = None):
         if data is None and scene is None:
             raise ValueError("Worker needs data (a scene directory) or scene")
         self.data, self._scene_in, self.device_name = data, scene, device
         self.downscale, self.seed = downscale, seed
+        self.scene_options = dict(scene_options or {})  # load_scene's ndc, skip_missing
         self._settings_override = dict(settings or {})
         self.threads = threads
         self._commands: queue.Queue = queue.Queue()
@@ -478,7 +479,7 @@ class Worker:
         else:
             from loaders import load_scene
 
-            self.scene = load_scene(self.data, downscale=self.downscale)
+            self.scene = load_scene(self.data, downscale=self.downscale, **self.scene_options)
             for n in self.scene.notes:
                 self._note("info", n)
         tr = self.scene.split("train")
@@ -877,8 +878,8 @@ class Worker:
             K = intrinsics(w, h, focal)
             dirs = camera_directions(h, w, K, dev).reshape(-1, 3)
             o, d = rays_from_dirs(dirs, torch.from_numpy(job.c2w).to(dev))
-            if self.scene.ndc:
-                o, d = ndc_rays(h, w, focal, 1.0, o, d)
+            if self.scene.ndc:  # the training cameras' NDC frame, whatever this view's size
+                o, d = ndc_rays(tr0.height, tr0.width, tr0.focal, 1.0, o, d)
             job.rays = (o, d)
             job.outs = [{"rgb": torch.empty(h * w, 3), "depth": torch.empty(h * w),
                          "acc": torch.empty(h * w)} for _ in models]
@@ -952,7 +953,7 @@ class Worker:
         if self.scene.ndc:
             from renderer.rays import ndc_rays
 
-            o, d = ndc_rays(h, w, focal, 1.0, o, d)
+            o, d = ndc_rays(t.height, t.width, t.focal, 1.0, o, d)
         was = t.model.training
         t.model.eval()
         try:
@@ -983,7 +984,8 @@ class Worker:
         view = view % len(sp)
         truth = sp.c2w[view].astype(np.float64)
         init = inerf.perturb_pose(truth, 10.0, 0.2 * self.scene.scene_radius / 4.0, seed=view)
-        inv = inerf.InvertPose(self.trainers[0], sp.images[view], init.astype(np.float32))
+        inv = inerf.InvertPose(self.trainers[0], sp.images[view], init.astype(np.float32),
+                               camera=sp.cameras[view])
         self._inerf = {"inv": inv, "rot_err": inerf.rotation_error_deg, "truth": truth,
                        "target": sp.images[view], "i": 0,
                        "steps": int(steps), "was_training": self.training, "c2w": init, "view": view}

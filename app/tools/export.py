@@ -211,6 +211,8 @@ def export_mesh(trainer_or_model, path: str, res: int = 256, threshold: float | 
     threshold: density level of the surface; None uses DEFAULT_THRESHOLD (10).
     progress(done, total) is called per chunk of each slow stage: the density grid
     (total = res^3 points), then the vertex colours (total = vertex count).
+    bbox is in the scene's (normalised) frame; the vertices are written in the capture's
+    own frame (Scene.to_world_points) when a Trainer is given.
     Returns dict(vertices=int, faces=int, threshold=float, path=str, seconds=float).
     Raises ValueError (nothing written) for bad arguments or a field with no
     surface at that level.
@@ -237,7 +239,10 @@ def export_mesh(trainer_or_model, path: str, res: int = 256, threshold: float | 
         rgb = vertex_colors(model, verts, normals, half_length=2.0 * voxel, progress=progress)
     else:
         rgb = None
+    scene = getattr(trainer_or_model, "scene", None)
+    if scene is not None:  # out of the normalised frame, into the capture's own
+        verts = scene.to_world_points(verts).astype(np.float32)
     write_ply(path, verts, faces, rgb, comments=(f"NeRF Lab mesh: res {res}, threshold {threshold:g}",
-                                                   f"bbox {lo.tolist()} {hi.tolist()}"))
+                                                   f"bbox {lo.tolist()} {hi.tolist()} (scene units)"))
     return {"vertices": int(len(verts)), "faces": int(len(faces)), "threshold": threshold,
             "path": str(path), "seconds": time.perf_counter() - t0}
