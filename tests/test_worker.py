@@ -13,7 +13,7 @@ from app.gui.probes import ray_through_pixel
 from app.gui.render_schedule import level_sizes
 from app.gui.settings import Settings, default_settings, field_label, model_options
 from app.gui.training import Fields
-from app.gui.worker import Worker, measure_camera_latency
+from app.gui.worker import Worker, coalesce, measure_camera_latency
 from app.gui.orbit import OrbitCamera
 from renderer.rays import get_rays, intrinsics
 from tests.conftest import make_sphere_scene
@@ -80,6 +80,15 @@ def test_model_options_variants():
     assert model_options(dict(s, compare_b="L"), "B")["L_xyz"] == 2
     assert field_label(s, "B") == "no PE (raw xyz)"
     assert model_options(dict(s, model="hash"), "A") == {}
+
+
+def test_coalesce_merges_settings_runs_and_keeps_the_newest_camera():
+    cmds = [("camera", {"version": 1}), ("settings", {"L_xyz": 3}), ("settings", {"L_xyz": 5, "pe": False}),
+            ("save", {"path": "a"}), ("settings", {"n_fine": 2}), ("camera", {"version": 2})]
+    ordered, cam = coalesce(cmds)
+    assert ordered == [("settings", {"L_xyz": 5, "pe": False}), ("save", {"path": "a"}), ("settings", {"n_fine": 2})]
+    assert cam == {"version": 2}
+    assert coalesce([]) == ([], None)
 
 
 # -- the thread ----------------------------------------------------------------------------------------

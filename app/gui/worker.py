@@ -286,20 +286,12 @@ class Worker:
                 cmds.append(self._commands.get_nowait())
         except queue.Empty:
             pass
-        cam = None
-        settings: dict = {}
-        for name, kw in cmds:
-            if name == "camera":
-                cam = kw  # only the newest camera matters
-            elif name == "settings":
-                settings.update(kw)  # slider drags coalesce into one rebuild
+        ordered, cam = coalesce(cmds)
+        for name, kw in ordered:
+            if name == "settings":
+                self.settings.apply(kw)
             else:
-                if settings:  # keep ordering between settings and other commands
-                    self.settings.apply(settings)
-                    settings = {}
                 self._command(name, kw)
-        if settings:
-            self.settings.apply(settings)
         if cam is not None:
             self.abort.preempt.clear()  # taken: the render it asked for is scheduled now
             self.render.camera(**cam)
@@ -376,6 +368,26 @@ class Worker:
 
     def _refreshing(self) -> bool:
         return self.training and not self.inerf.active
+
+
+def coalesce(cmds: list) -> tuple[list, dict | None]:
+    """Commands as they arrived -> (the ones to run, in order, with each run of settings
+    changes merged into one: slider drags cost one rebuild; the newest camera, or None:
+    only the newest pose matters, and it goes last, after the settings it may depend on)."""
+    ordered, cam, settings = [], None, {}
+    for name, kw in cmds:
+        if name == "camera":
+            cam = kw
+        elif name == "settings":
+            settings.update(kw)
+        else:
+            if settings:  # keep the order between settings and other commands
+                ordered.append(("settings", settings))
+                settings = {}
+            ordered.append((name, kw))
+    if settings:
+        ordered.append(("settings", settings))
+    return ordered, cam
 
 
 def describe_scene(scene) -> dict:
