@@ -191,6 +191,36 @@ def test_worker_exception_is_reported_not_fatal(worker):
     assert st["error"] is None
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_bug_on_the_worker_thread_is_not_swallowed():
+    """Only expected failures pause training with a note; a programming error ends the
+    thread with its traceback, and the status says so (state 'crashed')."""
+    w = Worker(scene=make_sphere_scene(), settings=dict(TINY), device="cpu", threads=1).start()
+    try:
+        steps_after(w, 1)
+
+        def bug(trainer):
+            raise AttributeError("'NoneType' object has no attribute 'shape' (injected)")
+
+        w.call(lambda w_: setattr(w_.trainers[0], "fault_hook", bug))
+        st = w.wait_status(lambda s: s["state"] == "crashed", WAIT)
+        assert st is not None and "AttributeError" in st["error"] and "crashed" in st["error"]
+        assert w.join(5.0)
+    finally:
+        w.stop(1.0)
+
+
+def test_snapshot_without_a_config_is_refused(worker, tmp_path):
+    from safetensors.torch import save_file
+    path = str(tmp_path / "odd.safetensors")
+    from app.engine.checkpoint import FORMAT, VERSION
+    save_file({"x": torch.zeros(1)}, path, metadata={"nerflab": json.dumps({"format": FORMAT, "version": VERSION})})
+    steps_after(worker, 1)
+    worker.send("load", path=path)
+    notes = notes_until(worker, lambda n: n[0] == "error")
+    assert any("no training config" in n[1] for n in notes) and worker.alive
+
+
 def test_trainer_recovery_events_reach_the_gui(worker):
     steps_after(worker, 1)
     fired = []

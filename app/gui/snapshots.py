@@ -49,7 +49,9 @@ class Snapshots:
         if os.path.isdir(path):
             ckpt, history = os.path.join(path, CKPT), os.path.join(path, "metrics.jsonl")
         meta, _ = read_checkpoint(ckpt)  # fails early, naming the file, before anything changes
-        cfg = meta["config"]
+        cfg = meta.get("config")
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), str):
+            raise CheckpointError(ckpt, "checkpoint metadata has no training config naming its model")
         s = snapshot_settings(self.settings.values, cfg)
         # The snapshot's own config (learning-rate schedule included: resuming a converged
         # field at a fresh, 10x larger learning rate would undo it), on this device, at the
