@@ -540,6 +540,18 @@ def test_default_settings_come_from_the_registry():
         assert s["batch_rays"] == (4096 if cuda else 512)
 
 
+def test_snapshot_settings_restore_the_widgets_of_a_pe_model_and_arch_of_others():
+    from app.gui.settings import snapshot_settings
+    s = {**default_settings(False), **TINY, "compare": True}
+    nerf = {"model": "nerf", "model_options": {"pos_encoding": "none", "L_xyz": 6, "width": 48, "n_coarse": 16}}
+    out = snapshot_settings(s, nerf)
+    # Absent options are the model's defaults (what the snapshot's network was built with).
+    assert (out["pe"], out["L_xyz"], out["L_dir"], out["n_coarse"], out["n_fine"]) == (False, 6, 4, 16, 128)
+    assert out["arch"]["nerf"] == {"width": 48} and out["compare"] is False
+    grid = snapshot_settings(s, {"model": "plenoxels", "model_options": {"resolution": 32, "n_coarse": 64}})
+    assert grid["arch"]["plenoxels"] == {"resolution": 32, "n_coarse": 64} and grid["L_xyz"] == s["L_xyz"]
+
+
 def test_refused_sample_count_keeps_settings_and_resyncs_widgets():
     out = Outbox()
     s = bound_settings({**default_settings(False), **TINY}, out=out)

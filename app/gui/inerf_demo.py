@@ -3,12 +3,11 @@ gradient descent through the trained field, showing target | estimate as it goes
 from __future__ import annotations
 
 import importlib
-import math
 
 import numpy as np
 
 from app.gui.channels import Outbox
-from app.gui.render_schedule import RenderJob
+from app.gui.render_schedule import RenderJob, fov_for
 
 PERTURB_DEG = 10.0
 SHOW_EVERY = 5  # steps between renders of the estimate
@@ -81,6 +80,6 @@ class InerfDemo:
         tgt = {"rgb": target, "depth": np.zeros(target.shape[:2], np.float32),
                "acc": np.ones(target.shape[:2], np.float32)}
         est = {k: v.numpy() for k, v in out.items()}
-        job = RenderJob(st["c2w"], math.degrees(2 * math.atan(0.5 * tr.width / t.focal)), -1, sizes, lvl, lvl)
+        job = RenderJob(st["c2w"], fov_for(tr.width, t.focal), -1, sizes, lvl, lvl)
         self.render.publish(job, [tgt, est], kind="inerf", labels=["target image", "render from estimate"],
                             info=dict(st.get("last") or {}))

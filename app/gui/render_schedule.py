@@ -43,6 +43,11 @@ def focal_for(width: int, fov_deg: float) -> float:
     return 0.5 * width / math.tan(0.5 * math.radians(fov_deg))
 
 
+def fov_for(width: int, focal: float) -> float:
+    """Horizontal fov (degrees) of a pinhole ``width`` pixels wide with this focal length."""
+    return math.degrees(2 * math.atan(0.5 * width / focal))
+
+
 @dataclass
 class Frame:
     """One completed render level. images: per field dicts of numpy float32

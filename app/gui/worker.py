@@ -34,7 +34,7 @@ from app.gui.abort import AbortHook, WorkerStopped
 from app.gui.channels import Outbox, drain
 from app.gui.inerf_demo import InerfDemo
 from app.gui.probes import RayProbe
-from app.gui.render_schedule import CHUNK_SECONDS, Frame, RenderScheduler
+from app.gui.render_schedule import CHUNK_SECONDS, Frame, RenderScheduler, fov_for
 from app.gui.settings import Settings
 from app.gui.snapshots import Snapshots
 from app.gui.tool_calls import ToolCalls
@@ -398,7 +398,7 @@ def describe_scene(scene) -> dict:
     test = scene.split("test") if "test" in scene.splits else tr
     return dict(train_c2w=tr.c2w.copy(), height=tr.height, width=tr.width, focal=tr.focal, near=scene.near,
                 far=scene.far, radius=scene.scene_radius, up=scene_up(tr.c2w),
-                fov=math.degrees(2 * math.atan(0.5 * tr.width / tr.focal)), n_test=len(test), source=scene.source)
+                fov=fov_for(tr.width, tr.focal), n_test=len(test), source=scene.source)
 
 
 def measure_camera_latency(worker: Worker, cameras, fov: float, timeout: float = 60.0) -> list[float]:
