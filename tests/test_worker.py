@@ -552,6 +552,21 @@ def test_snapshot_settings_restore_the_widgets_of_a_pe_model_and_arch_of_others(
     assert grid["arch"]["plenoxels"] == {"resolution": 32, "n_coarse": 64} and grid["L_xyz"] == s["L_xyz"]
 
 
+def test_compare_ends_with_a_model_that_has_no_pe_knob():
+    out = Outbox()
+    s = bound_settings({**default_settings(False), **TINY, "compare": True}, out=out)
+    s.build("start")
+    assert len(s.fields.trainers) == 2
+    worker_notes(out)
+    s.apply({"model": "plenoxels"})
+    assert s.values["compare"] is False and len(s.fields.trainers) == 1
+    assert any("model nerf -> plenoxels" in m and "compare mode off" in m for _, m in worker_notes(out))
+    seq = out.status()["settings_seq"]
+    s.apply({"compare": True})  # refused: nothing is rebuilt, the widgets are re-synced
+    assert s.values["compare"] is False and len(s.fields.trainers) == 1
+    assert out.status()["settings_seq"] == seq + 1 and not worker_notes(out)
+
+
 def test_refused_sample_count_keeps_settings_and_resyncs_widgets():
     out = Outbox()
     s = bound_settings({**default_settings(False), **TINY}, out=out)

@@ -168,9 +168,9 @@ class SidePanel:
             dpg.add_item_deactivated_after_edit_handler(callback=lambda *a: fn())
         dpg.bind_item_handler_registry(tag, reg)
 
-    def _tool_button(self, label, tag, callback):
+    def _tool_button(self, label, tag, action):
         dpg = self.dpg
-        dpg.add_button(label=label, tag=tag, callback=callback, width=150)
+        dpg.add_button(label=label, tag=tag, callback=lambda *_: action(), width=150)
         with dpg.tooltip(tag):
             dpg.add_text("runs in the worker thread")
 

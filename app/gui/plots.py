@@ -139,6 +139,8 @@ class WeightsPlot:
         if "t_fine" in r:
             dpg.set_value("w_fine", [r["t_fine"].tolist(), r["w_fine"].tolist()])
             top = max(top, float(r["w_fine"].max(initial=0.0)))
+        else:  # a model with one pass (or another model now): no stale fine curve
+            dpg.set_value("w_fine", [[], []])
         # Fixed ranges: the whole ray segment, and the tallest weight (auto-fit lags a frame).
         info = self.viewport.info
         dpg.set_axis_limits("w_x", float(info["near"]), float(info["far"]))

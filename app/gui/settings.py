@@ -83,12 +83,12 @@ def field_label(s: dict, variant: str = "A") -> str:
 
 def change_message(old: dict, new: dict, keys: list[str]) -> str:
     """The note for a change that builds new fields."""
+    what = ", ".join(f"{k} {old[k]} -> {new[k]}" for k in keys if k not in COMPARE_KEYS)
     if any(k in keys for k in COMPARE_KEYS):
         if new["compare"]:
             return (f"compare mode: A = {field_label(new, 'A')}, B = {field_label(new, 'B')}; both "
                     f"fields restart from step 0 and train on the same ray batches")
-        return "compare mode off: single field restarts from step 0"
-    what = ", ".join(f"{k} {old[k]} -> {new[k]}" for k in keys)
+        return (f"rebuilt model ({what}); " if what else "") + "compare mode off: single field restarts from step 0"
     return f"rebuilt model ({what}): new network, training restarts at step 0"
 
 
@@ -171,10 +171,14 @@ class Settings:
 
     def apply(self, changes: dict) -> None:
         s = self.values
-        changes = {k: v for k, v in changes.items() if k in s and s[k] != v}
+        new = {**s, **{k: v for k, v in changes.items() if k in s}}
+        if new.get("compare") and "pe" not in models.model_class(new["model"]).GUI_KNOBS:
+            new["compare"] = False  # A/B is PE on vs off: nothing to compare for this model
+            if changes.get("compare"):
+                self.out.publish_settings(s)  # refused: the checkbox goes back
+        changes = {k: v for k, v in new.items() if s[k] != v}
         if not changes:
             return
-        new = {**s, **changes}
         rebuild = [k for k in REBUILD_KEYS + COMPARE_KEYS if k in changes]
         if "batch_rays" in changes and new["compare"]:
             rebuild.append("batch_rays")  # two fields on one batch: restart both together
