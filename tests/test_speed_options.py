@@ -103,7 +103,7 @@ def test_cpu_bf16_detection_reads_cpu_flags(monkeypatch, tmp_path):
 
 def test_gui_worker_uses_bf16_only_for_the_nerf_and_where_native(monkeypatch):
     from app.engine import trainer as trainer_mod
-    from app.gui import worker as worker_mod
+    from app.gui import settings as worker_mod
     monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda: False)
     assert worker_mod.default_settings(cuda=False)["bf16"] is False
     monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda: True)
