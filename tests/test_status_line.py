@@ -21,6 +21,7 @@ def test_fit_text_keeps_the_longest_prefix_that_fits():
 def test_summary_line():
     st = {"state": "training", "device": "cpu", "torch_threads": 1, "step": 12, "steps_per_s": 3.25}
     line = summary(st, 9.6, "moderngl EGL (llvmpipe) GPU upsampling")
-    assert line == "training | cpu (1 torch thread) | step 12 | 3.2 steps/s | GUI 10 fps | display: moderngl EGL GPU bilinear"
+    assert line == ("training | cpu (1 torch thread) | step 12 | 3.2 steps/s | GUI 10 fps | "
+                    "display: moderngl EGL GPU bilinear")
     st.update(device="cuda:0 (NVIDIA H200)", torch_threads=15)
     assert summary(st, 60, "numpy CPU upsampling (GL disabled)").split(" | ")[1:2] == ["cuda:0 (NVIDIA H200)"]

@@ -329,7 +329,7 @@ def test_inerf_demo_plumbing(worker, monkeypatch):
     """With a stand-in InvertPose (the real one is built elsewhere) the worker steps it,
     shows target | estimate frames and restores training afterwards."""
     class FakeInvert:
-        def __init__(self, trainer, target_image, init_c2w):
+        def __init__(self, trainer, target_image, init_c2w, camera=None):
             assert target_image.shape == (16, 16, 3) and init_c2w.shape == (4, 4)
             self.c2w = np.array(init_c2w, dtype=np.float64)
             self.n = 0
@@ -529,15 +529,16 @@ def worker_notes(out):
 
 def test_default_settings_come_from_the_registry():
     """The sample and L defaults are the first registered PE model's (its CPU / CUDA preset),
-    the batch size is the default model's policy; nothing in the GUI names a model."""
+    the batch size is each model's policy (None until the user sets one); nothing in the
+    GUI names a model."""
     import models
-    from models.nerf import PRESETS
+    from models.nerf_presets import PRESETS
     for cuda, preset in ((False, "cpu"), (True, "paper")):
         s = default_settings(cuda)
         assert s["model"] == models.default_model(cuda)
         assert (s["n_coarse"], s["n_fine"]) == (PRESETS[preset]["n_coarse"], PRESETS[preset]["n_fine"])
         assert (s["pe"], s["L_xyz"], s["L_dir"]) == (True, 10, 4)
-        assert s["batch_rays"] == (4096 if cuda else 512)
+        assert s["batch_rays"] is None
 
 
 def test_snapshot_settings_restore_the_widgets_of_a_pe_model_and_arch_of_others():

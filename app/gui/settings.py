@@ -40,16 +40,16 @@ def knob_defaults(cuda: bool) -> dict:
 
 def default_settings(cuda: bool) -> dict:
     """GUI defaults: the registry's default model for this device, at its policy's
-    interactive batch size, bf16 where it pays, and knob_defaults(cuda)."""
+    batch size (None: each model its own), bf16 where it pays, and knob_defaults(cuda)."""
     from app.engine.trainer import cpu_has_native_bf16
 
-    name = models.default_model(cuda)
-    policy = models.model_class(name).policy(cuda, {})
-    return dict(model=name, preset=None, bf16=cuda or cpu_has_native_bf16(),
+    return dict(model=models.default_model(cuda), preset=None, bf16=cuda or cpu_has_native_bf16(),
                 # NeRF occupancy grid over [-1.5, 1.5]^3 (the cube the hash model also assumes):
                 # samples in empty cells are skipped from step 32 on (NeRFModel occupancy_warmup).
                 occupancy=True, res_scale=1.0,
-                batch_rays=policy.batch_rays(cuda) if cuda else policy.gui_batch_rays_cpu,
+                # None: the model's own (TrainPolicy.gui_batch_rays_cpu / batch_rays_cuda), so a
+                # model switch takes that model's batch; a number set by the user wins.
+                batch_rays=None,
                 compare=False, compare_b="pe_off", L_xyz_b=4, **knob_defaults(cuda))
 
 

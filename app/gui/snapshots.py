@@ -57,7 +57,8 @@ class Snapshots:
         # field at a fresh, 10x larger learning rate would undo it), on this device, at the
         # GUI's batch size (a GPU run's batch would make each CPU step take seconds).
         try:
-            config = TrainConfig(**{**cfg, "device": str(self.settings.device), "batch_rays": int(s["batch_rays"])})
+            batch = int(s["batch_rays"] or self.fields.trainers[0].config.batch_rays)
+            config = TrainConfig(**{**cfg, "device": str(self.settings.device), "batch_rays": batch})
         except TypeError as exc:
             raise CheckpointError(ckpt, f"checkpoint config does not match this version: {exc}") from None
         old = self.fields.trainers[0]
@@ -66,7 +67,7 @@ class Snapshots:
             opts.get(k) != mine.get(k) for k in set(opts) | set(mine) if k not in ("n_coarse", "n_fine"))
         t = make_trainer(self.settings.scene, config)
         load_into(ckpt, t)
-        t.batch_rays = int(s["batch_rays"])
+        t.batch_rays = batch
         self.fields.adopt([t], [field_label(s, "A")])
         self.settings.replace(s)
         n_hist = 0

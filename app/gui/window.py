@@ -29,8 +29,8 @@ from app.gui.worker import Worker
 
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 WORKER_STOP_S = 1.0  # a step or a render in progress is aborted well within this
-WORKER_GRACE_S = 2.0
-STATUS_EVERY_S = 0.25  # the worker's status, the panel's lines and the status line  # then the window is gone and we wait this long before leaving without it
+WORKER_GRACE_S = 2.0  # then the window is gone and we wait this long before leaving without it
+STATUS_EVERY_S = 0.25  # the worker's status, the panel's lines and the status line
 
 
 class ViewportError(RuntimeError):
