@@ -16,6 +16,7 @@ warped: there a box is not a box in the world, and callers refuse it.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,3 +91,13 @@ class CropBox:
         if len(v) != 6:
             raise ValueError(f"need 6 comma-separated numbers X0,Y0,Z0,X1,Y1,Z1, got {len(v)}")
         return cls(tuple(v[:3]), tuple(v[3:]))
+
+
+@contextmanager
+def uncropped(model):
+    """Within the block the field renders whole (evaluation scores the field, not the view)."""
+    saved, model.crop = model.crop, None
+    try:
+        yield model
+    finally:
+        model.crop = saved

@@ -1,6 +1,9 @@
 """The crop box: its geometry, and that every registered field's render honours it."""
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 import torch
 
@@ -95,3 +98,92 @@ def test_every_registered_field_renders_nothing_outside_the_box(name):
     assert hit.any()
     p = o[hit] + half["depth"][hit, None] * d[hit]
     assert p[:, 0].max() <= 1e-4, p[:, 0].max()
+
+
+def test_checkpoints_keep_the_crop_box(tmp_path):
+    from app.engine.checkpoint import CheckpointError, load_into, save_checkpoint, trainer_from_checkpoint
+    from tests.conftest import make_sphere_scene, make_trainer
+
+    scene = make_sphere_scene(n_views=2)
+    a = make_trainer(scene, batch=64)
+    box = CropBox((-0.5, -0.25, -1.0), (0.75, 1.0, 0.125))
+    a.model.crop = box
+    path = str(tmp_path / "c.safetensors")
+    save_checkpoint(path, a)
+    assert trainer_from_checkpoint(path, scene, "cpu").model.crop == box
+    a.model.crop = None  # a snapshot without a box clears the one in use
+    save_checkpoint(path, a)
+    b = make_trainer(scene, batch=64)
+    b.model.crop = box
+    load_into(path, b)
+    assert b.model.crop is None
+    # A damaged box is refused before the trainer changes.
+    import json
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    with safe_open(path, "pt") as f:
+        meta = json.loads(f.metadata()["nerflab"])
+    meta["crop"] = {"min": [0, 0, 0], "max": [1, -1, 1]}
+    save_file(load_file(path), path, metadata={"nerflab": json.dumps(meta)})
+    step = b.step_count
+    with pytest.raises(CheckpointError, match="crop box"):
+        load_into(path, b)
+    assert b.step_count == step
+
+
+@pytest.fixture
+def run_copy(tmp_path):
+    import shutil
+
+    from tests.test_video import DEMO
+    dst = tmp_path / "run"
+    shutil.copytree(DEMO, dst)
+    with open(dst / "run.json", encoding="utf-8") as f:
+        info = json.load(f)
+    info["data"] = os.path.normpath(os.path.join(DEMO, info["data"]))
+    with open(dst / "run.json", "w", encoding="utf-8") as f:
+        json.dump(info, f)
+    return str(dst)
+
+
+def test_run_directories_keep_the_crop_box(run_copy):
+    from app.engine.checkpoint import CheckpointError
+    from app.engine.runs import load_run, read_run, set_run_crop
+
+    box = CropBox((-1, -1, -0.5), (1, 1, 1))
+    set_run_crop(run_copy, box)
+    assert read_run(run_copy)["crop"] == box
+    assert load_run(run_copy, "cpu")[0].model.crop == box
+    set_run_crop(run_copy, None)
+    assert load_run(run_copy, "cpu")[0].model.crop is None
+    with open(os.path.join(run_copy, "run.json"), encoding="utf-8") as f:
+        info = json.load(f)
+    info["crop"] = {"min": [0, 0, 0]}
+    with open(os.path.join(run_copy, "run.json"), "w", encoding="utf-8") as f:
+        json.dump(info, f)
+    with pytest.raises(CheckpointError, match="run.json: 'crop'"):
+        read_run(run_copy)
+
+
+def test_forward_facing_scenes_refuse_a_box():
+    from types import SimpleNamespace
+
+    from app.engine.runs import set_crop
+    t = SimpleNamespace(scene=SimpleNamespace(ndc=True), model=SimpleNamespace(crop=None))
+    with pytest.raises(ValueError, match="forward-facing"):
+        set_crop(t, CropBox((0, 0, 0), (1, 1, 1)))
+    set_crop(t, None)
+    assert t.model.crop is None
+
+
+def test_evaluation_scores_the_whole_field():
+    from tests.conftest import make_sphere_scene, make_trainer
+
+    scene = make_sphere_scene(n_views=2)
+    t = make_trainer(scene, batch=64)
+    for _ in range(3):
+        t.step()
+    whole = t.evaluate("train", ssim=False)["mean"]["psnr"]
+    t.model.crop = CropBox((5, 5, 5), (6, 6, 6))
+    assert t.evaluate("train", ssim=False)["mean"]["psnr"] == whole
+    assert t.model.crop is not None  # and the box is back afterwards
