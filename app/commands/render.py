@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 
@@ -99,12 +98,6 @@ def parse_size(text: str | None, flag: str = "--size") -> tuple[int, int | None]
     return vals[0], (vals[1] if len(vals) == 2 else None)
 
 
-def focal_for_fov(height: int, fov_deg: float) -> float:
-    """Focal length in pixels for a vertical field of view in degrees (nerfstudio's and
-    three.js's convention for a camera's fov)."""
-    return 0.5 * height / math.tan(math.radians(fov_deg) / 2.0)
-
-
 def orbit_pose(az_deg: float, el_deg: float, radius: float) -> np.ndarray:
     """c2w (4, 4) on a sphere around the origin, world up +Z (Blender scenes)."""
     az, el = np.radians(az_deg), np.radians(el_deg)
@@ -171,6 +164,7 @@ def run(args) -> int:
     if size is None and args.fov is None:
         out = trainer.render(c2w, camera=camera)
     else:
+        from app.tools.camera_path import focal_for_fov
         w, h = (size[0], size[1] or size[0]) if size else (trainer.width, trainer.height)
         out = trainer.render(c2w, h, w, focal_for_fov(h, args.fov) if args.fov is not None else None)
     iio.imwrite(args.out, to_uint8(out["rgb"].numpy()))

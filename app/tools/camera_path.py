@@ -108,6 +108,12 @@ def right_jacobian_inv(v: np.ndarray) -> np.ndarray:
     return np.eye(3) + 0.5 * k + c * (k @ k)
 
 
+def focal_for_fov(height: int, fov_deg: float) -> float:
+    """Focal length in pixels for a vertical field of view in degrees (nerfstudio's and
+    three.js's convention for a camera's fov)."""
+    return 0.5 * height / math.tan(math.radians(fov_deg) / 2.0)
+
+
 # -- Hermite splines ------------------------------------------------------------------------
 
 
