@@ -279,3 +279,16 @@ def test_crop_box_outside_the_export_box_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="does not overlap"):
         export_mesh(Sphere(), str(tmp_path / "x.ply"), res=8, crop=CropBox((2, 2, 2), (3, 3, 3)))
     assert not os.listdir(tmp_path)
+
+
+def test_cli_export_mesh_takes_a_crop_box(tmp_path):
+    from app.cli import main
+    from renderer.crop import CropBox
+
+    demo = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "demo_run")
+    out = tmp_path / "m.ply"
+    assert main(["export-mesh", demo, "--out", str(out), "--res", "24", "--no-colors",
+                 "--crop=-1,-1,-0.5,0.2,1,1", "--device", "cpu"]) == 0
+    xyz, _, _, _ = read_ply(out)
+    assert len(xyz) and CropBox((-1, -1, -0.5), (0.2, 1, 1)).contains_np(xyz).all()
+    assert xyz[:, 0].max() > 0.0  # reaches towards the cut

@@ -54,7 +54,8 @@ KEEP = object()  # --crop not given: the run's own box (run.json, else the check
 
 def add_crop_option(p) -> None:
     p.add_argument("--crop", default=None, metavar="X0,Y0,Z0,X1,Y1,Z1",
-                   help="crop box for this command, or 'none' for the whole field (default: the run's own)")
+                   help="crop box for this command, or 'none' for the whole field (default: the run's own); "
+                        "write --crop=-1,... when it starts with a minus")
 
 
 def parse_crop(text: str | None):

@@ -158,12 +158,13 @@ def vertex_colors(model, vertices: np.ndarray, normals: np.ndarray, half_length:
     return (out * 255.0 + 0.5).astype(np.uint8)
 
 
-def ply_bytes(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None = None,
+def ply_bytes(vertices: np.ndarray, faces: np.ndarray | None, colors: np.ndarray | None = None,
               comments: tuple[str, ...] = ()) -> bytes:
     """Binary little-endian PLY: vertex x y z float (+ red green blue uchar),
-    face as 'list uchar int vertex_indices'."""
+    face as 'list uchar int vertex_indices'; faces None: a point cloud (no face element)."""
     vertices = np.asarray(vertices)
-    faces = np.asarray(faces)
+    points_only = faces is None
+    faces = np.zeros((0, 3), np.int32) if points_only else np.asarray(faces)
     if vertices.ndim != 2 or vertices.shape[1] != 3:
         raise ValueError(f"vertices must be (V, 3), got {vertices.shape}")
     if faces.size and (faces.ndim != 2 or faces.shape[1] != 3):
@@ -181,7 +182,9 @@ def ply_bytes(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None
             raise ValueError(f"colors must be uint8 {vertices.shape}, got {colors.dtype} {colors.shape}")
         header += ["property uchar red", "property uchar green", "property uchar blue"]
         fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
-    header += [f"element face {len(faces)}", "property list uchar int vertex_indices", "end_header"]
+    if not points_only:
+        header += [f"element face {len(faces)}", "property list uchar int vertex_indices"]
+    header += ["end_header"]
     vrec = np.empty(len(vertices), dtype=np.dtype(fields))  # packed: no alignment padding
     vrec["x"], vrec["y"], vrec["z"] = vertices[:, 0], vertices[:, 1], vertices[:, 2]
     if colors is not None:
@@ -192,7 +195,7 @@ def ply_bytes(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None
     return ("\n".join(header) + "\n").encode("ascii") + vrec.tobytes() + frec.tobytes()
 
 
-def write_ply(path: str, vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None = None,
+def write_ply(path: str, vertices: np.ndarray, faces: np.ndarray | None, colors: np.ndarray | None = None,
               comments: tuple[str, ...] = ()) -> None:
     """ply_bytes written atomically (a reader never sees a half-written mesh)."""
     data = ply_bytes(vertices, faces, colors, comments)
