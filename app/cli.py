@@ -16,6 +16,7 @@ COMMANDS = {
     "render-video": ("app.commands.video", "render an orbit or a camera path to video (mp4, or GIF without ffmpeg)"),
     "export-mesh": ("app.commands.mesh", "marching cubes on the density -> coloured PLY mesh"),
     "export-points": ("app.commands.export_points", "depth of the training views -> coloured PLY point cloud"),
+    "crop": ("app.commands.crop", "show or set a run's crop box (used by render, videos and exports)"),
     "inerf": ("app.commands.inerf", "recover a camera pose from an image by inverting a trained field"),
     "lab2d": ("app.commands.lab2d", "2D coordinate-MLP lab: spectral bias, PE and Fourier features"),
     "inspect-pe": ("app.commands.inspect_pe", "transformer sinusoidal PE and mapping kernels, to PNG"),

@@ -187,3 +187,16 @@ def test_evaluation_scores_the_whole_field():
     t.model.crop = CropBox((5, 5, 5), (6, 6, 6))
     assert t.evaluate("train", ssim=False)["mean"]["psnr"] == whole
     assert t.model.crop is not None  # and the box is back afterwards
+
+
+def test_cli_crop_verb_shows_and_sets_the_box(run_copy, capsys):
+    from app.cli import main
+    from app.engine.runs import read_run
+
+    assert main(["crop", run_copy]) == 0 and "none (checkpoint)" in capsys.readouterr().out
+    assert main(["crop", run_copy, "--set=-1,-1,-0.5,1,1,1.25"]) == 0
+    assert read_run(run_copy)["crop"] == CropBox((-1, -1, -0.5), (1, 1, 1.25))
+    capsys.readouterr()
+    assert main(["crop", run_copy]) == 0 and "-1,-1,-0.5,1,1,1.25 (run.json)" in capsys.readouterr().out
+    assert main(["crop", run_copy, "--set", "1,2"]) == 2 and "--set" in capsys.readouterr().err
+    assert main(["crop", run_copy, "--clear"]) == 0 and read_run(run_copy)["crop"] is None
