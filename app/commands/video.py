@@ -28,7 +28,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from app.engine.runs import load_run
-    from app.tools.video import check_args, check_video_path
+    from app.tools.video import check_args, check_fps, check_video_path
 
     size = parse_size(args.size)
     out = args.out or ("path.mp4" if args.path else "orbit.mp4")
@@ -36,8 +36,8 @@ def run(args) -> int:
     try:
         if args.path:
             check_video_path(out)
-            if fps is not None and not (0 < fps <= 240):
-                raise ValueError(f"fps must be in (0, 240], got {fps}")
+            if fps is not None:
+                check_fps(fps)
         else:
             check_args(out, args.frames, fps, size, args.elevation, args.radius)
     except ValueError as exc:

@@ -15,6 +15,7 @@ from app.engine.checkpoint import atomic_write
 FFMPEG_EXT = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 MAX_SIZE = 4096
 MAX_FRAMES = 10000
+MAX_FPS = 240
 
 
 class Cancelled(Exception):
@@ -55,13 +56,17 @@ def check_video_path(path: str) -> None:
         raise ValueError(f"{path}: unsupported video type {ext or '(none)'!r}; use .mp4 or .gif")
 
 
+def check_fps(fps) -> None:
+    if not (0 < float(fps) <= MAX_FPS):
+        raise ValueError(f"fps must be in (0, {MAX_FPS}], got {fps}")
+
+
 def check_args(path: str, frames: int, fps: float, size, elevation: float,
                radius: float | None) -> None:
     check_video_path(path)
     if not (1 <= int(frames) <= MAX_FRAMES):
         raise ValueError(f"frames must be between 1 and {MAX_FRAMES}, got {frames}")
-    if not (0 < float(fps) <= 240):
-        raise ValueError(f"fps must be in (0, 240], got {fps}")
+    check_fps(fps)
     for v in (size if isinstance(size, tuple) else (size,)):
         if v is not None and not (8 <= int(v) <= MAX_SIZE):
             raise ValueError(f"size must be between 8 and {MAX_SIZE}, got {v}")
@@ -101,8 +106,7 @@ def render_path_video(trainer, path: str, camera_path, fps: float | None = None,
 
     check_video_path(path)
     if fps is not None:
-        if not (0 < float(fps) <= 240):
-            raise ValueError(f"fps must be in (0, 240], got {fps}")
+        check_fps(fps)
         camera_path.fps = float(fps)
     if camera_path.n_frames > MAX_FRAMES:
         raise ValueError(f"the path would need {camera_path.n_frames} frames (limit {MAX_FRAMES})")
