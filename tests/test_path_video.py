@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from app.tools.camera_path import CameraPath, Keyframe, focal_for_fov, save_path
 from tests.conftest import look_at
@@ -60,3 +61,22 @@ def test_cli_path_errors(tmp_path, capsys, args, words):
     rc = main(["render-video", DEMO, *args, "--out", str(tmp_path / "v.mp4"), "--device", "cpu"])
     assert rc == 2 and words in capsys.readouterr().err
     assert not (tmp_path / "v.mp4").exists()
+
+
+def test_path_poses_are_in_the_captures_frame(demo, tmp_path, monkeypatch):  # noqa: F811
+    """With a normalisation, the frames rendered are the file's poses taken into the scene."""
+    from loaders.normalize import Similarity
+    from app.tools.video import render_path_video
+
+    path = three_key_path(2.0)
+    path.fps = 2
+    norm = Similarity(np.eye(3), np.array([0.1, -0.2, 0.0]), 2.0)  # capture -> scene
+    monkeypatch.setattr(demo.scene, "normalization", norm)
+    seen = []
+    monkeypatch.setattr(demo, "render", lambda c2w, h, w, f, keys: seen.append(c2w) or
+                        {"rgb": torch.zeros(h, w, 3)})
+    render_path_video(demo, str(tmp_path / "n.gif"), path)
+    for got, (c2w, _) in zip(seen, path.frames()):
+        np.testing.assert_allclose(got[:3, 3], 2.0 * c2w[:3, 3] + [0.1, -0.2, 0.0], atol=1e-5)
+        np.testing.assert_allclose(got[:3, :3], c2w[:3, :3], atol=1e-6)
+    assert len(seen) == 4

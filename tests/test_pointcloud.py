@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.tools.pointcloud import Cancelled, export_points, field_to_input, pick_pixels, transform_points
+from app.tools.pointcloud import Cancelled, export_points, pick_pixels
 from models.field import Field
 from renderer.compositing import composite
 from renderer.crop import CropBox
@@ -98,26 +98,19 @@ def test_crop_box_bounds_the_points_and_shows_the_cut(tmp_path):
     assert np.linalg.norm(cut[face, 1:], axis=1).max() < math.sqrt(RADIUS ** 2 - 0.3 ** 2) + 0.03
 
 
-def test_normalization_is_undone(tmp_path):
+def test_points_come_out_in_the_captures_frame(tmp_path):
+    from loaders.normalize import Similarity
+
     a = math.radians(30)
     rot = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
     trans = np.array([0.2, -0.1, 0.4])
-    norm = {"transform": np.hstack([rot, trans[:, None]]).tolist(), "scale": 0.5}
     t = sphere_trainer()
     export_points(t, str(tmp_path / "f.ply"), points=800)
-    export_points(t, str(tmp_path / "i.ply"), points=800, normalization=norm)
+    t.scene.normalization = Similarity(rot, trans, 0.5)  # capture -> scene: 0.5 * rot @ x + trans
+    export_points(t, str(tmp_path / "i.ply"), points=800)
     field, _ = read_points(tmp_path / "f.ply")
-    inp, _ = read_points(tmp_path / "i.ply")
-    # field = 0.5 * (rot @ input + trans)  =>  input = rot^T (field / 0.5 - trans)
-    np.testing.assert_allclose(inp, (field / 0.5 - trans) @ rot, atol=1e-5)
-    np.testing.assert_allclose(transform_points(field, field_to_input(None)), field)
-
-
-@pytest.mark.parametrize("bad", [[[1, 2], [3, 4]], {"transform": np.eye(4).tolist(), "scale": -1},
-                                 np.zeros((4, 4)).tolist(), "x"])
-def test_bad_normalization_is_an_error(bad):
-    with pytest.raises(ValueError, match="normalization"):
-        field_to_input(bad)
+    capture, _ = read_points(tmp_path / "i.ply")
+    np.testing.assert_allclose(capture, ((field - trans) / 0.5) @ rot, atol=1e-5)
 
 
 def test_nothing_opaque_is_an_error_and_cancel_writes_nothing(tmp_path):

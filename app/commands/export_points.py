@@ -1,5 +1,5 @@
 """`main.py export-points RUN_DIR`: a coloured point cloud (PLY) from the expected depth of
-the training views, inside the run's crop box, in the input's frame."""
+the training views, inside the run's crop box, in the capture's own frame."""
 from __future__ import annotations
 
 import os
@@ -25,7 +25,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from app.engine.runs import load_run
-    from app.tools.pointcloud import MAX_POINTS, export_points, field_to_input
+    from app.tools.pointcloud import MAX_POINTS, export_points
 
     # Every argument is checked before the (slow) model load and before any output exists.
     if not args.out.lower().endswith(".ply"):
@@ -37,11 +37,7 @@ def run(args) -> int:
     if not (0.0 <= args.min_opacity <= 1.0):
         raise UserError(f"--min-opacity must be in [0, 1], got {args.min_opacity}")
     crop = parse_crop(args.crop)
-    trainer, scene, info = load_run(args.run_dir, args.device)
-    try:
-        field_to_input(info.get("normalization"))
-    except ValueError as exc:
-        raise UserError(f"{os.path.join(args.run_dir, 'run.json')}: {exc}") from None
+    trainer, scene, _ = load_run(args.run_dir, args.device)
     apply_crop(trainer, crop)
     scene.split(args.split)  # a DataError naming the splits there are
     bar = tqdm(unit="view", desc="points", dynamic_ncols=True)
@@ -51,7 +47,7 @@ def run(args) -> int:
         bar.update(done - bar.n)
     try:
         res = export_points(trainer, args.out, points=args.points, min_opacity=args.min_opacity,
-                            split=args.split, normalization=info.get("normalization"), seed=args.seed,
+                            split=args.split, seed=args.seed,
                             progress=progress)
     except ValueError as exc:
         raise UserError(str(exc)) from None

@@ -24,8 +24,10 @@ override_transition_sec}], ``default_fov``, ``default_transition_sec``, ``camera
 ``smoothness_value`` and ``camera_path`` (every frame, [{camera_to_world, fov, aspect}]),
 which is what ``ns-render`` renders. Each keyframe also carries ``time`` (seconds), which
 nerfstudio ignores and this reader prefers: summed transitions would not give back the
-exact times. Poses are in the frame the file's author trained in; this app writes and
-reads them in its field's coordinates.
+exact times. Poses are in the frame the file's author worked in: nerfstudio's are in its
+normalised frame, this app's in the capture's own frame (that of its transforms.json or
+COLMAP model, as ``render --pose`` and the exported meshes and point clouds), which
+``Scene.from_world_poses`` takes to the field's.
 """
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ Per view (each stage a small function):
                      composited colour over no background, divided by the opacity)
 
 then everything goes through the crop box once more (rounding at its faces), back from
-the field's frame to the input's (run.json's "normalization", when there is one), and
-into a PLY written atomically.
+the scene's normalised frame to the capture's own (Scene.to_world_points), and into a
+PLY written atomically. Rays go through each view's own camera (intrinsics, distortion).
 
 Forward-facing (NDC) fields: the points are taken in NDC and mapped back to the world;
 points at NDC depth ~1 are at infinity and dropped.
@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from app.tools.video import Cancelled
-from renderer.rays import camera_directions, intrinsics, ndc_rays, ndc_to_world, rays_from_dirs
+from renderer.cameras import pixel_directions
+from renderer.rays import ndc_rays, ndc_to_world, rays_from_dirs
 from renderer.render import render_rays_chunked
 
 MAX_POINTS = 50_000_000
@@ -42,67 +43,39 @@ def pick_pixels(height: int, width: int, n: int, generator: torch.Generator) -> 
 
 
 @torch.no_grad()
-def view_points(model, c2w, height: int, width: int, focal: float, near, far, pixels: torch.Tensor,
-                min_opacity: float = 0.9, ndc: bool = False, chunk: int = 8192,
+def view_points(model, c2w, camera, near, far, pixels: torch.Tensor, min_opacity: float = 0.9,
+                ndc_frame: tuple[int, int, float] | None = None, chunk: int = 8192,
                 autocast: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(xyz (M, 3) float64 in the field's world frame, rgb (M, 3) uint8) for the given flat
-    pixel indices of one view whose opacity reaches min_opacity."""
+    """(xyz (M, 3) float64 in the field's frame, rgb (M, 3) uint8) for the given flat pixel
+    indices of one view (camera: a one-camera renderer.cameras.Cameras, with its lens)
+    whose opacity reaches min_opacity. ndc_frame (height, width, focal): the forward-facing
+    scene's NDC warp (None: not NDC)."""
     device = next(model.parameters()).device
-    K = intrinsics(width, height, focal)
-    dirs = camera_directions(height, width, K, device).reshape(-1, 3)[pixels.to(device)]
+    w = int(camera.width[0])
+    pixels = pixels.to(device)
+    dirs = pixel_directions(camera, 0, pixels % w, pixels // w)
     rays_o, rays_d = rays_from_dirs(dirs, torch.as_tensor(np.asarray(c2w, dtype=np.float32)).to(device))
-    if ndc:
-        rays_o, rays_d = ndc_rays(height, width, focal, 1.0, rays_o, rays_d)
+    if ndc_frame is not None:
+        rays_o, rays_d = ndc_rays(*ndc_frame, 1.0, rays_o, rays_d)
     out = render_rays_chunked(model, rays_o, rays_d, near, far, None, chunk, ("rgb", "depth", "acc"), autocast)
     acc = out["acc"]
     keep = (acc >= min_opacity) & torch.isfinite(out["depth"])
     pts = rays_o.cpu()[keep] + out["depth"][keep, None] * rays_d.cpu()[keep]
-    if ndc:
+    if ndc_frame is not None:
         finite = pts[:, 2] < NDC_FAR
-        pts, keep = ndc_to_world(pts[finite], height, width, focal), keep.nonzero().squeeze(1)[finite]
+        pts, keep = ndc_to_world(pts[finite], *ndc_frame), keep.nonzero().squeeze(1)[finite]
     rgb = (out["rgb"][keep] / acc[keep, None].clamp(min=1e-6)).clamp(0, 1)
     return pts.double().numpy(), (rgb.numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
-def field_to_input(normalization) -> np.ndarray:
-    """4x4 taking field coordinates back to the input's, from run.json's "normalization":
-    None (identity); a 4x4 / 3x4 matrix M (input -> field); or {"transform": M, "scale": s}
-    ("matrix" is read as "transform"), meaning field = s * M @ input (nerfstudio's
-    dataparser_transforms.json). ValueError when it is none of these or not invertible."""
-    if normalization is None:
-        return np.eye(4)
-    scale = 1.0
-    m = normalization
-    if isinstance(normalization, dict):
-        m = normalization.get("transform", normalization.get("matrix", np.eye(4)))
-        scale = normalization.get("scale", 1.0)
-    try:
-        m = np.asarray(m, dtype=np.float64)
-        scale = float(scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"'normalization' must be a 4x4 matrix or {{transform, scale}}, got {normalization!r}") from None
-    if m.shape == (3, 4):
-        m = np.vstack([m, [0, 0, 0, 1]])
-    if m.shape != (4, 4) or not np.isfinite(m).all() or not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"'normalization' must be a 4x4 matrix and a positive scale, got {normalization!r}")
-    forward = np.diag([scale, scale, scale, 1.0]) @ m
-    if abs(np.linalg.det(forward[:3, :3])) < 1e-12:
-        raise ValueError("'normalization' is not invertible")
-    return np.linalg.inv(forward)
-
-
-def transform_points(points: np.ndarray, m: np.ndarray) -> np.ndarray:
-    return points @ m[:3, :3].T + m[:3, 3]
-
-
 def export_points(trainer, path: str, points: int = 200_000, min_opacity: float = 0.9, split: str = "train",
-                  normalization=None, seed: int = 0, progress=None) -> dict:
-    """Coloured point cloud of the field seen from a split's cameras, to a binary PLY.
+                  seed: int = 0, progress=None) -> dict:
+    """Coloured point cloud of the field seen from a split's cameras, to a binary PLY in the
+    capture's own frame (the scene's normalisation undone: Scene.to_world_points).
 
     points: about this many pixels are tried in all, spread evenly over the views (fewer
-    points come out: low-opacity pixels are dropped). normalization: run.json's entry,
-    undone so the points are in the input's frame (see field_to_input). progress(done,
-    total) after each view; returning False cancels (Cancelled, nothing written).
+    points come out: low-opacity pixels are dropped). progress(done, total) after each
+    view; returning False cancels (Cancelled, nothing written).
     Returns dict(points=int, path=str, seconds=float, views=int).
     """
     from app.tools.export import write_ply
@@ -113,9 +86,10 @@ def export_points(trainer, path: str, points: int = 200_000, min_opacity: float 
         raise ValueError(f"points must be between 1 and {MAX_POINTS}, got {points}")
     if not (0.0 <= min_opacity <= 1.0):
         raise ValueError(f"min_opacity must be in [0, 1], got {min_opacity}")
-    back = field_to_input(normalization)
-    sp = trainer.scene.split(split)
-    model, ndc = trainer.model, bool(trainer.scene.ndc)
+    scene = trainer.scene
+    sp = scene.split(split)
+    model = trainer.model
+    ndc_frame = (trainer.height, trainer.width, trainer.focal) if scene.ndc else None
     crop = model.crop
     per_view = max(1, math.ceil(int(points) / len(sp)))
     g = torch.Generator().manual_seed(seed)
@@ -123,9 +97,10 @@ def export_points(trainer, path: str, points: int = 200_000, min_opacity: float 
     xyz, rgb = [], []
     with trainer.averaged():
         for i in range(len(sp)):
-            p, c = view_points(model, sp.c2w[i], sp.height, sp.width, sp.focal, trainer.scene.near,
-                               trainer.scene.far, pick_pixels(sp.height, sp.width, per_view, g), min_opacity,
-                               ndc, 65536 if trainer.device.type == "cuda" else 4096, trainer.config.autocast)
+            cam = sp.cameras[i]
+            p, c = view_points(model, sp.c2w[i], cam, scene.near, scene.far,
+                               pick_pixels(int(cam.height[0]), int(cam.width[0]), per_view, g), min_opacity,
+                               ndc_frame, 65536 if trainer.device.type == "cuda" else 4096, trainer.config.autocast)
             xyz.append(p)
             rgb.append(c)
             if progress is not None and progress(i + 1, len(sp)) is False:
@@ -137,9 +112,9 @@ def export_points(trainer, path: str, points: int = 200_000, min_opacity: float 
     if not len(xyz):
         raise ValueError(f"no pixel of the {split} views reached opacity {min_opacity:g}"
                          + (" inside the crop box" if crop is not None else "") + ": nothing to export")
-    xyz = transform_points(xyz, back)
+    xyz = scene.to_world_points(xyz)
     comments = [f"NeRF Lab point cloud: {split} views, min opacity {min_opacity:g}"]
     if crop is not None:
-        comments.append(f"crop {list(crop.lo)} {list(crop.hi)} (field frame)")
+        comments.append(f"crop {list(crop.lo)} {list(crop.hi)} (scene units)")
     write_ply(path, xyz.astype(np.float32), None, rgb, comments=tuple(comments))
     return {"points": int(len(xyz)), "path": str(path), "seconds": time.perf_counter() - t0, "views": len(sp)}

@@ -96,8 +96,9 @@ def render_orbit_video(trainer, path: str, frames: int = 60, fps: float = 30, ra
 
 def render_path_video(trainer, path: str, camera_path, fps: float | None = None, size=None,
                       progress=None, log=print) -> str:
-    """Render a camera path (app.tools.camera_path.CameraPath) to ``path``: fps x seconds
-    frames, each with the path's pose and field of view at its time.
+    """Render a camera path (app.tools.camera_path.CameraPath, poses in the capture's own
+    frame) to ``path``: fps x seconds frames, each with the path's pose and field of view
+    at its time.
 
     fps: default the path's. size: (width, height or None) or a width; default the path's
     render size; a width alone keeps the path's aspect. Rounded down to even numbers.
@@ -118,7 +119,9 @@ def render_path_video(trainer, path: str, camera_path, fps: float | None = None,
     if not (8 <= w <= MAX_SIZE and 8 <= h <= MAX_SIZE):
         raise ValueError(f"size must be between 8 and {MAX_SIZE} per side, got {w}x{h}")
     h, w = h - h % 2, w - w % 2
-    views = [(c2w, focal_for_fov(h, fov)) for c2w, fov in camera_path.frames()]
+    # Path files hold poses in the capture's own frame, like render --pose and the meshes.
+    views = [(trainer.scene.from_world_poses(c2w).astype(np.float32), focal_for_fov(h, fov))
+             for c2w, fov in camera_path.frames()]
     return write_video(trainer, path, views, h, w, camera_path.fps, progress, log)
 
 
