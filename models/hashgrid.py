@@ -436,6 +436,7 @@ class HashGridModel(Field):
                 break
             rid, s = ray_ids[sel], s_all[sel]
             sigma, rgb = self._field_packed(rays_o, dirs, sh, rid, s)
+            sigma = self.crop_density(self._points(rays_o, dirs, rid, s), sigma, False)
             part = occ_mod.composite_packed(sigma, rgb, s, self.dt, rid, n_rays, tau0=total["tau"])
             for k in total:
                 total[k] = total[k] + part[k]

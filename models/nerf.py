@@ -77,6 +77,11 @@ class NeRFField(nn.Module):
         return self._sigma(raw), rgb
 
 
+def _points(rays_o, rays_d, t):
+    """Sample positions (R, S, 3) at depths t (R, S) along rays (R, 3)."""
+    return rays_o[:, None, :] + rays_d[:, None, :] * t[..., None]
+
+
 def _query(field: NeRFField, rays_o, rays_d, t, sigma_noise: float, occ=None):
     """Evaluate a field at depths t (R, S); returns sigma (R, S), rgb (R, S, 3) and the
     number of samples the network evaluated (an int: the nonzero() below already syncs).
@@ -86,7 +91,7 @@ def _query(field: NeRFField, rays_o, rays_d, t, sigma_noise: float, occ=None):
     the same image wherever the grid is right, with far fewer network evaluations.
     """
     n_rays, n_samples = t.shape
-    pts = rays_o[:, None, :] + rays_d[:, None, :] * t[..., None]
+    pts = _points(rays_o, rays_d, t)
     viewdirs = F.normalize(rays_d, dim=-1)[:, None, :].expand(n_rays, n_samples, 3)
     if occ is None:
         sigma, rgb = field(pts.reshape(-1, 3), viewdirs.reshape(-1, 3), sigma_noise)
@@ -209,6 +214,7 @@ class NeRFModel(Field):
         t_c = stratified_samples(near, far, rays_o.shape[0], c["n_coarse"], perturb=train,
                                  device=rays_o.device)
         sig, rgb, n_c = _query(self.coarse, rays_o, rays_d, t_c, noise, occ)
+        sig = self.crop_density(_points(rays_o, rays_d, t_c), sig, train)
         # Samples evaluated / asked for, per network (the bench reports how much the grid skips).
         self.last_evaluated = {"coarse": (n_c, t_c.numel())}
         out_c = composite(sig, rgb, t_c, rays_d, background)
@@ -217,6 +223,7 @@ class NeRFModel(Field):
         if c["n_fine"] > 0:
             t_f = hierarchical_samples(t_c, out_c["weights"], c["n_fine"], deterministic=not train)
             sig, rgb, n_f = _query(self.fine, rays_o, rays_d, t_f, noise, occ)
+            sig = self.crop_density(_points(rays_o, rays_d, t_f), sig, train)
             self.last_evaluated["fine"] = (n_f, t_f.numel())
             out_f = composite(sig, rgb, t_f, rays_d, background)
             result.update(rgb=out_f["rgb"], depth=out_f["depth"], acc=out_f["acc"], t_fine=t_f,

@@ -398,6 +398,8 @@ class Plenoxels(Field):
         p = self._to_vertex_units(pts)
         sel = valid.nonzero()  # (N, 2) ray, sample
         occ = self._occupied(p[sel[:, 0], sel[:, 1]])
+        # The crop box drops samples like empty cells do (density 0 outside it).
+        occ = self.crop_density(pts[sel[:, 0], sel[:, 1]], occ, train)
         sel = sel[occ]
         flat = sel[:, 0] * n_samp + sel[:, 1]
         sigma_full = torch.zeros(n_rays * n_samp, device=dirs.device, dtype=self.density_data.dtype)

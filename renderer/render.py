@@ -26,6 +26,17 @@ def render_image(model, c2w: torch.Tensor, camera: Cameras, near: float, far: fl
     if ndc:
         h0, w0, f0 = ndc_frame or (height, width, float(camera.fx[0]))
         rays_o, rays_d = ndc_rays(h0, w0, f0, 1.0, rays_o, rays_d)
+    outs = render_rays_chunked(model, rays_o, rays_d, near, far, background, chunk, keys, autocast)
+    return {k: v.reshape(height, width, *v.shape[1:]) for k, v in outs.items()}
+
+
+@torch.no_grad()
+def render_rays_chunked(model, rays_o: torch.Tensor, rays_d: torch.Tensor, near, far, background=None,
+                        chunk: int = 8192, keys: tuple[str, ...] = ("rgb", "depth", "acc"),
+                        autocast: bool = False) -> dict:
+    """model.render_rays (eval mode, no grad) over rays (R, 3) ``chunk`` at a time; returns
+    each of ``keys`` as an (R[, C]) float32 tensor on CPU."""
+    device = rays_o.device
     outs: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     was_training = model.training
     model.eval()
@@ -38,8 +49,4 @@ def render_image(model, c2w: torch.Tensor, camera: Cameras, near: float, far: fl
                 outs[k].append(out[k].float())
     finally:
         model.train(was_training)
-    result = {}
-    for k, v in outs.items():
-        t = torch.cat(v, 0).cpu()
-        result[k] = t.reshape(height, width, *t.shape[1:])
-    return result
+    return {k: torch.cat(v, 0).cpu() for k, v in outs.items()}

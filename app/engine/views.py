@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from renderer.cameras import Cameras
+from renderer.crop import uncropped
 from renderer.render import render_image
 
 
@@ -37,7 +38,7 @@ def evaluate_split(trainer, split: str = "test", max_images: int | None = None, 
     sp = trainer.scene.split(split)
     n = len(sp) if max_images is None else min(max_images, len(sp))
     rows = []
-    with trainer.averaged():
+    with trainer.averaged(), uncropped(trainer.model):  # the field is scored, not the view
         for i in (range(n) if progress is None else progress(range(n))):
             pred = render_view(trainer, sp.c2w[i], keys=("rgb",), camera=sp.cameras[i])["rgb"].numpy()
             gt = sp.images[i]
