@@ -13,8 +13,10 @@ COMMANDS = {
     "train": ("app.commands.train", "train a field on a scene and write a run directory"),
     "eval": ("app.commands.evaluate", "PSNR/SSIM of a run on its test split"),
     "render": ("app.commands.render", "render one view (RGB, depth, opacity) of a run to PNG"),
-    "render-video": ("app.commands.video", "render an orbit video (mp4, or GIF/PNG without ffmpeg)"),
+    "render-video": ("app.commands.video", "render an orbit or a camera path to video (mp4, or GIF without ffmpeg)"),
     "export-mesh": ("app.commands.mesh", "marching cubes on the density -> coloured PLY mesh"),
+    "export-points": ("app.commands.export_points", "depth of the training views -> coloured PLY point cloud"),
+    "crop": ("app.commands.crop", "show or set a run's crop box (used by render, videos and exports)"),
     "inerf": ("app.commands.inerf", "recover a camera pose from an image by inverting a trained field"),
     "lab2d": ("app.commands.lab2d", "2D coordinate-MLP lab: spectral bias, PE and Fourier features"),
     "inspect-pe": ("app.commands.inspect_pe", "transformer sinusoidal PE and mapping kernels, to PNG"),
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from app.engine.allocator import keep_freed_memory
-    from app.engine.checkpoint import CheckpointError
+    from app.engine.files import CheckpointError
     from loaders.scene import DataError
 
     keep_freed_memory()

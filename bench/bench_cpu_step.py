@@ -24,16 +24,13 @@ sys.path.insert(0, ROOT)
 def _trainer(bf16: bool, occupancy: bool, batch: int):
     import torch
 
-    from app.commands.train import PRESET_LR, PRESETS
+    from app.engine.presets import model_options, train_config
     from app.engine.runs import DEFAULT_SCENE
-    from app.engine.trainer import TrainConfig, Trainer
+    from app.engine.trainer import Trainer
     from loaders import load_scene
     torch.set_num_threads(os.cpu_count() or 1)
-    opts = dict(PRESETS["cpu"])
-    if occupancy:
-        opts.update(occupancy_res=64, occupancy_bound=1.5)
-    cfg = TrainConfig(model="nerf", model_options=opts, batch_rays=batch, lr=PRESET_LR["cpu"],
-                      lr_final=PRESET_LR["cpu"] / 10, lr_decay_steps=3000, device="cpu", autocast=bf16)
+    opts = model_options("nerf", False, dict(preset="cpu", occupancy=occupancy))
+    cfg = train_config("nerf", opts, False, steps=3000, batch_rays=batch, autocast=bf16, device="cpu")
     return Trainer(load_scene(DEFAULT_SCENE), cfg)
 
 

@@ -164,7 +164,7 @@ def profile(kind, data, steps_warm, steps_prof, autocast, batch):
         m = tr.model
         c2w = scene.split("test").c2w[0]
         for chunk in (65536, 1 << 20):
-            ms = timeit(lambda: tr.render(c2w, 800, 800, keys=("rgb",), chunk=chunk), 3)
+            ms = timeit(lambda chunk=chunk: tr.render(c2w, 800, 800, keys=("rgb",), chunk=chunk), 3)
             log(f"hash render 800x800 chunk {chunk}: {ms:.1f} ms; occupied {m.occupancy.float().mean():.3f}")
         with tprof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             tr.render(c2w, 800, 800, keys=("rgb",), chunk=1 << 20)
@@ -198,7 +198,8 @@ def nerf_anatomy(data, seconds=40.0, window=100, dev="cuda", k_rate=40, batch=No
         if n % window == 0:
             dt = time.perf_counter() - t_w
             log(f"nerf step {tr.step_count}: {window / dt:.1f} steps/s; evaluated coarse "
-                f"{acc['coarse'][0] / max(acc['coarse'][1], 1):.3f}, fine {acc['fine'][0] / max(acc['fine'][1], 1):.3f} "
+                f"{acc['coarse'][0] / max(acc['coarse'][1], 1):.3f}, "
+                f"fine {acc['fine'][0] / max(acc['fine'][1], 1):.3f} "
                 f"({(acc['coarse'][0] + acc['fine'][0]) / window / 1e6:.2f} M samples/step); occupied cells "
                 f"{m.occupancy.float().mean().item():.3f}")
             acc = {"coarse": [0, 0], "fine": [0, 0]}
@@ -380,7 +381,8 @@ def compaction_anatomy(data, steps_warm=600, steps_timed=300, factors=(2, 3, 4),
             # The graph alone: what the step costs the GPU, without the host's share of Trainer.step
             # (EMA, grid refresh, snapshot, the stats read-back).
             replay_ms = timeit(st.graph.replay, 100)
-            log(f"  graph replay alone: {replay_ms:.2f} ms; the rest of a pipelined Trainer.step: {dt / n * 1e3 - replay_ms:.2f} ms")
+            log(f"  graph replay alone: {replay_ms:.2f} ms; the rest of a pipelined Trainer.step: "
+                f"{dt / n * 1e3 - replay_ms:.2f} ms")
             body_profile(tr, st)
         if compact and factor == tr.model.DEFAULTS["march_factor"]:
             kept_trainer = tr

@@ -29,14 +29,27 @@ def average_pose(c2w: np.ndarray) -> np.ndarray:
     return m
 
 
-def load_llff(root: str, downscale: int = 1, ndc: bool = True, holdout_every: int = 8,
-              bd_factor: float = 0.75) -> Scene:
+def _image_folder(root: str, downscale: int, n: int) -> tuple[str, int]:
+    """(folder, factor still to apply): images_<downscale> when it exists and holds one
+    image per camera (the reference code's choice), else images/ box-downscaled."""
+    if downscale > 1:
+        alt = os.path.join(root, f"images_{downscale}")
+        if os.path.isdir(alt) and len([f for f in os.listdir(alt) if f.lower().endswith(IMAGE_EXT)]) == n:
+            return alt, 1
+    img_dir = os.path.join(root, "images")
+    if not os.path.isdir(img_dir):
+        raise DataError(img_dir, "images/ directory is missing")
+    return img_dir, downscale
+
+
+def load_llff(root: str, downscale: int = 1, ndc: bool | None = None, holdout_every: int = 8,
+              normalization=None) -> Scene:
     """poses_bounds.npy (N, 17): a 3x5 [R | t | (h, w, f)] in LLFF's (down, right,
     back) axes plus near/far depth bounds per image.
 
-    Poses are converted to OpenGL axes, recentred on the average camera and scaled
-    so the nearest bound sits at 1/bd_factor, as in the NeRF reference code. With
-    ndc, rays are later warped to NDC and t spans [0, 1].
+    Poses are converted to OpenGL axes; the bounds decide NDC (forward-facing captures)
+    and the normalisation (loaders.assemble): in NDC the NeRF reference code's frame,
+    mean camera at the origin and the nearest bound at 1 / 0.75.
     """
     pb_path = os.path.join(root, "poses_bounds.npy")
     if not os.path.isdir(root):
@@ -53,9 +66,9 @@ def load_llff(root: str, downscale: int = 1, ndc: bool = True, holdout_every: in
         raise DataError(pb_path, "no cameras")
     if not np.isfinite(pb).all():
         raise DataError(pb_path, "contains NaN or infinity")
-    img_dir = os.path.join(root, "images")
-    if not os.path.isdir(img_dir):
-        raise DataError(img_dir, "images/ directory is missing")
+    if downscale < 1:
+        raise DataError(root, f"downscale must be >= 1, got {downscale}")
+    img_dir, factor = _image_folder(root, downscale, pb.shape[0])
     files = sorted(f for f in os.listdir(img_dir) if f.lower().endswith(IMAGE_EXT))
     if len(files) != pb.shape[0]:
         raise DataError(img_dir, f"{len(files)} images but poses_bounds.npy has {pb.shape[0]} cameras")
@@ -70,39 +83,42 @@ def load_llff(root: str, downscale: int = 1, ndc: bool = True, holdout_every: in
     c2w[:, :3, :4] = rot
     for i, m in enumerate(c2w):
         check_pose(pb_path, i, m)
-    scale = 1.0 / (bounds.min() * bd_factor)
-    c2w[:, :3, 3] *= scale
-    bounds = bounds * scale
-    c2w = np.linalg.inv(average_pose(c2w)) @ c2w
-    images = []
+    images, raw_shape = [], None
     for f in files:
         p = os.path.join(img_dir, f)
         img = read_image(p)[..., :3]
-        if not 1 <= downscale <= min(img.shape[:2]):
-            raise DataError(p, f"downscale {downscale} must be between 1 and the image size {img.shape[1]}x{img.shape[0]}")
-        if images and img.shape != images[0].shape:
+        if not 1 <= factor <= min(img.shape[:2]):
+            raise DataError(p, f"downscale {factor} must be between 1 and the image size {img.shape[1]}x{img.shape[0]}")
+        if raw_shape is not None and img.shape[:2] != raw_shape:
             raise DataError(p, f"image size {img.shape[1]}x{img.shape[0]} differs from "
-                               f"{images[0].shape[1]}x{images[0].shape[0]}")
-        images.append(resize_area(img, downscale))
+                               f"{raw_shape[1]}x{raw_shape[0]}")
+        raw_shape = img.shape[:2]
+        images.append(resize_area(img, factor))
     images = np.stack(images).astype(np.float32)
-    # Focal in poses_bounds refers to the full-resolution capture height.
-    focal = float(hwf[2]) * images.shape[1] / float(hwf[0])
-    idx = np.arange(len(images))
-    test = idx % holdout_every == 0
-    if test.all():
-        test = np.zeros_like(test)
-        test[0] = True
-    train = ~test if (~test).any() else test
-    mk = lambda m: Split(images[m], c2w[m].astype(np.float32), focal, [f for f, k in zip(files, m) if k])
-    splits = {"train": mk(train), "test": mk(test)}
-    splits["val"] = splits["test"]
-    near, far = (0.0, 1.0) if ndc else (float(bounds.min() * 0.9), float(bounds.max() * 1.0))
-    return Scene(splits, near, far, white_bkgd=False, source=root, ndc=ndc)
+    # Focal in poses_bounds refers to the full-resolution capture height; an images_N copy
+    # is that capture downscaled N times (the reference code's 1 / factor).
+    focal = float(hwf[2]) / downscale if factor == 1 and downscale > 1 else \
+        float(hwf[2]) * raw_shape[0] / float(hwf[0]) / factor
+    split = Split(images, c2w.astype(np.float32), focal, files)
+    from loaders.assemble import capture_scene
+
+    return capture_scene(root, split, depth=bounds, ndc=ndc, normalization=normalization,
+                         holdout_every=holdout_every)
 
 
-def load_scene(root: str, downscale: int = 1, white_bkgd: bool = True, ndc: bool = True) -> Scene:
-    """Detect the format of ``root`` and load it."""
+def load_scene(root: str, downscale: int = 1, white_bkgd: bool = True, ndc: bool | None = None,
+               skip_missing: bool = False, normalization=None) -> Scene:
+    """Detect the format of ``root`` and load it.
+
+    transforms*.json (Blender, instant-ngp, nerfstudio, ``process``), poses_bounds.npy
+    (LLFF), or a COLMAP sparse model (``root/sparse/0``, ``root/sparse`` or root itself
+    holding cameras.bin, images.bin, points3D.bin). ndc: None chooses (forward-facing
+    captures only), True/False forces. skip_missing: transforms.json frames whose image
+    is missing are dropped instead of being an error. normalization: the world -> scene
+    transform a run was trained with (run.json), instead of computing it again.
+    """
     from loaders.blender import load_blender
+    from loaders.colmap import find_model, load_colmap
 
     if not os.path.exists(root):
         raise DataError(root, "path does not exist")
@@ -115,7 +131,13 @@ def load_scene(root: str, downscale: int = 1, white_bkgd: bool = True, ndc: bool
     except PermissionError:
         raise DataError(root, "directory is not readable (permission denied)") from None
     if "poses_bounds.npy" in entries:
-        return load_llff(root, downscale, ndc)
+        return load_llff(root, downscale, ndc, normalization=normalization)
     if any(e.startswith("transforms") and e.endswith(".json") for e in entries):
-        return load_blender(root, downscale, white_bkgd)
-    raise DataError(root, "no transforms_*.json (Blender) or poses_bounds.npy (LLFF) found")
+        return load_blender(root, downscale, white_bkgd, skip_missing=skip_missing, ndc=ndc,
+                            normalization=normalization)
+    model = find_model(root)
+    if model is not None:
+        return load_colmap(model, downscale, ndc=ndc, normalization=normalization)
+    raise DataError(root, "no transforms*.json (Blender, instant-ngp, nerfstudio), poses_bounds.npy (LLFF) "
+                          "or COLMAP sparse model (sparse/0/cameras.bin) found; to make one from photos "
+                          "or a video: python main.py process INPUT --out DIR")

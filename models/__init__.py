@@ -3,8 +3,11 @@ in REGISTRY below; the CLI's --model choices and the GUI's model list come from 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from models.field import Field, StepContext, StepRequests, TrainPolicy, apply_sample_counts  # noqa: F401
+if TYPE_CHECKING:  # the registry itself imports no torch: `main.py --help` stays light
+    from models.field import Field
+
 
 # name -> "module:class". Order is the order the GUI lists them in.
 REGISTRY: dict[str, str] = {
@@ -20,7 +23,7 @@ def register(name: str, target: str | type) -> None:
     REGISTRY[name] = target
 
 
-def model_class(name: str) -> type[Field]:
+def model_class(name: str) -> "type[Field]":
     """The Field subclass registered under name; ValueError naming the choices otherwise."""
     if name not in REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(REGISTRY)}")
@@ -37,12 +40,10 @@ def available() -> list[str]:
 
 def is_capture(scene) -> bool:
     """Whether a loaded scene is a real capture (photos of the world, background at every
-    distance) rather than an object on a known background. For now judged from what the
-    loaders give: no alpha in the training images, no declared white background (what the
-    Blender loader declares; the LLFF loader never does) and no NDC warp (a forward-facing
-    LLFF scene is bounded by its NDC box and suits the object fields). The one place that
-    says so: the captures work is to give loaders.scene.Scene an explicit flag."""
-    return scene.split("train").alpha is None and not scene.white_bkgd and not scene.ndc
+    distance) that its own fields should model: the loader's ``Scene.kind`` "capture",
+    unless rendered in NDC (a forward-facing capture is bounded by its NDC box and suits
+    the object fields, which do well there)."""
+    return getattr(scene, "kind", "object") == "capture" and not scene.ndc
 
 
 def default_model(cuda: bool, scene=None) -> str:
@@ -58,6 +59,6 @@ def default_model(cuda: bool, scene=None) -> str:
     return max(REGISTRY, key=rank)
 
 
-def build_model(kind: str, **options) -> Field:
+def build_model(kind: str, **options) -> "Field":
     """Construct a registered model by name with its options."""
     return model_class(kind)(**options)

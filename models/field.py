@@ -113,6 +113,10 @@ class Field(nn.Module):
     TAKES_IMAGE: ClassVar[bool] = False
 
     config: dict
+    #: A renderer.crop.CropBox, or None: renders (train=False) see no density outside it.
+    #: A plain attribute, not a buffer: the app sets it, checkpoints keep it in their
+    #: metadata, and a model's weights never depend on it.
+    crop = None
 
     # -- policy ---------------------------------------------------------------------------
     @classmethod
@@ -150,6 +154,14 @@ class Field(nn.Module):
     def density(self, x: torch.Tensor) -> torch.Tensor:
         """sigma (N,) at world positions x (N, 3): meshes, occupancy grids, probes."""
         raise NotImplementedError
+
+    def crop_density(self, x: torch.Tensor, sigma: torch.Tensor, train: bool) -> torch.Tensor:
+        """sigma at samples x (..., 3) with those outside the crop box zeroed. Every
+        render_rays passes its sample densities through this; training is never cropped
+        (the box only limits what is shown and exported)."""
+        if train or self.crop is None:
+            return sigma
+        return self.crop.mask_density(x, sigma)
 
     def radiance(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sigma (N,), rgb (N, 3)) at positions x seen from unit directions d: vertex colours."""

@@ -7,6 +7,7 @@ from torch import nn
 
 from models.encoding import make_encoding
 from models.field import Field, StepContext, TrainPolicy, check_options
+from models.nerf_presets import PRESETS
 from renderer.compositing import composite
 from renderer.occupancy import OccupancyGrid
 from renderer.sampling import hierarchical_samples, stratified_samples
@@ -76,6 +77,11 @@ class NeRFField(nn.Module):
         return self._sigma(raw), rgb
 
 
+def _points(rays_o, rays_d, t):
+    """Sample positions (R, S, 3) at depths t (R, S) along rays (R, 3)."""
+    return rays_o[:, None, :] + rays_d[:, None, :] * t[..., None]
+
+
 def _query(field: NeRFField, rays_o, rays_d, t, sigma_noise: float, occ=None):
     """Evaluate a field at depths t (R, S); returns sigma (R, S), rgb (R, S, 3) and the
     number of samples the network evaluated (an int: the nonzero() below already syncs).
@@ -85,7 +91,7 @@ def _query(field: NeRFField, rays_o, rays_d, t, sigma_noise: float, occ=None):
     the same image wherever the grid is right, with far fewer network evaluations.
     """
     n_rays, n_samples = t.shape
-    pts = rays_o[:, None, :] + rays_d[:, None, :] * t[..., None]
+    pts = _points(rays_o, rays_d, t)
     viewdirs = F.normalize(rays_d, dim=-1)[:, None, :].expand(n_rays, n_samples, 3)
     if occ is None:
         sigma, rgb = field(pts.reshape(-1, 3), viewdirs.reshape(-1, 3), sigma_noise)
@@ -99,14 +105,8 @@ def _query(field: NeRFField, rays_o, rays_d, t, sigma_noise: float, occ=None):
     return sigma.view(n_rays, n_samples), rgb.view(n_rays, n_samples, 3), idx.shape[0]
 
 
-# Named network sizes. 'paper' is NeRF as published; 'cpu' keeps the architecture family but
-# narrower and with fewer samples, so a 2-core CPU gets thousands of steps in minutes.
-PRESETS = {
-    "paper": dict(width=256, depth=8, n_coarse=64, n_fine=128),
-    "cpu": dict(width=128, depth=4, skips=[], dir_width=64, n_coarse=32, n_fine=32),
-}
 # Per preset: Adam's learning rate (the paper's 5e-4; the narrow CPU network learns far
-# faster with 3e-3, docs/models.md) and the centre-crop warm-up (the official recipe's 500
+# faster with 3e-3, docs/benchmarks.md) and the centre-crop warm-up (the official recipe's 500
 # steps for Blender scenes; the small CPU net does not need it and a short CPU run cannot
 # spare the steps; app/engine/trainer.TrainConfig.precrop_steps says why it exists).
 PRESET_POLICY = {
@@ -129,8 +129,8 @@ class NeRFModel(Field):
     occupancy_res (None: off; e.g. 64: skip samples in cells of a res^3 occupancy grid over
     [-occupancy_bound, occupancy_bound]^3 (default 1.5) that the network finds empty; the
     grid is refreshed by step_hook, used from step occupancy_warmup on, and not saved).
-    occupancy_warmup is 32, not the 256 it was: on lego (H200) skipping from step 32 gave
-    1.5x the rays/s over a 60 s run and a better test PSNR at 15 and 60 s (docs/bench_gpu.md).
+    A short warm-up pays: skipping early gave more rays/s and no worse quality
+    (docs/bench_gpu.md).
     """
 
     LABEL = "NeRF (MLP, PE)"
@@ -214,6 +214,7 @@ class NeRFModel(Field):
         t_c = stratified_samples(near, far, rays_o.shape[0], c["n_coarse"], perturb=train,
                                  device=rays_o.device)
         sig, rgb, n_c = _query(self.coarse, rays_o, rays_d, t_c, noise, occ)
+        sig = self.crop_density(_points(rays_o, rays_d, t_c), sig, train)
         # Samples evaluated / asked for, per network (the bench reports how much the grid skips).
         self.last_evaluated = {"coarse": (n_c, t_c.numel())}
         out_c = composite(sig, rgb, t_c, rays_d, background)
@@ -222,6 +223,7 @@ class NeRFModel(Field):
         if c["n_fine"] > 0:
             t_f = hierarchical_samples(t_c, out_c["weights"], c["n_fine"], deterministic=not train)
             sig, rgb, n_f = _query(self.fine, rays_o, rays_d, t_f, noise, occ)
+            sig = self.crop_density(_points(rays_o, rays_d, t_f), sig, train)
             self.last_evaluated["fine"] = (n_f, t_f.numel())
             out_f = composite(sig, rgb, t_f, rays_d, background)
             result.update(rgb=out_f["rgb"], depth=out_f["depth"], acc=out_f["acc"], t_fine=t_f,

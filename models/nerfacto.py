@@ -3,15 +3,17 @@
 Real photos have background at every distance, exposure and white balance that change
 from photo to photo, and poses that are a little off. This field answers each:
 
-- Unbounded space: the training cameras are placed in the unit cube (``bind_scene``:
-  centred on the point their optical axes pass closest to, scaled so that the farthest
-  camera is at L-infinity distance 1); everything beyond is contracted into the shell up
+- Unbounded space: the field's box is placed around the training cameras (``bind_scene``,
+  ``normalising_frame``: centred on the point their optical axes pass closest to, scaled
+  so that the farthest camera is at L-infinity distance 1, whatever frame the scene comes
+  in, as the hash model's ``bound`` places its cube); everything beyond is contracted into the shell up
   to 2 (renderer/contraction.py, L-infinity: it fills the hash grid's cube) in front of a
   multiresolution hash encoding (models/hashgrid.py's HashEncoding and its kernel).
-- Sampling that reaches far: rays run from the near to the far distance they are given
-  (the scene's; at most ``far`` normalised units, 1000 by default, which the contraction
-  puts at 1.999: a real capture's loader should give a far bound that lets them run on to
-  it), cut uniformly in the lindisp spacing;
+- Sampling that reaches far: rays that are asked to reach the scene's far bound run on
+  to ``far`` normalised units (1000 by default, which the contraction puts at 1.999),
+  because a capture's bounds come from the sparse points and the sky lies beyond them; a
+  shorter segment (mesh vertex colours) is rendered as asked. Rays are cut uniformly in
+  the lindisp spacing;
   two small hash-grid proposal density nets resample them (``n_proposal`` intervals per
   ray each), and the radiance field is evaluated on ``n_samples`` intervals drawn from
   the second proposal's histogram (renderer/proposal.py). The proposals learn from the
@@ -19,7 +21,9 @@ from photo to photo, and poses that are a little off. This field answers each:
 - Background from the field: a real photo has no known background colour, so when the
   caller asks for one (any ``background`` but None) the transmittance left after the
   last interval takes the last sample's colour instead (nerfstudio's "last_sample"): the
-  sky is whatever the far field learnt. With None nothing is added (mesh vertex colours).
+  sky is whatever the far field learnt. With None nothing is added (mesh vertex colours);
+  a last sample outside the crop box (Field.crop) is cropped away and the caller's
+  colour shows instead.
 - Per-photo appearance: a learned embedding per training image (``appearance_dim``
   numbers, zero at the start) feeds the colour head; renders and the viewer use the mean
   embedding (the training images' average look).
@@ -127,6 +131,7 @@ class NerfactoField(Field):
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
         self.register_buffer("sh_C", sh_basis_matrix().float(), persistent=False)
         self.ndc = False
+        self._scene_far = None  # the scene's far bound (bind_scene): rays asked to reach it go on
         self._scale = 1.0  # host copies of the frame (a Python float needs no device sync)
         self._step = 0
         self.register_load_state_dict_post_hook(lambda module, keys: module._sync_host_copies())
@@ -170,6 +175,7 @@ class NerfactoField(Field):
         self.center.copy_(torch.as_tensor(center, dtype=torch.float32, device=dev))
         self.scale.fill_(float(scale))
         self.ndc = bool(ndc)
+        self._scene_far = None if ndc else float(far)
         n, a = len(c2w), self.config["appearance_dim"]
         if self.appearance.shape[0] != n:
             self.appearance = nn.Parameter(torch.zeros(n, a, device=dev))
@@ -239,8 +245,11 @@ class NerfactoField(Field):
         dirs = rays_d.float() / dnorm
         per_ray = lambda v: v if isinstance(v, (int, float)) else torch.as_tensor(  # noqa: E731
             v, dtype=torch.float32, device=o.device).reshape(-1, 1)
+        far_n = float(self.config["far"])
         t0 = (per_ray(near) * dnorm * self._scale).clamp(min=0.0)
-        t1 = (per_ray(far) * dnorm * self._scale).clamp(max=float(self.config["far"]))
+        t1 = (per_ray(far) * dnorm * self._scale).clamp(max=far_n)
+        if self._scene_far is not None:  # the scene's far: on to the field's
+            t1 = torch.where(per_ray(far) * torch.ones_like(dnorm) >= self._scene_far * (1 - 1e-6), far_n, t1)
         return o, dirs, dnorm, t0, torch.maximum(t1, t0 + 1e-4)
 
     def _proposal_weights(self, net, o, dirs, t, grad: bool):
@@ -279,12 +288,21 @@ class NerfactoField(Field):
         x = (o[:, None, :] + dirs[:, None, :] * mid[..., None]).reshape(-1, 3)
         emb = self._embedding(n_rays, image, o.device, appearance)
         sigma, rgb = self._radiance_n(x, dirs.repeat_interleave(S, 0), emb.repeat_interleave(S, 0))
+        last_kept = None
+        if self.crop is not None and not train:  # renders see nothing outside the box
+            xw = x / self._scale + self.center
+            sigma = self.crop_density(xw, sigma, train)
+            last_kept = self.crop_density(xw.reshape(n_rays, S, 3)[:, -1], torch.ones_like(t0[:, 0]), train)
         sigma, rgb = sigma.reshape(n_rays, S), rgb.reshape(n_rays, S, 3)
         w = alpha_weights(sigma, t[:, 1:] - t[:, :-1])[0]
         acc = w.sum(-1)
         color = (w[..., None] * rgb).sum(1)
         if background is not None:  # the field's own background, whatever colour was asked for
-            color = color + (1.0 - acc)[:, None] * rgb[:, -1]
+            fill = rgb[:, -1]
+            if last_kept is not None:
+                bg = torch.as_tensor(background, dtype=fill.dtype, device=fill.device)
+                fill = last_kept[:, None] * fill + (1.0 - last_kept[:, None]) * bg
+            color = color + (1.0 - acc)[:, None] * fill
         depth = (w * mid).sum(-1) / acc.clamp(min=1e-10) / (self._scale * dnorm[:, 0])
         out = {"rgb": color, "depth": depth, "acc": acc,
                "samples": torch.tensor(float(n_rays * (S + sum(c["n_proposal"]))), device=o.device)}
@@ -337,26 +355,16 @@ class NerfactoField(Field):
 
 
 def normalising_frame(c2w: np.ndarray) -> tuple[np.ndarray, float]:
-    """(center (3,), scale) that put cameras c2w (N, 4, 4) into the unit cube.
+    """(center (3,), scale) that put cameras c2w (N, 4, 4) into the unit cube, the
+    contraction's linear region: centred on the point the optical axes pass closest to
+    (loaders.normalize.focus_point: the middle of an orbit, also of a partial one), or on
+    the cameras' mean position when the axes do not meet (forward-facing, inside-out);
+    scaled so that the farthest camera is at L-infinity distance 1. A capture the loader
+    has normalised (focus at the origin, cameras within distance 1) moves little."""
+    from loaders.normalize import focus_point
 
-    The centre is the point closest, in least squares, to all optical axes (what the
-    cameras look at: the middle of an orbit, also of a partial one, where the mean camera
-    position would sit off to the side); when the axes are near parallel (a forward-facing
-    capture) that point is ill-defined and the cameras' mean position is used. The scale
-    brings the farthest camera to L-infinity distance 1, so the cameras and what lies
-    between them are in the contraction's linear region."""
     o = c2w[:, :3, 3]
-    d = -c2w[:, :3, 2]
-    d = d / np.linalg.norm(d, axis=-1, keepdims=True)
-    P = np.eye(3)[None] - d[:, :, None] * d[:, None, :]  # projections orthogonal to each axis
-    A, b = P.sum(0), (P @ o[:, :, None]).sum(0)[:, 0]
-    center = o.mean(0)
-    eig = np.linalg.eigvalsh(A)
-    if eig[0] > 1e-2 * eig[-1]:
-        focus = np.linalg.solve(A, b)
-        # A focus far beyond the cameras' spread (nearly parallel axes) is not a centre.
-        spread = np.abs(o - center).max() + 1e-9
-        if np.abs(focus - center).max() <= 2.0 * spread:
-            center = focus
+    p = focus_point(c2w)
+    center = o.mean(0) if p is None else p
     extent = np.abs(o - center).max()
     return center, 1.0 / max(extent, 1e-6)

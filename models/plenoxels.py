@@ -397,7 +397,8 @@ class Plenoxels(Field):
         pts = rays_o[:, None, :] + dirs[:, None, :] * t[..., None]  # (R, S, 3)
         p = self._to_vertex_units(pts)
         sel = valid.nonzero()  # (N, 2) ray, sample
-        occ = self._occupied(p[sel[:, 0], sel[:, 1]])
+        at = (sel[:, 0], sel[:, 1])
+        occ = self.crop_density(pts[at], self._occupied(p[at]), train)  # the crop box drops samples as empty cells do
         sel = sel[occ]
         flat = sel[:, 0] * n_samp + sel[:, 1]
         sigma_full = torch.zeros(n_rays * n_samp, device=dirs.device, dtype=self.density_data.dtype)

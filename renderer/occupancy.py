@@ -39,8 +39,12 @@ def ray_aabb(rays_o: torch.Tensor, rays_d: torch.Tensor, lo, hi) -> tuple[torch.
     ray starting inside has t_near < 0. Components of d that are exactly zero are handled
     explicitly (no 0 * inf = NaN): such a slab either contains the whole ray or none of it.
     """
-    lo = torch.as_tensor(lo, dtype=rays_o.dtype, device=rays_o.device).expand(3)
-    hi = torch.as_tensor(hi, dtype=rays_o.dtype, device=rays_o.device).expand(3)
+    # Numbers stay Python scalars: making a tensor of one is a host-to-device copy, which a
+    # CUDA graph cannot capture.
+    if not isinstance(lo, (int, float)):
+        lo = torch.as_tensor(lo, dtype=rays_o.dtype, device=rays_o.device)
+    if not isinstance(hi, (int, float)):
+        hi = torch.as_tensor(hi, dtype=rays_o.dtype, device=rays_o.device)
     parallel = rays_d == 0
     safe_d = torch.where(parallel, torch.ones_like(rays_d), rays_d)
     t0, t1 = (lo - rays_o) / safe_d, (hi - rays_o) / safe_d

@@ -73,3 +73,12 @@ def ndc_rays(height: int, width: int, focal: float, near: float, rays_o: torch.T
     d1 = -1.0 / (height / (2.0 * focal)) * (dy / dz - oy / oz)
     d2 = -2.0 * near / oz
     return torch.stack([o0, o1, o2], -1), torch.stack([d0, d1, d2], -1)
+
+
+def ndc_to_world(points: torch.Tensor, height: int, width: int, focal: float, near: float = 1.0) -> torch.Tensor:
+    """Inverse of the NDC warp of ndc_rays for points (..., 3): the world (camera-aligned
+    LLFF frame) points they came from. NDC z -> 1 is infinitely far; callers drop those."""
+    z = 2.0 * near / (points[..., 2] - 1.0)
+    x = -points[..., 0] * z * width / (2.0 * focal)
+    y = -points[..., 1] * z * height / (2.0 * focal)
+    return torch.stack([x, y, z], -1)

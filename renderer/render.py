@@ -3,24 +3,42 @@ from __future__ import annotations
 
 import torch
 
-from renderer.rays import camera_directions, ndc_rays, rays_from_dirs
+from renderer.cameras import Cameras, camera_grid_directions
+from renderer.rays import ndc_rays, rays_from_dirs
 
 
 @torch.no_grad()
-def render_image(model, c2w: torch.Tensor, height: int, width: int, K: torch.Tensor, near: float,
-                 far: float, background=None, chunk: int = 8192, ndc: bool = False,
-                 keys: tuple[str, ...] = ("rgb", "depth", "acc"), autocast: bool = False,
+def render_image(model, c2w: torch.Tensor, camera: Cameras, near: float, far: float, background=None,
+                 chunk: int = 8192, ndc: bool = False, keys: tuple[str, ...] = ("rgb", "depth", "acc"),
+                 autocast: bool = False, ndc_frame: tuple[int, int, float] | None = None,
                  extra: dict | None = None) -> dict:
-    """Render one view; returns each of ``keys`` as a (H, W[, C]) float32 tensor on CPU.
+    """Render one view through ``camera`` (a one-camera renderer.cameras.Cameras: its
+    size, intrinsics and distortion); returns each of ``keys`` as a (H, W[, C]) float32
+    tensor on CPU.
 
-    ``chunk`` bounds peak memory: rays are rendered ``chunk`` at a time. ``extra``: more
-    keyword arguments for the model's render_rays (a fitted appearance code).
+    ``chunk`` bounds peak memory: rays are rendered ``chunk`` at a time. ndc_frame
+    (height, width, focal): the NDC warp of the training cameras, which every view of a
+    forward-facing scene must share (default: this camera's own). ``extra``: more keyword
+    arguments for the model's render_rays (a fitted appearance code).
     """
     device = next(model.parameters()).device
-    dirs = camera_directions(height, width, K, device)
+    height, width = int(camera.height[0]), int(camera.width[0])
+    dirs = camera_grid_directions(camera, 0, device)
     rays_o, rays_d = rays_from_dirs(dirs.reshape(-1, 3), c2w.to(device))
     if ndc:
-        rays_o, rays_d = ndc_rays(height, width, float(K[0, 0]), 1.0, rays_o, rays_d)
+        h0, w0, f0 = ndc_frame or (height, width, float(camera.fx[0]))
+        rays_o, rays_d = ndc_rays(h0, w0, f0, 1.0, rays_o, rays_d)
+    outs = render_rays_chunked(model, rays_o, rays_d, near, far, background, chunk, keys, autocast, extra)
+    return {k: v.reshape(height, width, *v.shape[1:]) for k, v in outs.items()}
+
+
+@torch.no_grad()
+def render_rays_chunked(model, rays_o: torch.Tensor, rays_d: torch.Tensor, near, far, background=None,
+                        chunk: int = 8192, keys: tuple[str, ...] = ("rgb", "depth", "acc"),
+                        autocast: bool = False, extra: dict | None = None) -> dict:
+    """model.render_rays (eval mode, no grad; ``extra`` keyword arguments) over rays (R, 3)
+    ``chunk`` at a time; returns each of ``keys`` as an (R[, C]) float32 tensor on CPU."""
+    device = rays_o.device
     outs: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     was_training = model.training
     model.eval()
@@ -33,8 +51,4 @@ def render_image(model, c2w: torch.Tensor, height: int, width: int, K: torch.Ten
                 outs[k].append(out[k].float())
     finally:
         model.train(was_training)
-    result = {}
-    for k, v in outs.items():
-        t = torch.cat(v, 0).cpu()
-        result[k] = t.reshape(height, width, *t.shape[1:])
-    return result
+    return {k: torch.cat(v, 0).cpu() for k, v in outs.items()}

@@ -40,3 +40,12 @@ def test_gpu_check_compaction_section_runs_on_cpu(capsys):
     marched, asked, alive, packed = map(int, re.search(
         r"marched (\d+) of (\d+) asked for; (\d+) alive; (\d+) packed", printed).groups())
     assert marched <= min(asked, 6144) and alive <= marched and packed <= min(alive, 2048)
+
+
+def test_cpu_step_bench_runs_one_row(capsys):
+    """bench/bench_cpu_step.py builds its trainer through the presets like the CLI does."""
+    from bench import bench_cpu_step
+
+    tr = bench_cpu_step._trainer(bf16=False, occupancy=True, batch=32)
+    assert tr.config.lr == 3e-3 and tr.model.config["occupancy_res"] == 64
+    assert not tr.step().get("skipped")

@@ -194,3 +194,20 @@ def test_bf16_defaults_follow_each_models_policy(scene_dir, tmp_path, monkeypatc
         out = tmp_path / str(flag)
         assert main(base + ["--out", str(out)] + ([flag] if flag else [])) == 0
         assert json.load(open(out / "run.json"))["config"]["autocast"] is want
+
+
+def test_help_loads_no_torch():
+    """`main.py --help` and each command's --help build the parser without importing torch
+    (or the GUI stack): the commands load what they need only when run."""
+    from app.cli import COMMANDS
+
+    probe = ("import runpy, sys\n"
+             "sys.argv = ['main.py'] + sys.argv[1:]\n"
+             "try:\n    runpy.run_path('main.py', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "heavy = [m for m in ('torch', 'dearpygui', 'moderngl', 'pycolmap') if m in sys.modules]\n"
+             "print('HEAVY', heavy)\n")
+    for argv in [["--help"]] + [[name, "--help"] for name in COMMANDS]:
+        out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True,
+                             cwd=ROOT, timeout=120)
+        assert "HEAVY []" in out.stdout, (argv, out.stdout[-300:], out.stderr[-500:])

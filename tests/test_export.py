@@ -242,3 +242,53 @@ def test_cli_out_must_be_ply(tmp_path, capsys):
 
     assert main(["export-mesh", DEMO, "--out", str(tmp_path / "m.obj")]) == 2
     assert "m.obj" in capsys.readouterr().err and os.listdir(tmp_path) == []
+
+
+def _closed(faces) -> bool:
+    """Every edge is shared by exactly two faces."""
+    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    _, counts = np.unique(e, axis=0, return_counts=True)
+    return bool((counts == 2).all())
+
+
+def test_crop_box_bounds_the_mesh_and_closes_the_cut(tmp_path):
+    from renderer.crop import CropBox
+
+    res, radius = 64, 0.8
+    voxel = 3.0 / (res - 1)
+    export_mesh(Sphere(radius=radius), str(tmp_path / "whole.ply"), res=res, threshold=10.0, colors=False)
+    whole, wf, _, _ = read_ply(tmp_path / "whole.ply")
+    np.testing.assert_allclose(whole.min(0), -radius, atol=voxel)
+    np.testing.assert_allclose(whole.max(0), radius, atol=voxel)
+    box = CropBox((-1.0, -0.3, -2.0), (0.25, 2.0, 0.5))  # cuts at x = 0.25, y = -0.3, z = 0.5
+    m = Sphere(radius=radius)
+    m.crop = box  # the field's own box is used when none is passed
+    info = export_mesh(m, str(tmp_path / "cut.ply"), res=res, threshold=10.0, colors=False)
+    cut, cf, _, header = read_ply(tmp_path / "cut.ply")
+    assert info["vertices"] == len(cut) and any(h.startswith("comment crop") for h in header)
+    # Inside the box, and reaching its cutting faces (a cap one voxel in) and the sphere elsewhere.
+    assert box.contains_np(cut).all()
+    np.testing.assert_allclose(cut.max(0), [0.25, radius, 0.5], atol=1.5 * voxel)
+    np.testing.assert_allclose(cut.min(0), [-radius, -0.3, -radius], atol=1.5 * voxel)
+    assert _closed(wf) and _closed(cf)
+
+
+def test_crop_box_outside_the_export_box_is_an_error(tmp_path):
+    from renderer.crop import CropBox
+
+    with pytest.raises(ValueError, match="does not overlap"):
+        export_mesh(Sphere(), str(tmp_path / "x.ply"), res=8, crop=CropBox((2, 2, 2), (3, 3, 3)))
+    assert not os.listdir(tmp_path)
+
+
+def test_cli_export_mesh_takes_a_crop_box(tmp_path):
+    from app.cli import main
+    from renderer.crop import CropBox
+
+    demo = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "demo_run")
+    out = tmp_path / "m.ply"
+    assert main(["export-mesh", demo, "--out", str(out), "--res", "24", "--no-colors",
+                 "--crop=-1,-1,-0.5,0.2,1,1", "--device", "cpu"]) == 0
+    xyz, _, _, _ = read_ply(out)
+    assert len(xyz) and CropBox((-1, -1, -0.5), (0.2, 1, 1)).contains_np(xyz).all()
+    assert xyz[:, 0].max() > 0.0  # reaches towards the cut

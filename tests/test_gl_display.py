@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from app.gui.gl_display import (DisplayThread, GLCompositor, NumpyCompositor, layout_rects,
+from app.gui.gl_display import (DisplayThread, GLCompositor, GLUnavailable, NumpyCompositor, layout_rects,
                                  make_compositor, resize)
 
 
@@ -77,7 +77,7 @@ def test_numpy_compositor_places_images():
 def _gl_or_skip(w, h):
     try:
         return GLCompositor(w, h)
-    except Exception as exc:  # noqa: BLE001
+    except GLUnavailable as exc:
         pytest.skip(f"no OpenGL context on this machine: {exc}")
 
 
@@ -124,6 +124,50 @@ def test_display_thread_composes_into_its_buffer():
     finally:
         d.stop()
     assert not d.is_alive()
+
+
+def _wait_version(d, n):
+    import time
+    for _ in range(500):
+        if d.version >= n:
+            return
+        time.sleep(0.01)
+
+
+def test_display_thread_falls_back_to_numpy_when_gl_dies(monkeypatch):
+    from app.gui import gl_display
+
+    class LostContext:
+        description = "moderngl (fake)"
+
+        def compose(self, *a):
+            raise GLUnavailable("GL failed: context lost")
+
+    monkeypatch.setattr(gl_display, "make_compositor", lambda *a: LostContext())
+    d = DisplayThread(32, 16)
+    d.start()
+    try:
+        assert d.wait_ready(5)
+        d.submit([np.full((4, 4, 3), 0.5, np.float32)])
+        _wait_version(d, 1)
+        assert d.version == 1 and d.description.startswith("numpy") and "context lost" in d.description
+    finally:
+        d.stop()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_display_thread_says_when_it_stops_on_an_error():
+    """A compose that fails for another reason is a bug: not hidden, and the status line
+    (which shows the description) says the display stopped."""
+    d = DisplayThread(32, 16, prefer_gl=False)
+    d.start()
+    try:
+        assert d.wait_ready(5)
+        d.submit([])  # nothing to compose
+        d.join(5)
+        assert not d.is_alive() and d.description.startswith("stopped by an error (IndexError")
+    finally:
+        d.stop()
 
 
 def test_triton_is_loaded_before_the_first_gl_context(tmp_path):

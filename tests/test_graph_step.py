@@ -331,7 +331,7 @@ def test_control_flow_exceptions_pass_through_and_the_graph_is_rebuilt(monkeypat
 
 
 def test_fed_trainer_uses_the_static_step_only_without_a_feed():
-    from app.gui.worker import _fed_trainer_class
+    from app.gui.training import _fed_trainer_class
     cfg = TrainConfig(model="hash", model_options=dict(TINY), batch_rays=128, device="cpu", cuda_graph=True)
     tr = _fed_trainer_class()(make_sphere_scene(n_views=8), cfg)
     tr.static_on_cpu = True

@@ -14,6 +14,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -108,7 +109,9 @@ class App:
         env.update(env_extra or {})
         self.proc = subprocess.Popen([sys.executable, "main.py", "gui", "--stats", "--control", *args],
                                      cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+                                     stderr=subprocess.PIPE, text=True, bufsize=1,
+                                     # Ctrl-C as in a terminal, even if this runner ignores SIGINT.
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.lines: queue.Queue = queue.Queue()
         self.stats: list[dict] = []
         self.events: list[dict] = []
@@ -222,6 +225,25 @@ def test_gui_trains_drags_and_screenshots(xvfb, scene, tmp_path):
     assert diff > 0.02, f"the viewport did not change after the drag (mean abs diff {diff:.4f})"
     # The rest of the window is drawn too (side panel, not a blank screen).
     assert a[:, x + w + 20:].std() > 0.05
+
+
+def test_ctrl_c_closes_the_window_like_its_close_button(xvfb, scene):
+    """SIGINT while training: the loop ends, the worker stops, exit 130 within seconds, and
+    the terminal is told why."""
+    app = App(xvfb, ["--data", scene, "--settings", json.dumps(TINY), "--seconds", "240"])
+    try:
+        app.wait(lambda o: "step" in o and o["step"] >= 3 and o["uploads"] >= 1, 120, "training and a frame")
+        t0 = time.monotonic()
+        app.proc.send_signal(signal.SIGINT)
+        ex = app.wait(lambda o: o.get("event") == "exit", 30, "exit after SIGINT")
+        rc = app.proc.wait(30)
+        took = time.monotonic() - t0
+    finally:
+        app.kill()
+    assert ex["interrupted"] is True and ex["worker_stopped"] is True
+    assert rc in (0, 130) and took < 10.0, (rc, took)
+    time.sleep(0.2)  # the stderr reader thread
+    assert "interrupted (Ctrl-C)" in "".join(app.stderr)
 
 
 def test_no_display_exits_3_with_cli_hint():

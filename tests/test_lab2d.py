@@ -38,7 +38,8 @@ def synthetic(n: int = 32) -> np.ndarray:
     x, y = v[..., 0], v[..., 1]
     img = np.stack([0.5 + 0.3 * np.sin(2 * np.pi * (3 * x + 5 * y)) + 0.15 * np.cos(2 * np.pi * 7 * x),
                     0.5 + 0.35 * np.cos(2 * np.pi * (6 * y - 2 * x)),
-                    0.5 + 0.2 * np.sin(2 * np.pi * 4 * x) * np.sin(2 * np.pi * 5 * y) + 0.1 * np.cos(2 * np.pi * 7 * y)],
+                    0.5 + 0.2 * np.sin(2 * np.pi * 4 * x) * np.sin(2 * np.pi * 5 * y)
+                    + 0.1 * np.cos(2 * np.pi * 7 * y)],
                    -1)
     return np.clip(img, 0, 1).astype(np.float32)
 

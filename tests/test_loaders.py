@@ -75,10 +75,16 @@ def test_instant_ngp_transforms_json_and_holdout(tmp_path):
     # Every 8th view (0, 8) is held out as test and removed from train.
     assert te.names == ["images/00.png", "images/08.png"]
     assert tr.names == [f"images/{k:02d}.png" for k in range(1, 8)]
-    np.testing.assert_allclose(te.c2w, poses[[0, 8]], atol=1e-6)
+    # A capture (fl_x, opaque images): normalised. The orbit's centre, where every camera
+    # looks, stays at the origin; the cameras move to the unit sphere; the inverse gives
+    # the file's poses back.
+    assert sc.kind == "capture" and not sc.ndc
+    np.testing.assert_allclose(sc.to_world_poses(te.c2w), poses[[0, 8]], atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(tr.c2w[:, :3, 3], axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(sc.normalization.scale, 0.25, atol=1e-6)
     np.testing.assert_allclose(tr.images[0], random_rgba(1)[..., :3] / 255.0, atol=1e-6)
     assert sc.split("val") is te
-    assert sc.notes and "held out" in sc.notes[0]
+    assert any("held out" in n for n in sc.notes) and any(n.startswith("NDC off") for n in sc.notes)
     # A path to the json itself works too.
     assert len(load_scene(str(root / "transforms.json")).split("train")) == 7
 
@@ -119,7 +125,9 @@ def test_llff_axes_scale_and_recentring(tmp_path):
     rows = [_llff_rows(R_A_LLFF, [0.0, 0.0, 1.0], [2.0, 8.0]),
             _llff_rows(R_B_LLFF, [1.0, 0.0, 0.0], [3.0, 9.0])]
     _write_llff(root, rows)
-    sc = load_scene(str(root))
+    # The two views are 90 degrees apart: not forward-facing, so NDC is asked for.
+    assert not load_scene(str(root)).ndc
+    sc = load_scene(str(root), ndc=True)
     assert sc.ndc and (sc.near, sc.far) == (0.0, 1.0) and not sc.white_bkgd
     # View 0 is held out (every 8th), view 1 trains.
     A, B = sc.split("test").c2w[0].astype(np.float64), sc.split("train").c2w[0].astype(np.float64)
@@ -139,9 +147,10 @@ def test_llff_axes_scale_and_recentring(tmp_path):
     for m in (A, B):
         np.testing.assert_allclose(m[:3, :3].T @ m[:3, :3], np.eye(3), atol=1e-6)
         np.testing.assert_allclose(m[3], [0, 0, 0, 1])
-    # Metric bounds without NDC: 0.9 * min and max, in the rescaled units.
+    # Metric bounds without NDC: 0.9 * min and max, in the normalised units.
     sc2 = load_llff(str(root), ndc=False)
-    assert (sc2.near, sc2.far) == (pytest.approx(0.9 * 2.0 * s), pytest.approx(9.0 * s))
+    s2 = sc2.normalization.scale
+    assert (sc2.near, sc2.far) == (pytest.approx(0.9 * 2.0 * s2), pytest.approx(9.0 * s2))
 
 
 # -- bad inputs: one DataError naming the file and the problem ------------------------------

@@ -121,9 +121,15 @@ def test_background_is_the_fields_own_and_none_adds_nothing():
     m.bind_scene(orbit_poses(4).astype(np.float32), 2.0, 6.0, False)
     o, d = _rays(16, seed=2)
     with torch.no_grad():
-        white, black, none = (m.render_rays(o, d, 2.0, 6.0, background=bg)["rgb"] for bg in (1.0, 0.0, None))
+        # A segment shorter than the scene's (6) is rendered as asked: light is left over.
+        white, black, none = (m.render_rays(o, d, 2.0, 3.0, background=bg)["rgb"] for bg in (1.0, 0.0, None))
+        short = m.render_rays(o, d, 2.0, 3.0)["acc"]
+        # Asked for the scene's far, rays run on to the field's (1000 normalised units).
+        whole = m.render_rays(o, d, 2.0, 6.0)
     torch.testing.assert_close(white, black)  # the asked-for colour plays no part
     assert (none <= white + 1e-6).all() and (white - none).abs().max() > 1e-3
+    assert (whole["acc"] > short + 0.1).all()
+    assert (whole["depth"] > 3.0).all()  # they went on past the short segment
 
 
 def test_appearance_embedding_changes_colour_and_renders_use_the_mean():
@@ -204,6 +210,7 @@ def test_camera_refinement_recovers_known_perturbations_on_the_embedded_scene():
     from app.engine.batches import RaySampler
     from app.tools.inerf import rotation_error_deg, translation_error
     from loaders import load_scene
+    from renderer.cameras import Cameras
     from renderer.lie import so3_exp
     from renderer.rays import get_rays, intrinsics
 
@@ -224,7 +231,8 @@ def test_camera_refinement_recovers_known_perturbations_on_the_embedded_scene():
         p[:3, 3] += shift / np.linalg.norm(shift) * 0.05
     m = build_model("nerfacto", **TINY)
     m.bind_scene(pert.astype(np.float32), 2.0, 6.0, False)
-    batch = RaySampler(targets, torch.from_numpy(pert).float(), K, focal).sample(900, torch.Generator().manual_seed(0))
+    cams = Cameras.pinhole(3, size, size, focal)
+    batch = RaySampler(targets, torch.from_numpy(pert).float(), cams).sample(900, torch.Generator().manual_seed(0))
     opt = torch.optim.LBFGS([m.pose_delta], lr=1.0, max_iter=40, history_size=20, line_search_fn="strong_wolfe")
 
     def closure():
@@ -311,8 +319,7 @@ def test_held_out_appearance_is_fitted_on_the_left_half():
     """A held-out 'photo' rendered by the field itself with a known code far from the mean:
     the code fitted on its left half makes the right half match far better than the mean
     code does; the report has both figures, and fields without appearance are refused."""
-    from app.engine.evaluation import evaluate_appearance, fit_appearance
-    from renderer.rays import intrinsics
+    from app.engine.appearance import evaluate_appearance, fit_appearance
     from renderer.render import render_image
     from tests.conftest import make_trainer
 
@@ -323,11 +330,11 @@ def test_held_out_appearance_is_fitted_on_the_left_half():
     m = tr.model
     sp = tr.scene.split("test")
     true_code = m.appearance_code() + 3.0 * torch.randn(4, generator=torch.Generator().manual_seed(2))
-    K = intrinsics(sp.width, sp.height, sp.focal)
-    render = lambda code: render_image(m, torch.as_tensor(sp.c2w[0]), sp.height, sp.width, K, 2.0, 6.0,  # noqa: E731
-                                       background=1.0, keys=("rgb",), extra={"appearance": code})["rgb"].numpy()
+    cam = sp.cameras[0]
+    render = lambda code: render_image(m, torch.as_tensor(sp.c2w[0]), cam, 2.0, 6.0, background=1.0,  # noqa: E731
+                                       keys=("rgb",), extra={"appearance": code})["rgb"].numpy()
     photo = render(true_code)
-    code = fit_appearance(tr, photo, sp.c2w[0], sp.focal, steps=60, batch=128, lr=1e-1)
+    code = fit_appearance(tr, photo, sp.c2w[0], cam, steps=60, batch=128, lr=1e-1)
     right = lambda img: float(((img[:, 8:] - photo[:, 8:]) ** 2).mean())  # noqa: E731
     assert right(render(code)) < 0.1 * right(render(m.appearance_code())), (right(render(code)),
                                                                              right(render(m.appearance_code())))
@@ -335,13 +342,15 @@ def test_held_out_appearance_is_fitted_on_the_left_half():
     assert set(res["mean"]) == {"psnr_mean_right", "psnr_fitted_right"}
     assert res["mean"]["psnr_mean_right"] == pytest.approx(res["mean"]["psnr_fitted_right"])
     nerf = make_trainer()
-    assert fit_appearance(nerf, photo, sp.c2w[0], sp.focal) is None
+    assert fit_appearance(nerf, photo, sp.c2w[0], cam) is None
     with pytest.raises(ValueError, match="no per-image appearance"):
         evaluate_appearance(nerf)
 
 
 def test_default_model_for_captures():
-    sphere = make_sphere_scene(white=False)  # no alpha, no declared background: a capture
+    sphere = make_sphere_scene(white=False)
+    assert not is_capture(sphere)  # the loaders' default kind: an object
+    sphere.kind = "capture"
     assert is_capture(sphere) and default_model(True, sphere) == "nerfacto"
     assert default_model(False, sphere) == "nerfacto"
     assert default_model(True) == "hash" and default_model(False) == "nerf"  # no scene: as before
@@ -350,7 +359,6 @@ def test_default_model_for_captures():
     assert not is_capture(blender) and default_model(True, blender) == "hash"
     sphere.ndc = True  # forward-facing: its NDC box bounds it
     assert not is_capture(sphere)
-    assert not is_capture(make_sphere_scene())  # RGB images on a declared white background
 
 
 def test_cli_trains_on_the_embedded_scene_and_beats_the_mean_colour(tmp_path):
@@ -380,18 +388,12 @@ def test_cli_trains_on_the_embedded_scene_and_beats_the_mean_colour(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.isdir(BEER), reason="../shared/data/captures/beer is not present")
-def test_beer_capture_trains_without_ndc(monkeypatch):
-    """The shared beer capture through the LLFF loader with NDC off (it is not forward
-    facing; the loader's default is NDC on, so this test asks for it off itself), at 1/16
-    resolution: a short run beats the mean colour on held-out frames."""
-    import loaders.llff as llff
-    from loaders.images import read_image, resize_area
+def test_beer_capture_trains_without_ndc():
+    """The shared beer capture (not forward facing: the loader turns NDC off and calls it a
+    capture) at 1/16 resolution: a short run beats the mean colour on held-out frames."""
+    from loaders import load_scene
 
-    # The loader compares each full-size image with the first one already downscaled, so
-    # any downscale > 1 fails; until the captures work fixes it, images are shrunk as read
-    # (the focal follows the image height, so it is right either way).
-    monkeypatch.setattr(llff, "read_image", lambda p: resize_area(read_image(p), 16))
-    scene = llff.load_llff(BEER, downscale=1, ndc=False)
+    scene = load_scene(BEER, downscale=16)
     assert scene.split("train").images.shape[1:3] == (80, 45)  # portrait frames
     assert is_capture(scene) and default_model(True, scene) == "nerfacto"
     tr = _trainer(scene, steps=150, batch=256)

@@ -75,7 +75,7 @@ def test_compile_is_ignored_on_cpu_trainer():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is a glibc (Linux) call")
 def test_keep_freed_memory_applies_once():
     try:
-        ctypes.CDLL("libc.so.6").mallopt
+        assert callable(ctypes.CDLL("libc.so.6").mallopt)
     except (OSError, AttributeError):
         pytest.skip("no glibc mallopt here")
     assert keep_freed_memory() is True
@@ -103,7 +103,7 @@ def test_cpu_bf16_detection_reads_cpu_flags(monkeypatch, tmp_path):
 
 def test_gui_worker_uses_bf16_only_for_the_nerf_and_where_native(monkeypatch):
     from app.engine import trainer as trainer_mod
-    from app.gui import worker as worker_mod
+    from app.gui import settings as worker_mod
     monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda: False)
     assert worker_mod.default_settings(cuda=False)["bf16"] is False
     monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda: True)

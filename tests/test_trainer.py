@@ -126,7 +126,7 @@ def test_simulated_oom_halves_batch():
     assert "out of memory" in m["event"] and "256" in m["event"] and "128" in m["event"]
     assert tr.events == [m["event"]]
     _assert_same(before, _snapshot(tr))
-    for k in range(3):
+    for _ in range(3):
         m = tr.step()
         assert not m.get("skipped") and m["batch_rays"] == 128
     assert tr.step_count == 4
@@ -193,7 +193,8 @@ def test_training_rays_match_rendering_rays():
     py = torch.randint(0, h, (50,), generator=g)
     px = torch.randint(0, w, (50,), generator=g)
     for k in range(50):
-        o, d = get_rays(h, w, tr.rays.K, tr.rays.c2w[img[k]])
+        K = torch.tensor(tr.scene.split("train").cameras.K(int(img[k])), dtype=torch.float32)
+        o, d = get_rays(h, w, K, tr.rays.c2w[img[k]])
         torch.testing.assert_close(rays_o[k], o[py[k], px[k]])
         torch.testing.assert_close(rays_d[k], d[py[k], px[k]])
         assert torch.equal(target[k], tr.rays.images[img[k], py[k], px[k]])

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from app.gui.worker import Worker, field_label, level_sizes, measure_camera_latency, model_options, ray_through_pixel
+from app.gui.channels import Outbox
+from app.gui.probes import ray_through_pixel
+from app.gui.render_schedule import level_sizes
+from app.gui.settings import Settings, default_settings, field_label, model_options
+from app.gui.training import Fields
+from app.gui.worker import Worker, coalesce, measure_camera_latency
 from app.gui.orbit import OrbitCamera
 from renderer.rays import get_rays, intrinsics
 from tests.conftest import make_sphere_scene
@@ -75,6 +80,15 @@ def test_model_options_variants():
     assert model_options(dict(s, compare_b="L"), "B")["L_xyz"] == 2
     assert field_label(s, "B") == "no PE (raw xyz)"
     assert model_options(dict(s, model="hash"), "A") == {}
+
+
+def test_coalesce_merges_settings_runs_and_keeps_the_newest_camera():
+    cmds = [("camera", {"version": 1}), ("settings", {"L_xyz": 3}), ("settings", {"L_xyz": 5, "pe": False}),
+            ("save", {"path": "a"}), ("settings", {"n_fine": 2}), ("camera", {"version": 2})]
+    ordered, cam = coalesce(cmds)
+    assert ordered == [("settings", {"L_xyz": 5, "pe": False}), ("save", {"path": "a"}), ("settings", {"n_fine": 2})]
+    assert cam == {"version": 2}
+    assert coalesce([]) == ([], None)
 
 
 # -- the thread ----------------------------------------------------------------------------------------
@@ -175,6 +189,36 @@ def test_worker_exception_is_reported_not_fatal(worker):
     worker.send("train")
     st = steps_after(worker, s0 + 2)
     assert st["error"] is None
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_bug_on_the_worker_thread_is_not_swallowed():
+    """Only expected failures pause training with a note; a programming error ends the
+    thread with its traceback, and the status says so (state 'crashed')."""
+    w = Worker(scene=make_sphere_scene(), settings=dict(TINY), device="cpu", threads=1).start()
+    try:
+        steps_after(w, 1)
+
+        def bug(trainer):
+            raise AttributeError("'NoneType' object has no attribute 'shape' (injected)")
+
+        w.call(lambda w_: setattr(w_.trainers[0], "fault_hook", bug))
+        st = w.wait_status(lambda s: s["state"] == "crashed", WAIT)
+        assert st is not None and "AttributeError" in st["error"] and "crashed" in st["error"]
+        assert w.join(5.0)
+    finally:
+        w.stop(1.0)
+
+
+def test_snapshot_without_a_config_is_refused(worker, tmp_path):
+    from safetensors.torch import save_file
+    path = str(tmp_path / "odd.safetensors")
+    from app.engine.checkpoint import FORMAT, VERSION
+    save_file({"x": torch.zeros(1)}, path, metadata={"nerflab": json.dumps({"format": FORMAT, "version": VERSION})})
+    steps_after(worker, 1)
+    worker.send("load", path=path)
+    notes = notes_until(worker, lambda n: n[0] == "error")
+    assert any("no training config" in n[1] for n in notes) and worker.alive
 
 
 def test_trainer_recovery_events_reach_the_gui(worker):
@@ -285,7 +329,7 @@ def test_inerf_demo_plumbing(worker, monkeypatch):
     """With a stand-in InvertPose (the real one is built elsewhere) the worker steps it,
     shows target | estimate frames and restores training afterwards."""
     class FakeInvert:
-        def __init__(self, trainer, target_image, init_c2w):
+        def __init__(self, trainer, target_image, init_c2w, camera=None):
             assert target_image.shape == (16, 16, 3) and init_c2w.shape == (4, 4)
             self.c2w = np.array(init_c2w, dtype=np.float64)
             self.n = 0
@@ -430,54 +474,107 @@ def test_gesture_preempts_a_long_training_step():
         assert w.stop(5.0)
 
 
+def bound_settings(values, device="cpu", out=None, on_new_view=lambda: None):
+    """The worker's Settings part alone, on the sphere scene (no thread)."""
+    out = out or Outbox()
+    s = Settings(out, Fields(out, abort=None), on_new_view)
+    s.bind(make_sphere_scene(), torch.device(device))
+    s.values = values
+    return s
+
+
 def test_bf16_setting_reaches_only_the_nerf_trainer():
-    from app.gui.worker import default_settings
-    worker = Worker(scene=make_sphere_scene(), settings=dict(TINY), device="cpu", threads=1)  # not started
-    worker.device = torch.device("cpu")  # these two are set by the thread on start
-    worker.scene = make_sphere_scene()
-    worker.settings = {**default_settings(False), **TINY, "bf16": True}
-    assert worker._config("A").autocast is True
+    s = bound_settings({**default_settings(False), **TINY, "bf16": True})
+    assert s.config("A").autocast is True
     # Grid models keep fp32 on a CPU; the hash model takes bf16 on CUDA only (its graphed step).
     for kind in ("plenoxels", "hash"):
-        worker.settings = {**worker.settings, "model": kind}
-        assert worker._config("A").autocast is False
-    assert worker._config("A").cuda_graph is True  # ignored by a CPU trainer
-    worker.device = torch.device("cuda")
-    assert worker._config("A").autocast is True
-    worker.settings = {**worker.settings, "model": "plenoxels"}
-    assert worker._config("A").autocast is False and worker._config("A").cuda_graph is False
-    worker.device = torch.device("cpu")
-    worker.settings = {**worker.settings, "model": "nerf", "bf16": False}
-    assert worker._config("A").autocast is False
+        s.values = {**s.values, "model": kind}
+        assert s.config("A").autocast is False
+    assert s.config("A").cuda_graph is True  # ignored by a CPU trainer
+    s.device = torch.device("cuda")
+    assert s.config("A").autocast is True
+    s.values = {**s.values, "model": "plenoxels"}
+    assert s.config("A").autocast is False and s.config("A").cuda_graph is False
+    s.device = torch.device("cpu")
+    s.values = {**s.values, "model": "nerf", "bf16": False}
+    assert s.config("A").autocast is False
 
 
 def test_gui_nerf_gets_the_occupancy_grid_except_on_ndc_scenes():
-    from app.gui.worker import default_settings
-    worker = Worker(scene=make_sphere_scene(), settings=dict(TINY), device="cpu", threads=1)  # not started
-    worker.device = torch.device("cpu")
-    worker.scene = make_sphere_scene()
-    worker.settings = {**default_settings(False), **TINY}
-    opts = worker._config("A").model_options
+    s = bound_settings({**default_settings(False), **TINY})
+    opts = s.config("A").model_options
     assert opts["occupancy_res"] == 64 and opts["occupancy_bound"] == 1.5
-    worker.settings["occupancy"] = False
-    assert "occupancy_res" not in worker._config("A").model_options
-    worker.settings["occupancy"] = True
-    worker.scene.ndc = True  # forward-facing (LLFF) scenes live in NDC, not in the object cube
-    assert "occupancy_res" not in worker._config("A").model_options
+    s.values["occupancy"] = False
+    assert "occupancy_res" not in s.config("A").model_options
+    s.values["occupancy"] = True
+    s.scene.ndc = True  # forward-facing (LLFF) scenes live in NDC, not in the object cube
+    assert "occupancy_res" not in s.config("A").model_options
 
 
 def test_hash_on_a_cpu_warns_that_it_is_built_for_cuda():
-    from app.gui.worker import default_settings
-    worker = Worker(scene=make_sphere_scene(), settings=dict(TINY), device="cpu", threads=1)  # not started
-    worker.device = torch.device("cpu")
-    worker.scene = make_sphere_scene()
-    notes = []
-    worker._note = lambda level, msg: notes.append((level, msg))
-    worker._restart_render = lambda: None
-    worker.settings = {**default_settings(False), **TINY, "model": "hash"}
-    worker._build("start")
+    out = Outbox()
+    s = bound_settings({**default_settings(False), **TINY, "model": "hash"}, out=out)
+    s.build("start")
+    notes = worker_notes(out)
     assert any(level == "warn" and "built for CUDA" in msg for level, msg in notes)
-    notes.clear()
-    worker.settings["model"] = "nerf"
-    worker._build("start")
-    assert not any("built for CUDA" in msg for _, msg in notes)
+    s.values["model"] = "nerf"
+    s.build("start")
+    assert not any("built for CUDA" in msg for _, msg in worker_notes(out))
+
+
+def worker_notes(out):
+    from app.gui.channels import drain
+    return drain(out.notes)
+
+
+def test_default_settings_come_from_the_registry():
+    """The sample and L defaults are the first registered PE model's (its CPU / CUDA preset),
+    the batch size is each model's policy (None until the user sets one); nothing in the
+    GUI names a model."""
+    import models
+    from models.nerf_presets import PRESETS
+    for cuda, preset in ((False, "cpu"), (True, "paper")):
+        s = default_settings(cuda)
+        assert s["model"] == models.default_model(cuda)
+        assert (s["n_coarse"], s["n_fine"]) == (PRESETS[preset]["n_coarse"], PRESETS[preset]["n_fine"])
+        assert (s["pe"], s["L_xyz"], s["L_dir"]) == (True, 10, 4)
+        assert s["batch_rays"] is None
+
+
+def test_snapshot_settings_restore_the_widgets_of_a_pe_model_and_arch_of_others():
+    from app.gui.settings import snapshot_settings
+    s = {**default_settings(False), **TINY, "compare": True}
+    nerf = {"model": "nerf", "model_options": {"pos_encoding": "none", "L_xyz": 6, "width": 48, "n_coarse": 16}}
+    out = snapshot_settings(s, nerf)
+    # Absent options are the model's defaults (what the snapshot's network was built with).
+    assert (out["pe"], out["L_xyz"], out["L_dir"], out["n_coarse"], out["n_fine"]) == (False, 6, 4, 16, 128)
+    assert out["arch"]["nerf"] == {"width": 48} and out["compare"] is False
+    grid = snapshot_settings(s, {"model": "plenoxels", "model_options": {"resolution": 32, "n_coarse": 64}})
+    assert grid["arch"]["plenoxels"] == {"resolution": 32, "n_coarse": 64} and grid["L_xyz"] == s["L_xyz"]
+
+
+def test_compare_ends_with_a_model_that_has_no_pe_knob():
+    out = Outbox()
+    s = bound_settings({**default_settings(False), **TINY, "compare": True}, out=out)
+    s.build("start")
+    assert len(s.fields.trainers) == 2
+    worker_notes(out)
+    s.apply({"model": "plenoxels"})
+    assert s.values["compare"] is False and len(s.fields.trainers) == 1
+    assert any("model nerf -> plenoxels" in m and "compare mode off" in m for _, m in worker_notes(out))
+    seq = out.status()["settings_seq"]
+    s.apply({"compare": True})  # refused: nothing is rebuilt, the widgets are re-synced
+    assert s.values["compare"] is False and len(s.fields.trainers) == 1
+    assert out.status()["settings_seq"] == seq + 1 and not worker_notes(out)
+
+
+def test_refused_sample_count_keeps_settings_and_resyncs_widgets():
+    out = Outbox()
+    s = bound_settings({**default_settings(False), **TINY}, out=out)
+    s.build("start")
+    seq = out.status()["settings_seq"]
+    with pytest.raises(ValueError, match="n_coarse"):
+        s.apply({"n_coarse": 1})
+    assert s.values["n_coarse"] == TINY["n_coarse"]
+    st = out.status()
+    assert st["settings_seq"] == seq + 1 and st["settings"]["n_coarse"] == TINY["n_coarse"]

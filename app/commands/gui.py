@@ -23,10 +23,12 @@ To run the GUI on a server without a screen: xvfb-run -s "-screen 0 1280x800x24"
 
 
 def configure(p) -> None:
+    from app.commands.train import DATA_HELP, add_scene_flags
     from app.engine.runs import DEFAULT_SCENE
 
-    p.add_argument("--data", default=DEFAULT_SCENE, help="scene directory (Blender or LLFF)")
+    p.add_argument("--data", default=DEFAULT_SCENE, help=DATA_HELP)
     p.add_argument("--downscale", type=int, default=1, help="integer image downscale when loading")
+    add_scene_flags(p)
     import models
 
     p.add_argument("--model", default=None, choices=models.available(),

@@ -72,6 +72,7 @@ def run(args) -> int:
         target = read_image(args.image)  # DataError naming the file when unreadable
     trainer, scene, _ = load_run(args.run_dir, args.device)
     sp, i, gt = parse_view(args.init_view, scene)
+    camera = sp.cameras[i]  # the view's own intrinsics and distortion
     if target is None:
         target = sp.images[i]
     else:
@@ -80,10 +81,11 @@ def run(args) -> int:
         if abs(h / w - trainer.height / trainer.width) > 0.01:
             raise UserError(f"--image: {args.image} is {w}x{h}, but the dataset's aspect ratio is "
                             f"{trainer.width}x{trainer.height}")
+        camera = camera.resized(w, h)
     init = perturb_pose(gt, args.perturb_deg, args.perturb_trans, args.seed)
     try:
         inv = InvertPose(trainer, target, init, lr=args.lr, batch=args.batch, sampling=args.sampling,
-                         seed=args.seed)
+                         seed=args.seed, camera=camera)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     for note in inv.notes:
@@ -103,7 +105,11 @@ def run(args) -> int:
     print(f"final: rotation error {last['rot_err_deg']:.3f} deg (from {r0:.3f}), "
           f"translation error {last['trans_err']:.4f} (from {t0:.4f}) after {len(hist)} steps")
     if args.out_pose:
-        write_json(args.out_pose, {"c2w": np.asarray(last["c2w"]).tolist(), "init_c2w": init.tolist(),
+        # c2w in the capture's own frame (what its files and other tools use); the scene's
+        # normalised frame, where the errors are measured, alongside.
+        write_json(args.out_pose, {"c2w": scene.to_world_poses(last["c2w"]).tolist(),
+                                   "init_c2w": scene.to_world_poses(init).tolist(),
+                                   "c2w_scene": np.asarray(last["c2w"]).tolist(),
                                    "view": args.init_view, "rot_err_deg": last["rot_err_deg"],
                                    "trans_err": last["trans_err"], "steps": len(hist)})
         print(f"wrote {args.out_pose}")

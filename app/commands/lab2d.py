@@ -85,7 +85,8 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"lab2d: {args.image} at {size}x{size} (train {(size // 2) ** 2} px, test {size * size - (size // 2) ** 2} px), "
+    n_train = (size // 2) ** 2
+    print(f"lab2d: {args.image} at {size}x{size} (train {n_train} px, test {size * size - n_train} px), "
           f"{args.steps} steps, MLP {args.depth}x{args.width}, device {device}, threads {torch.get_num_threads()}",
           file=sys.stderr)
 

@@ -1,9 +1,11 @@
-"""`main.py export-mesh RUN_DIR`: marching cubes on the density -> coloured PLY."""
+"""`main.py export-mesh RUN_DIR`: marching cubes on the density -> coloured PLY, inside the
+run's crop box (or --crop)."""
 from __future__ import annotations
 
 import os
 
 from app.cli import UserError
+from app.commands.render import add_crop_option, apply_crop, parse_crop
 
 
 def configure(p) -> None:
@@ -13,8 +15,10 @@ def configure(p) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="density level of the surface (default 10, per scene unit)")
     p.add_argument("--bbox", default="-1.5,-1.5,-1.5,1.5,1.5,1.5", metavar="X0,Y0,Z0,X1,Y1,Z1",
-                   help="box the grid spans, world units")
+                   help="box the grid spans, in the scene's normalised units (the mesh itself is written in "
+                        "the capture's own frame)")
     p.add_argument("--no-colors", action="store_true", help="geometry only")
+    add_crop_option(p)
     p.add_argument("--device", default="auto")
 
 
@@ -51,7 +55,9 @@ def run(args) -> int:
     if os.path.isdir(args.out):
         raise UserError(f"--out: {args.out} is a directory")
     bbox = parse_bbox(args.bbox)
+    crop = parse_crop(args.crop)
     trainer, _, _ = load_run(args.run_dir, args.device)
+    apply_crop(trainer, crop)
     bars = []
 
     def progress(done, total):

@@ -7,7 +7,7 @@ import os
 import time
 
 from app.cli import UserError
-from app.engine.runs import CKPT, DEFAULT_SCENE, write_json
+from app.engine.runs import CKPT, DEFAULT_SCENE, scene_record, write_json
 
 def positive(kind):
     def parse(s):
@@ -19,14 +19,28 @@ def positive(kind):
     return parse
 
 
+def add_scene_flags(p) -> None:
+    """Loader flags shared by train and gui."""
+    p.add_argument("--ndc", action=argparse.BooleanOptionalAction, default=None,
+                   help="render in normalised device coordinates (default: only for forward-facing "
+                        "captures, every view within 30 deg of the mean; the choice is printed)")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="transforms.json: train on the frames whose images exist (default: a missing "
+                        "image is an error)")
+
+
+DATA_HELP = ("scene directory: Blender/instant-ngp/nerfstudio transforms.json, LLFF poses_bounds.npy, "
+             "a COLMAP sparse model, or what `main.py process` made from photos or a video")
+
+
 def configure(p) -> None:
-    p.add_argument("--data", default=DEFAULT_SCENE, help="scene directory (Blender or LLFF)")
+    p.add_argument("--data", default=DEFAULT_SCENE, help=DATA_HELP)
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--steps", type=positive(int), default=5000, help="optimisation steps")
     p.add_argument("--time-limit", type=positive(float), default=None,
                    help="stop after this many seconds of training even if steps remain")
     import models
-    from models.nerf import PRESETS
+    from models.nerf_presets import PRESETS
 
     p.add_argument("--model", default=None, choices=models.available(),
                    help="field to train (default: nerfacto for real captures, see models.is_capture; "
@@ -64,6 +78,7 @@ def configure(p) -> None:
                    help="train with a random colour behind transparent pixels (scenes with alpha; "
                         "instant-ngp's default), which discourages floaters; eval keeps white/black")
     p.add_argument("--black-bkgd", action="store_true", help="composite RGBA on black instead of white")
+    add_scene_flags(p)
     p.add_argument("--ema", type=float, default=None, metavar="DECAY",
                    help="evaluate and save for use a moving average of the weights with this decay "
                         "(default: the model's, 0.95 for hash, 0 otherwise)")
@@ -125,7 +140,16 @@ def run(args) -> int:
     if args.resume and not os.path.isfile(os.path.join(args.out, CKPT)):
         raise UserError(f"{args.out}: no {CKPT} to resume from")
     # Validate everything before touching the output directory: bad input leaves nothing behind.
-    scene = load_scene(args.data, downscale=args.downscale, white_bkgd=not args.black_bkgd)
+    kept = {}
+    if args.resume and os.path.isfile(os.path.join(args.out, "run.json")):
+        # The field was trained in the normalised frame recorded then: keep it (and the NDC choice).
+        from app.engine.runs import read_run, scene_options
+        old = scene_options(read_run(args.out), os.path.join(args.out, "run.json"))
+        kept = {k: old[k] for k in ("normalization", "ndc") if k in old}
+        if args.ndc is not None and kept.get("ndc", args.ndc) != args.ndc:
+            raise UserError(f"--resume: the run was trained with NDC {'on' if kept['ndc'] else 'off'}")
+    scene = load_scene(args.data, downscale=args.downscale, white_bkgd=not args.black_bkgd,
+                       skip_missing=args.skip_missing, **{"ndc": args.ndc, **kept})
     if args.model is None:
         import models
 
@@ -161,7 +185,7 @@ def run(args) -> int:
         print(f"resumed at step {trainer.step_count}")
     write_json(os.path.join(args.out, "run.json"), {
         "data": os.path.abspath(args.data), "downscale": args.downscale,
-        "white_bkgd": not args.black_bkgd, "config": trainer.config_dict()})
+        "white_bkgd": not args.black_bkgd, **scene_record(scene, args), "config": trainer.config_dict()})
     n_params = sum(p.numel() for p in trainer.model.parameters())
     print(f"training {args.model} ({n_params / 1e6:.2f} M parameters) on {device}, "
           f"{len(scene.split('train'))} views {trainer.width}x{trainer.height}, {config.batch_rays} rays/step")
@@ -194,7 +218,7 @@ def run(args) -> int:
                 continue
             # A step can advance the count by more than one (the CUDA-graph step's first call
             # includes its warm-up steps), so periodic work triggers on crossing a multiple.
-            crossed = lambda every: trainer.step_count // every != prev // every  # noqa: E731
+            crossed = lambda every, prev=prev: trainer.step_count // every != prev // every  # noqa: E731
             bar.update(trainer.step_count - prev)
             if crossed(args.log_every):
                 rec = {k: m[k] for k in ("step", "loss", "psnr", "lr")} | {"time": round(train_time, 3)}

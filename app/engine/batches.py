@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from renderer.rays import intrinsics, ndc_rays
+from renderer.cameras import Cameras, pixel_directions
+from renderer.rays import ndc_rays
 
 
 @dataclass
@@ -29,21 +30,23 @@ class RayBatch:
 
 
 class RaySampler:
-    """Uniform random rays over all pixels of all training images."""
+    """Uniform random rays over all pixels of all training images, each through its own
+    image's camera (intrinsics and lens distortion, renderer.cameras)."""
 
-    def __init__(self, images: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, focal: float,
+    def __init__(self, images: torch.Tensor, c2w: torch.Tensor, cameras: Cameras,
                  alpha: torch.Tensor | None = None, ndc: bool = False):
-        self.images, self.c2w, self.K, self.focal = images, c2w, K, focal
+        self.images, self.c2w = images, c2w
+        self.cameras = cameras.to(images.device)  # indexed per ray: kept on the device
+        self.focal = float(cameras.fx[0])  # NDC's frame: the first camera's (ndc_frame)
         self.alpha, self.ndc = alpha, ndc
 
     @classmethod
     def from_split(cls, split, device: torch.device, ndc: bool, keep_alpha: bool) -> "RaySampler":
         """From a loaders.scene split; alpha is kept only when training swaps the background."""
-        K = intrinsics(split.width, split.height, split.focal).to(device)
         alpha = (torch.from_numpy(split.alpha).to(device)
                  if keep_alpha and split.alpha is not None else None)
         return cls(torch.from_numpy(split.images).to(device), torch.from_numpy(split.c2w).to(device),
-                   K, split.focal, alpha, ndc)
+                   split.cameras, alpha, ndc)
 
     def sample(self, n: int, generator: torch.Generator | None, crop: float = 1.0) -> RayBatch:
         """n rays; ``crop`` < 1 draws pixels from the central crop of that fraction only
@@ -58,10 +61,7 @@ class RaySampler:
             y1, x1 = y0 + ch, x0 + cw
         py = torch.randint(y0, y1, (n,), device=dev, generator=generator)
         px = torch.randint(x0, x1, (n,), device=dev, generator=generator)
-        K = self.K
-        dirs = torch.stack([(px.float() + 0.5 - K[0, 2]) / K[0, 0],
-                            -(py.float() + 0.5 - K[1, 2]) / K[1, 1],
-                            -torch.ones(n, device=dev)], -1)
+        dirs = pixel_directions(self.cameras, img, px, py)
         c2w = self.c2w[img]
         rays_d = (c2w[:, :3, :3] @ dirs[..., None]).squeeze(-1)
         rays_o = c2w[:, :3, 3]

@@ -4,48 +4,22 @@ Layout: tensors ``model.<name>`` (the model's state_dict), ``optim.<i>.<key>``
 (Adam state per parameter index), ``ema.<i>`` (the trainer's weight average per
 parameter index, when it keeps one) and ``rng.*`` (generator states, so a resume
 continues the same random stream); metadata ``nerflab`` is a JSON string with the
-format version, the training config, the model kind and options, the step and
-the optimiser's param_groups (hyper-parameters only).
+format version, the training config, the model kind and options, the step, the
+optimiser's param_groups (hyper-parameters only) and the crop box (or null).
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from app.engine.files import CheckpointError, atomic_write  # noqa: F401 - re-exported
+
 FORMAT = "nerflab-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(ValueError):
-    def __init__(self, path, problem: str):
-        self.path, self.problem = str(path), problem
-        super().__init__(f"{path}: {problem}")
-
-
-def atomic_write(path: str, write_fn) -> None:
-    """Call write_fn(tmp_path), then rename over ``path`` so readers never see a partial file."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=d)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _portable_group(g: dict) -> dict:
@@ -75,7 +49,8 @@ def save_checkpoint(path: str, trainer) -> None:
     meta = {"format": FORMAT, "version": VERSION, "model": trainer.config.model,
             "config": trainer.config_dict(), "step": trainer.step_count,
             "batch_rays": trainer.batch_rays,
-            "param_groups": [_portable_group(g) for g in osd["param_groups"]]}
+            "param_groups": [_portable_group(g) for g in osd["param_groups"]],
+            "crop": trainer.model.crop.to_json() if trainer.model.crop is not None else None}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"nerflab": json.dumps(meta)}))
 
 
@@ -132,9 +107,22 @@ def _restore_ema(tensors, trainer) -> None:
         trainer.ema = None
 
 
+def _crop_of(path: str, meta: dict):
+    """The crop box a checkpoint was saved with (None: none, or a checkpoint older than crops)."""
+    from renderer.crop import CropBox
+
+    if meta.get("crop") is None:
+        return None
+    try:
+        return CropBox.from_json(meta["crop"])
+    except ValueError as exc:
+        raise CheckpointError(path, f"bad crop box in the metadata: {exc}") from None
+
+
 def load_into(path: str, trainer, optimizer: bool = True) -> dict:
     """Restore a checkpoint into an existing Trainer; refuses another model or config."""
     meta, tensors = read_checkpoint(path)
+    crop = _crop_of(path, meta)  # checked before anything in the trainer changes
     if meta["model"] != trainer.config.model:
         raise CheckpointError(path, f"checkpoint is for model '{meta['model']}', "
                                     f"this run uses '{trainer.config.model}'")
@@ -174,6 +162,7 @@ def load_into(path: str, trainer, optimizer: bool = True) -> dict:
             raise CheckpointError(path, f"optimizer state does not fit: {exc}") from None
         _restore_rng(tensors, trainer)
     _restore_ema(tensors, trainer)
+    trainer.model.crop = crop
     trainer.step_count = int(meta["step"])
     trainer.batch_rays = int(meta.get("batch_rays", trainer.batch_rays))
     return meta

@@ -9,23 +9,20 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 
 from loaders.scene import Scene
-from models import build_model
+from models import build_model, default_model
 from models.field import StepContext, StepRequests, TrainPolicy
 from app.engine.averaging import WeightAverage
 from app.engine.batches import RayBatch, RaySampler, render_batch, swap_background
-from renderer.rays import intrinsics
-from renderer.render import render_image
 
 
 @dataclass
 class TrainConfig:
     """Everything that defines a run. Saved as JSON next to checkpoints."""
 
-    model: str = "nerf"
+    model: str | None = None  # a registered field; None: the registry's default for the device
     model_options: dict = field(default_factory=dict)
     batch_rays: int = 1024
     lr: float = 5e-4
@@ -41,10 +38,10 @@ class TrainConfig:
     # batch. The paper preset uses 500 steps (app/commands/train.py); 0 turns it off.
     precrop_steps: int = 0
     precrop_frac: float = 0.5
-    # torch.compile the NeRF networks (CUDA only: on a CPU it needs a C++ toolchain and was
-    # not measured). On an H200, lego, 8192 rays: 22.2 -> 27.6 steps/s and 32.6 -> 18.4 GiB
-    # peak, after ~20 s of compilation (docs/bench_gpu.md). Models without compile_fields
-    # (the hash model, where it was measured not to pay) ignore it.
+    # torch.compile the fields' networks (CUDA only: on a CPU it needs a C++ toolchain). It
+    # fuses the elementwise work between the NeRF's matmuls (more steps/s, less memory, after
+    # some seconds of compilation: docs/bench_gpu.md); fields where it does not pay compile
+    # nothing (Field.compile_fields).
     compile: bool = False
     # A random colour behind every training pixel of a scene with alpha (instant-ngp's and
     # nerfstudio's default for the synthetic scenes): a constant background lets the field
@@ -142,6 +139,8 @@ class Trainer:
         self.config.validate()
         self.scene = scene
         self.device = pick_device(self.config.device)
+        if self.config.model is None:
+            self.config.model = default_model(self.device.type == "cuda", scene)
         torch.manual_seed(self.config.seed)
         self.rng = torch.Generator(device=self.device).manual_seed(self.config.seed)
         tr = scene.split("train")
@@ -496,26 +495,19 @@ class Trainer:
             if callback is not None:
                 callback(m)
 
-    # -- rendering and evaluation ----------------------------------------------------------
-    def render(self, c2w, height: int | None = None, width: int | None = None,
-               focal: float | None = None, keys=("rgb", "depth", "acc"), chunk: int | None = None) -> dict:
-        """Render a view with the training intrinsics (optionally rescaled to height x width)."""
-        h = height or self.height
-        w = width or self.width
-        f = focal if focal is not None else self.focal * w / self.width
-        K = intrinsics(w, h, f)
-        c2w = torch.as_tensor(np.asarray(c2w, dtype=np.float32))
-        if chunk is None:
-            chunk = 65536 if self.device.type == "cuda" else 4096
-        with self.averaged():
-            return render_image(self.model, c2w, h, w, K, self.scene.near, self.scene.far,
-                                background=self.background, chunk=chunk, ndc=self.scene.ndc, keys=keys,
-                                autocast=self.config.autocast)
+    # -- rendering and evaluation (app/engine/views.py) -----------------------------------
+    def render(self, c2w, height: int | None = None, width: int | None = None, focal: float | None = None,
+               keys=("rgb", "depth", "acc"), chunk: int | None = None, camera=None) -> dict:
+        """Render a view: through ``camera`` (a dataset view's own Cameras) or a pinhole
+        with the training focal (rescaled to height x width)."""
+        from app.engine.views import render_view
+        return render_view(self, c2w, height, width, focal, keys, chunk, camera)
 
     def evaluate(self, split: str = "test", max_images: int | None = None, ssim: bool = True,
                  progress=None) -> dict:
-        """PSNR (and SSIM) per image and mean on a split (app/engine/evaluation.py)."""
-        from app.engine.evaluation import evaluate_split
+        """PSNR (and SSIM) per image and mean on a split, each view rendered through its own
+        camera (with the averaged weights, if any)."""
+        from app.engine.views import evaluate_split
         return evaluate_split(self, split, max_images, ssim, progress)
 
     def config_dict(self) -> dict:

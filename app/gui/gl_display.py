@@ -112,6 +112,10 @@ void main() {
 """
 
 
+class GLUnavailable(RuntimeError):
+    """No usable OpenGL here: no context, too old a version, or the context failed."""
+
+
 class GLCompositor:
     """Upsampling by the GPU's texture filter into an RGBA32F framebuffer.
 
@@ -134,12 +138,12 @@ class GLCompositor:
                             else moderngl.create_standalone_context())
                 self.backend = b or "glx"
                 break
-            except Exception as exc:  # noqa: BLE001 - every failure just means "try the next"
+            except Exception as exc:  # glcontext raises plain Exception: "no such backend here", try the next
                 errors.append(f"{b or 'default'}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
         if self.ctx is None:
-            raise RuntimeError("no OpenGL context: " + "; ".join(errors))
+            raise GLUnavailable("no OpenGL context: " + "; ".join(errors))
         if self.ctx.version_code < 330:
-            raise RuntimeError(f"OpenGL {self.ctx.version_code} < 3.3")
+            raise GLUnavailable(f"OpenGL {self.ctx.version_code} < 3.3")
         ctx = self.ctx
         self.prog = ctx.program(vertex_shader=_VS, fragment_shader=_FS)
         quad = np.array([0, 0, 1, 0, 0, 1, 1, 1], dtype="f4")
@@ -160,6 +164,14 @@ class GLCompositor:
         return self._tex
 
     def compose(self, images, out: np.ndarray, filter: str = "linear", background=(0.1, 0.1, 0.1)) -> None:
+        import moderngl
+
+        try:
+            self._compose(images, out, filter, background)
+        except moderngl.Error as exc:  # the context was lost (a GPU reset, a driver failure)
+            raise GLUnavailable(f"GL failed: {exc}") from exc
+
+    def _compose(self, images, out, filter, background) -> None:
         import moderngl
 
         self.fbo.use()
@@ -185,7 +197,7 @@ def make_compositor(tex_w: int, tex_h: int, prefer_gl: bool = True):
     if prefer_gl:
         try:
             return GLCompositor(tex_w, tex_h)
-        except Exception as exc:  # noqa: BLE001 - any GL failure falls back to the CPU path
+        except GLUnavailable as exc:  # the status line shows the description, and why
             return NumpyCompositor(tex_w, tex_h, note=f"GL unavailable: {exc}")
     return NumpyCompositor(tex_w, tex_h, note="GL disabled")
 
@@ -208,7 +220,6 @@ class DisplayThread(threading.Thread):
         self.background = background
         self.prefer_gl = prefer_gl
         self.description = "starting"
-        self.error: str | None = None
         self._cv = threading.Condition()
         self._job = None
         self._stopping = False
@@ -231,30 +242,36 @@ class DisplayThread(threading.Thread):
             self.join(timeout)
 
     def run(self) -> None:
-        comp = make_compositor(self.tex_w, self.tex_h, self.prefer_gl)
-        self.description = comp.description
-        self._ready.set()
-        view = self.buffer.reshape(self.tex_h, self.tex_w, 4)
+        comp = None
         try:
-            while True:
-                with self._cv:
-                    while self._job is None and not self._stopping:
-                        self._cv.wait()
-                    if self._stopping:
-                        return
-                    images, filt = self._job
-                    self._job = None
-                with self.lock:
-                    try:
-                        comp.compose(images, view, filt, self.background)
-                    except Exception as exc:  # noqa: BLE001 - GL died: fall back, keep displaying
-                        if isinstance(comp, NumpyCompositor):
-                            self.error = f"display: {exc}"
-                            continue
-                        comp = NumpyCompositor(self.tex_w, self.tex_h, note=f"GL failed: {exc}")
-                        self.description = comp.description
-                        comp.compose(images, view, filt, self.background)
-                    self.version += 1
+            comp = make_compositor(self.tex_w, self.tex_h, self.prefer_gl)
+            self.description = comp.description
+            self._ready.set()
+            self._serve(comp)
+        except BaseException as exc:
+            # A bug: the view would freeze without a word; the status line shows this instead.
+            self.description = f"stopped by an error ({type(exc).__name__}: {exc})"
+            raise
         finally:
+            self._ready.set()
             if isinstance(comp, GLCompositor):
                 comp.release()
+
+    def _serve(self, comp) -> None:
+        view = self.buffer.reshape(self.tex_h, self.tex_w, 4)
+        while True:
+            with self._cv:
+                while self._job is None and not self._stopping:
+                    self._cv.wait()
+                if self._stopping:
+                    return
+                images, filt = self._job
+                self._job = None
+            with self.lock:
+                try:
+                    comp.compose(images, view, filt, self.background)
+                except GLUnavailable as exc:  # GL died: the CPU path from now on (run() releases GL)
+                    comp = NumpyCompositor(self.tex_w, self.tex_h, note=str(exc))
+                    self.description = comp.description
+                    comp.compose(images, view, filt, self.background)
+                self.version += 1

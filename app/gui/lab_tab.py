@@ -48,12 +48,9 @@ def _rgba(img: np.ndarray) -> np.ndarray:
 
 
 def _cuda() -> bool:
-    try:
-        import torch
+    import torch
 
-        return torch.cuda.is_available()
-    except Exception:  # noqa: BLE001
-        return False
+    return torch.cuda.is_available()
 
 
 class LabTab:

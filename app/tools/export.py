@@ -158,12 +158,13 @@ def vertex_colors(model, vertices: np.ndarray, normals: np.ndarray, half_length:
     return (out * 255.0 + 0.5).astype(np.uint8)
 
 
-def ply_bytes(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None = None,
+def ply_bytes(vertices: np.ndarray, faces: np.ndarray | None, colors: np.ndarray | None = None,
               comments: tuple[str, ...] = ()) -> bytes:
     """Binary little-endian PLY: vertex x y z float (+ red green blue uchar),
-    face as 'list uchar int vertex_indices'."""
+    face as 'list uchar int vertex_indices'; faces None: a point cloud (no face element)."""
     vertices = np.asarray(vertices)
-    faces = np.asarray(faces)
+    points_only = faces is None
+    faces = np.zeros((0, 3), np.int32) if points_only else np.asarray(faces)
     if vertices.ndim != 2 or vertices.shape[1] != 3:
         raise ValueError(f"vertices must be (V, 3), got {vertices.shape}")
     if faces.size and (faces.ndim != 2 or faces.shape[1] != 3):
@@ -181,7 +182,9 @@ def ply_bytes(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None
             raise ValueError(f"colors must be uint8 {vertices.shape}, got {colors.dtype} {colors.shape}")
         header += ["property uchar red", "property uchar green", "property uchar blue"]
         fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
-    header += [f"element face {len(faces)}", "property list uchar int vertex_indices", "end_header"]
+    if not points_only:
+        header += [f"element face {len(faces)}", "property list uchar int vertex_indices"]
+    header += ["end_header"]
     vrec = np.empty(len(vertices), dtype=np.dtype(fields))  # packed: no alignment padding
     vrec["x"], vrec["y"], vrec["z"] = vertices[:, 0], vertices[:, 1], vertices[:, 2]
     if colors is not None:
@@ -192,7 +195,7 @@ def ply_bytes(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None
     return ("\n".join(header) + "\n").encode("ascii") + vrec.tobytes() + frec.tobytes()
 
 
-def write_ply(path: str, vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None = None,
+def write_ply(path: str, vertices: np.ndarray, faces: np.ndarray | None, colors: np.ndarray | None = None,
               comments: tuple[str, ...] = ()) -> None:
     """ply_bytes written atomically (a reader never sees a half-written mesh)."""
     data = ply_bytes(vertices, faces, colors, comments)
@@ -203,14 +206,47 @@ def write_ply(path: str, vertices: np.ndarray, faces: np.ndarray, colors: np.nda
     atomic_write(path, w)
 
 
+def crop_grid_box(bbox, crop):
+    """(lo, hi, cut) of the grid to sample: ``bbox`` limited to the crop box (None: no crop),
+    and cut (2, 3) bool saying which faces of the grid the box cuts (min faces, max faces).
+    ValueError when they do not overlap."""
+    lo, hi = check_bbox(bbox)
+    if crop is None:
+        return lo, hi, np.zeros((2, 3), dtype=bool)
+    box = crop.intersect(lo, hi)
+    if box is None:
+        raise ValueError(f"the crop box {list(crop.lo)} .. {list(crop.hi)} does not overlap the "
+                         f"export box {lo.tolist()} .. {hi.tolist()}")
+    clo, chi = np.asarray(box.lo), np.asarray(box.hi)
+    return clo, chi, np.stack([clo > lo, chi < hi])
+
+
+def close_cut_faces(grid: np.ndarray, cut: np.ndarray) -> np.ndarray:
+    """The grid with its outer layer emptied on the faces a crop box cuts, so the surface
+    closes there (a cap one voxel inside the box) instead of ending in an open rim."""
+    grid = grid.copy()
+    for axis in range(3):
+        idx = [slice(None)] * 3
+        for side, at in ((0, 0), (1, -1)):
+            if cut[side, axis]:
+                idx[axis] = at
+                grid[tuple(idx)] = 0.0
+    return grid
+
+
 def export_mesh(trainer_or_model, path: str, res: int = 256, threshold: float | None = None,
                 bbox=DEFAULT_BBOX, chunk: int = 65536, colors: bool = True, progress=None,
-                log=print) -> dict:
+                log=print, crop=None) -> dict:
     """Marching-cubes mesh of a field's density, coloured, to a binary PLY at ``path``.
 
     threshold: density level of the surface; None uses DEFAULT_THRESHOLD (10).
     progress(done, total) is called per chunk of each slow stage: the density grid
     (total = res^3 points), then the vertex colours (total = vertex count).
+    bbox is in the scene's (normalised) frame; the vertices are written in the capture's
+    own frame (Scene.to_world_points) when a Trainer is given.
+    crop: a renderer.crop.CropBox; None takes the field's own (``Field.crop``). The grid then
+    spans only the part of ``bbox`` inside the box, and the surface is closed where the box
+    cuts it.
     Returns dict(vertices=int, faces=int, threshold=float, path=str, seconds=float).
     Raises ValueError (nothing written) for bad arguments or a field with no
     surface at that level.
@@ -228,16 +264,22 @@ def export_mesh(trainer_or_model, path: str, res: int = 256, threshold: float | 
         raise ValueError(f"threshold must be a finite number, got {threshold}")
     if not str(path).lower().endswith(".ply"):
         raise ValueError(f"{path}: mesh output must be a .ply file")
-    lo, hi = check_bbox(bbox)
+    if crop is None:
+        crop = getattr(model, "crop", None)  # analytic test fields have no crop attribute
+    lo, hi, cut = crop_grid_box(bbox, crop)
     t0 = time.perf_counter()
-    grid = density_grid(model, res, (lo, hi), chunk, progress)
+    grid = close_cut_faces(density_grid(model, res, (lo, hi), chunk, progress), cut)
     verts, faces, normals = extract_surface(grid, threshold, (lo, hi))
     if colors:
         voxel = float(((hi - lo) / (res - 1)).max())
         rgb = vertex_colors(model, verts, normals, half_length=2.0 * voxel, progress=progress)
     else:
         rgb = None
+    scene = getattr(trainer_or_model, "scene", None)
+    if scene is not None:  # out of the normalised frame, into the capture's own
+        verts = scene.to_world_points(verts).astype(np.float32)
     write_ply(path, verts, faces, rgb, comments=(f"NeRF Lab mesh: res {res}, threshold {threshold:g}",
-                                                   f"bbox {lo.tolist()} {hi.tolist()}"))
+                                                   f"bbox {lo.tolist()} {hi.tolist()} (scene units)")
+              + ((f"crop {list(crop.lo)} {list(crop.hi)} (scene units)",) if crop is not None else ()))
     return {"vertices": int(len(verts)), "faces": int(len(faces)), "threshold": threshold,
             "path": str(path), "seconds": time.perf_counter() - t0}

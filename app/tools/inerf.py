@@ -76,13 +76,15 @@ class InvertPose:
     target (H, W, 3) float in [0, 1], already on the scene's background.
     init_c2w (4, 4) OpenGL camera-to-world, the starting guess.
     K: None (the trainer's focal rescaled to the target width), a focal length in
-    pixels, or a 3x3 intrinsics matrix.
+    pixels, or a 3x3 intrinsics matrix. camera: instead of K, the target's own
+    renderer.cameras.Cameras (one camera: intrinsics and lens distortion; a dataset view).
     """
 
     def __init__(self, trainer_or_model, target, init_c2w, K=None, near: float | None = None,
                  far: float | None = None, background=None, lr: float = 1e-2, batch: int = 512,
                  sampling: str = "interest", dilate: int = 3, max_points: int = 256,
-                 lr_decay: float = 0.8, seed: int = 0):
+                 lr_decay: float = 0.8, seed: int = 0, camera=None):
+        from renderer.cameras import camera_grid_directions
         from renderer.rays import camera_directions, intrinsics
 
         trainer = trainer_or_model if hasattr(trainer_or_model, "scene") else None
@@ -109,20 +111,23 @@ class InvertPose:
             near = scene.near if near is None else near
             far = scene.far if far is None else far
             background = trainer.background if background is None else background
-            if K is None:
+            if K is None and camera is None:
                 K = trainer.focal * w / trainer.width
-        if K is None or near is None or far is None:
+        if (K is None and camera is None) or near is None or far is None:
             raise ValueError("with a bare model, pass K (or focal), near and far")
-        if np.ndim(K) == 0:
-            K = intrinsics(w, h, float(K))
-        K = torch.as_tensor(np.asarray(K, np.float32))
+        if camera is not None and (int(camera.width[0]), int(camera.height[0])) != (w, h):
+            raise ValueError(f"camera is {int(camera.width[0])}x{int(camera.height[0])} but the target "
+                             f"image {w}x{h}")
+        if camera is None:
+            K = intrinsics(w, h, float(K)) if np.ndim(K) == 0 else torch.as_tensor(np.asarray(K, np.float32))
         self.near, self.far, self.background = float(near), float(far), background
         try:
             self.device = next(self.model.parameters()).device
         except (StopIteration, AttributeError):
             self.device = torch.device("cpu")
         self.height, self.width = h, w
-        self.dirs = camera_directions(h, w, K, self.device).reshape(-1, 3)  # (H*W, 3)
+        self.dirs = (camera_grid_directions(camera, 0, self.device) if camera is not None
+                     else camera_directions(h, w, K, self.device)).reshape(-1, 3)  # (H*W, 3)
         self.target = torch.from_numpy(target.reshape(-1, 3)).to(self.device)  # (H*W, 3)
         self.init = torch.as_tensor(init, dtype=torch.float32, device=self.device)
         self.xi = torch.zeros(6, device=self.device, requires_grad=True)

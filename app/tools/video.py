@@ -1,8 +1,8 @@
-"""Orbit videos of a trained field: mp4 through imageio-ffmpeg, GIF without it.
+"""Videos of a trained field: mp4 through imageio-ffmpeg, GIF without it.
 
-The camera circles the world +Z axis (Blender scenes) at a fixed elevation and
-radius, looking at the origin, with ``app.commands.render.orbit_pose`` — the
-same camera as ``main.py render --orbit``.
+Two camera sources: an orbit, circling the world +Z axis (Blender scenes) at a fixed
+elevation and radius, looking at the origin, with ``app.commands.render.orbit_pose`` (the
+same camera as ``main.py render --orbit``); or a camera path (app/tools/camera_path.py).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from app.engine.checkpoint import atomic_write
 FFMPEG_EXT = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 MAX_SIZE = 4096
 MAX_FRAMES = 10000
+MAX_FPS = 240
 
 
 class Cancelled(Exception):
@@ -39,26 +40,36 @@ def orbit_poses(frames: int, elevation: float, radius: float, start_azimuth: flo
     return np.stack([orbit_pose(a, elevation, radius) for a in az])
 
 
-def video_size(trainer, size: int | None) -> tuple[int, int]:
-    """(height, width): ``size`` is the width (default: the training width); the
-    aspect ratio is kept and both are rounded down to even numbers, because
-    H.264 in yuv420p needs even dimensions and imageio would otherwise rescale."""
-    w = int(size) if size else int(trainer.width)
-    h = max(2, int(round(w * trainer.height / trainer.width)))
+def video_size(trainer, size) -> tuple[int, int]:
+    """(height, width) rounded down to even numbers, because H.264 in yuv420p needs even
+    dimensions and imageio would otherwise rescale. size: None (the training size), a
+    width (the training aspect kept) or (width, height or None)."""
+    w, h = size if isinstance(size, tuple) else (size, None)
+    w = int(w) if w else int(trainer.width)
+    h = int(h) if h else max(2, int(round(w * trainer.height / trainer.width)))
     return h - h % 2, w - w % 2
 
 
-def check_args(path: str, frames: int, fps: float, size: int | None, elevation: float,
-               radius: float | None) -> None:
+def check_video_path(path: str) -> None:
     ext = os.path.splitext(str(path))[1].lower()
     if ext not in FFMPEG_EXT + (".gif",):
         raise ValueError(f"{path}: unsupported video type {ext or '(none)'!r}; use .mp4 or .gif")
+
+
+def check_fps(fps) -> None:
+    if not (0 < float(fps) <= MAX_FPS):
+        raise ValueError(f"fps must be in (0, {MAX_FPS}], got {fps}")
+
+
+def check_args(path: str, frames: int, fps: float, size, elevation: float,
+               radius: float | None) -> None:
+    check_video_path(path)
     if not (1 <= int(frames) <= MAX_FRAMES):
         raise ValueError(f"frames must be between 1 and {MAX_FRAMES}, got {frames}")
-    if not (0 < float(fps) <= 240):
-        raise ValueError(f"fps must be in (0, 240], got {fps}")
-    if size is not None and not (8 <= int(size) <= MAX_SIZE):
-        raise ValueError(f"size must be between 8 and {MAX_SIZE}, got {size}")
+    check_fps(fps)
+    for v in (size if isinstance(size, tuple) else (size,)):
+        if v is not None and not (8 <= int(v) <= MAX_SIZE):
+            raise ValueError(f"size must be between 8 and {MAX_SIZE}, got {v}")
     if not np.isfinite(elevation) or abs(elevation) >= 90:
         raise ValueError(f"elevation must be strictly between -90 and 90 degrees, got {elevation}")
     if radius is not None and not (np.isfinite(radius) and radius > 0):
@@ -66,16 +77,11 @@ def check_args(path: str, frames: int, fps: float, size: int | None, elevation: 
 
 
 def render_orbit_video(trainer, path: str, frames: int = 60, fps: float = 30, radius: float | None = None,
-                       elevation: float = 30, size: int | None = None, progress=None, log=print) -> str:
+                       elevation: float = 30, size=None, progress=None, log=print) -> str:
     """Render ``frames`` views on an orbit and write them to ``path``; returns the path written.
 
-    path: .mp4 (or .mov/.mkv/.webm/.avi) is encoded with H.264 by imageio-ffmpeg;
-    if no ffmpeg binary is available the video is written as a GIF next to it
-    (same name, .gif) and ``log`` says so. .gif is written directly.
     radius: camera distance from the origin (default: the farthest training camera's).
-    size: output width in pixels (default: the training width); aspect kept, rounded to even.
-    progress(done, total) is called after each frame; returning False cancels
-    (raises Cancelled; nothing is written). The file appears atomically.
+    size: see video_size. The rest as write_video.
     """
     check_args(path, frames, fps, size, elevation, radius)
     scene = trainer.scene
@@ -84,14 +90,57 @@ def render_orbit_video(trainer, path: str, frames: int = 60, fps: float = 30, ra
     if radius is None:
         radius = scene.scene_radius
     h, w = video_size(trainer, size)
-    poses = orbit_poses(int(frames), float(elevation), float(radius))
+    views = [(c2w, None) for c2w in orbit_poses(int(frames), float(elevation), float(radius))]
+    return write_video(trainer, path, views, h, w, fps, progress, log)
 
+
+def render_path_video(trainer, path: str, camera_path, fps: float | None = None, size=None,
+                      progress=None, log=print) -> str:
+    """Render a camera path (app.tools.camera_path.CameraPath, poses in the capture's own
+    frame) to ``path``: fps x seconds frames, each with the path's pose and field of view
+    at its time.
+
+    fps: default the path's. size: (width, height or None) or a width; default the path's
+    render size; a width alone keeps the path's aspect. Rounded down to even numbers.
+    """
+    from app.tools.camera_path import focal_for_fov
+
+    check_video_path(path)
+    if fps is not None:
+        check_fps(fps)
+        camera_path.fps = float(fps)
+    if camera_path.n_frames > MAX_FRAMES:
+        raise ValueError(f"the path would need {camera_path.n_frames} frames (limit {MAX_FRAMES})")
+    if size is None:
+        w, h = camera_path.width, camera_path.height
+    else:
+        w, h = size if isinstance(size, tuple) else (size, None)
+        h = h or max(2, int(round(w * camera_path.height / camera_path.width)))
+    if not (8 <= w <= MAX_SIZE and 8 <= h <= MAX_SIZE):
+        raise ValueError(f"size must be between 8 and {MAX_SIZE} per side, got {w}x{h}")
+    h, w = h - h % 2, w - w % 2
+    # Path files hold poses in the capture's own frame, like render --pose and the meshes.
+    views = [(trainer.scene.from_world_poses(c2w).astype(np.float32), focal_for_fov(h, fov))
+             for c2w, fov in camera_path.frames()]
+    return write_video(trainer, path, views, h, w, camera_path.fps, progress, log)
+
+
+def write_video(trainer, path: str, views, h: int, w: int, fps: float, progress=None, log=print) -> str:
+    """Render ``views`` [(c2w, focal in pixels or None for the training one)] at h x w and
+    write them to ``path``; returns the path written.
+
+    path: .mp4 (or .mov/.mkv/.webm/.avi) is encoded with H.264 by imageio-ffmpeg;
+    if no ffmpeg binary is available the video is written as a GIF next to it
+    (same name, .gif) and ``log`` says so. .gif is written directly.
+    progress(done, total) is called after each frame; returning False cancels
+    (raises Cancelled; nothing is written). The file appears atomically.
+    """
     def frames_iter():
         from app.commands.render import to_uint8
-        for i, c2w in enumerate(poses):
-            img = to_uint8(trainer.render(c2w, h, w, keys=("rgb",))["rgb"].numpy())
-            if progress is not None and progress(i + 1, len(poses)) is False:
-                raise Cancelled(f"cancelled after {i + 1} of {len(poses)} frames")
+        for i, (c2w, focal) in enumerate(views):
+            img = to_uint8(trainer.render(c2w, h, w, focal, keys=("rgb",))["rgb"].numpy())
+            if progress is not None and progress(i + 1, len(views)) is False:
+                raise Cancelled(f"cancelled after {i + 1} of {len(views)} frames")
             yield img
 
     path = str(path)
@@ -102,11 +151,11 @@ def render_orbit_video(trainer, path: str, frames: int = 60, fps: float = 30, ra
             atomic_write(path, lambda tmp: _write_ffmpeg(tmp, frames_iter(), fps))
             return path
         path = root + ".gif"
-        _check_gif_memory(len(poses), h, w)
+        _check_gif_memory(len(views), h, w)
         if log:
             log(f"warning: ffmpeg is not available (imageio-ffmpeg found no binary); "
                 f"writing a GIF instead: {path}")
-    _check_gif_memory(len(poses), h, w)
+    _check_gif_memory(len(views), h, w)
     atomic_write(path, lambda tmp: _write_gif(tmp, frames_iter(), fps))
     return path
 
