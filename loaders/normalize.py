@@ -237,3 +237,27 @@ def depth_bounds(c2w: np.ndarray, K: np.ndarray, sizes: np.ndarray, points: np.n
             return None
         out.append(np.percentile(zs, [lo, hi]))
     return np.asarray(out)
+
+
+def rotation_angle_deg(r: np.ndarray) -> np.ndarray:
+    """Angles (degrees) of rotation matrices (..., 3, 3)."""
+    tr = np.trace(np.asarray(r, np.float64), axis1=-2, axis2=-1)
+    return np.degrees(np.arccos(np.clip((tr - 1) / 2, -1, 1)))
+
+
+def pose_errors(est_c2w, ref_c2w) -> dict:
+    """Camera poses against reference poses of the same cameras, up to the similarity that
+    structure from motion cannot know: Umeyama on the camera centres, then per camera the
+    rotation error (degrees) and the centre error relative to the reference cameras'
+    spread (the RMS distance of their centres from their centroid).
+
+    Returns rot_deg (N,), centre_rel (N,), spread, and the alignment (a Similarity
+    taking est to ref)."""
+    est, ref = np.asarray(est_c2w, np.float64), np.asarray(ref_c2w, np.float64)
+    sim = umeyama(est[:, :3, 3], ref[:, :3, 3])
+    aligned = sim.poses(est)
+    rot = rotation_angle_deg(np.swapaxes(ref[:, :3, :3], -1, -2) @ aligned[:, :3, :3])
+    c = ref[:, :3, 3]
+    spread = float(np.sqrt(((c - c.mean(0)) ** 2).sum(1).mean()))
+    return {"rot_deg": rot, "centre_rel": np.linalg.norm(aligned[:, :3, 3] - c, axis=1) / spread,
+            "spread": spread, "alignment": sim}
