@@ -151,7 +151,7 @@ def match_features(db_path: str, matcher: str, opts: SfmOptions, bar) -> None:
 
 def incremental_mapping(db_path: str, image_dir: str, out_dir: str, n_images: int, opts: SfmOptions, bar):
     """Incremental reconstruction; returns the largest model (most registered images) and
-    how many other, disconnected models were found (they are dropped)."""
+    how many other models hold images it lacks (disconnected parts, dropped)."""
     import pycolmap
 
     mopts = pycolmap.IncrementalPipelineOptions()
@@ -175,7 +175,12 @@ def incremental_mapping(db_path: str, image_dir: str, out_dir: str, n_images: in
     if not models:
         return None, 0
     best = max(models.values(), key=lambda r: r.num_reg_images())
-    return best, len(models) - 1
+    names = {best.images[i].name for i in best.reg_image_ids()}
+    # COLMAP retries from new seed pairs and may rebuild parts of the best model: only a
+    # model holding images the best one lacks is a piece of the capture left out.
+    others = sum(1 for r in models.values() if r is not best
+                 and any(r.images[i].name not in names for i in r.reg_image_ids()))
+    return best, others
 
 
 def bundle_adjust(rec) -> None:
