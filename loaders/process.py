@@ -171,7 +171,7 @@ def _build(src: str, root: str, opts: ProcessOptions, bar, log) -> dict:
     b = bar(f"matching ({matcher})", expected_pairs(len(names), matcher, opts.overlap), "pair")
     try:
         with timed(seconds, "matching"):
-            match_features(db, matcher, opts, b)
+            match_features(db, names, matcher, opts, root, b)
     finally:
         b.close()
     scratch = os.path.join(root, "mapping")

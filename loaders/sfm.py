@@ -2,14 +2,15 @@
 without a COLMAP binary): SIFT features, matching, incremental mapping, bundle
 adjustment, and the result as a nerfstudio / instant-ngp transforms.json.
 
-Each pycolmap call runs on a worker thread (pycolmap releases the GIL) while the
-calling thread reports progress from the database COLMAP writes, and turns Ctrl-C into
-a cancellation of the running call (``run_cancellable``).
+Each pycolmap call runs on a worker thread (pycolmap releases the GIL) while the calling
+thread waits, reports progress and turns Ctrl-C into a cancellation of the running call
+(``run_cancellable``). Features and matches are computed in chunks so that the progress
+bars move between calls.
 """
 from __future__ import annotations
 
 import contextlib
-import sqlite3
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ CAMERA_MODELS = ("OPENCV", "SIMPLE_RADIAL", "RADIAL", "PINHOLE", "SIMPLE_PINHOLE
 # Exhaustive matching is quadratic: 150 photos are 11,175 pairs, about as many as this
 # 2-core CPU matches in a few minutes; beyond that unordered photos go sequential.
 EXHAUSTIVE_MAX = 150
+EXTRACT_CHUNK = 8
+MATCH_BLOCK = 16
 # nerfstudio's camera_model names and distortion keys for our kinds.
 NS_DIST_KEYS = {"PINHOLE": (), "OPENCV": ("k1", "k2", "p1", "p2", "k3"),
                 "OPENCV_FISHEYE": ("k1", "k2", "k3", "k4")}
@@ -52,10 +55,6 @@ def sequential_pairs(n: int, overlap: int, quadratic: bool = True) -> set[tuple[
     if quadratic:
         pairs |= {(i, i + (1 << k)) for i in range(n) for k in range(overlap) if i + (1 << k) < n}
     return pairs
-
-
-def expected_pairs(n: int, matcher: str, overlap: int) -> int:
-    return n * (n - 1) // 2 if matcher == "exhaustive" else len(sequential_pairs(n, overlap))
 
 
 def run_cancellable(fn, poll=None, interval: float = 0.25):
@@ -91,31 +90,20 @@ def run_cancellable(fn, poll=None, interval: float = 0.25):
     return box.get("result")
 
 
-def db_count(db_path: str, table: str) -> int | None:
-    """Rows in a table of the COLMAP database, or None while it is locked or not there yet."""
-    try:
-        con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=0.05)
-        try:
-            return int(con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return None
-
-
-def _follow(db_path: str, table: str, bar):
-    """A poll function moving ``bar`` to the row count of ``table``."""
-    def poll():
-        n = db_count(db_path, table)
-        if n is not None and n > bar.n:
-            bar.update(min(n, bar.total or n) - bar.n)
-    return poll
+def _chunks(items: list, size: int):
+    for k in range(0, len(items), size):
+        yield items[k:k + size]
 
 
 def extract_features(db_path: str, image_dir: str, names: list[str], opts: SfmOptions, bar) -> None:
     """SIFT keypoints and descriptors of every image into the database, one camera shared
     by all (CameraMode.SINGLE) of model opts.camera_model, focal guessed from EXIF or
-    1.2 x the larger side, refined later by bundle adjustment."""
+    1.2 x the larger side, refined later by bundle adjustment.
+
+    In chunks of EXTRACT_CHUNK images, so that the bar moves and Ctrl-C stops between
+    calls too: the first call creates the camera, the others reuse it. (Progress is not
+    read from the database while COLMAP writes it: a concurrent reader can make COLMAP
+    fail to open it.)"""
     import pycolmap
 
     reader = pycolmap.ImageReaderOptions()
@@ -123,30 +111,59 @@ def extract_features(db_path: str, image_dir: str, names: list[str], opts: SfmOp
     ext = pycolmap.FeatureExtractionOptions()
     ext.use_gpu = False
     ext.sift.max_num_features = opts.max_features
-    run_cancellable(lambda tok: pycolmap.extract_features(
-        db_path, image_dir, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
-        extraction_options=ext, device=pycolmap.Device.cpu, cancellation_token=tok),
-        _follow(db_path, "keypoints", bar))
+    for part in _chunks(names, EXTRACT_CHUNK):
+        run_cancellable(lambda tok: pycolmap.extract_features(
+            db_path, image_dir, image_names=part, camera_mode=pycolmap.CameraMode.SINGLE,
+            reader_options=reader, extraction_options=ext, device=pycolmap.Device.cpu, cancellation_token=tok))
+        if reader.existing_camera_id < 0:
+            db = pycolmap.Database.open(db_path)
+            try:
+                reader.existing_camera_id = db.read_all_cameras()[0].camera_id
+            finally:
+                db.close()
+        bar.update(len(part))
 
 
-def match_features(db_path: str, matcher: str, opts: SfmOptions, bar) -> None:
+def pair_chunks(n: int, matcher: str, overlap: int, block: int = MATCH_BLOCK) -> list[list[tuple[int, int]]]:
+    """The image pairs to match (index pairs i < j) in chunks that each touch few images
+    (exhaustive: all pairs between two blocks of ``block`` images; sequential: COLMAP's
+    sequential pairs, by blocks of the first image), so each chunk's call loads few
+    descriptors."""
+    if matcher == "exhaustive":
+        blocks = [range(a, min(a + block, n)) for a in range(0, n, block)]
+        out = []
+        for bi, a in enumerate(blocks):
+            for b in blocks[bi:]:
+                out.append([(i, j) for i in a for j in b if i < j])
+        return [c for c in out if c]
+    pairs = sorted(sequential_pairs(n, overlap))
+    out: dict[int, list] = {}
+    for i, j in pairs:
+        out.setdefault(i // block, []).append((i, j))
+    return [out[k] for k in sorted(out)]
+
+
+def expected_pairs(n: int, matcher: str, overlap: int) -> int:
+    return sum(len(c) for c in pair_chunks(n, matcher, overlap))
+
+
+def match_features(db_path: str, names: list[str], matcher: str, opts: SfmOptions, work_dir: str, bar) -> None:
     """Match and geometrically verify image pairs (exhaustive, or sequential with
-    opts.overlap neighbours plus quadratic overlap)."""
+    opts.overlap neighbours plus quadratic overlap), chunk by chunk (pair_chunks)."""
     import pycolmap
 
     mopt = pycolmap.FeatureMatchingOptions()
     mopt.use_gpu = False
-    follow = _follow(db_path, "two_view_geometries", bar)
-    if matcher == "exhaustive":
-        run_cancellable(lambda tok: pycolmap.match_exhaustive(
-            db_path, matching_options=mopt, device=pycolmap.Device.cpu, cancellation_token=tok), follow)
-    else:
-        pair = pycolmap.SequentialPairingOptions()
-        pair.overlap = opts.overlap
-        pair.quadratic_overlap = True
-        run_cancellable(lambda tok: pycolmap.match_sequential(
-            db_path, matching_options=mopt, pairing_options=pair, device=pycolmap.Device.cpu,
-            cancellation_token=tok), follow)
+    pairing = pycolmap.ImportedPairingOptions()
+    pairing.match_list_path = os.path.join(work_dir, "pairs.txt")
+    for chunk in pair_chunks(len(names), matcher, opts.overlap):
+        with open(pairing.match_list_path, "w", encoding="utf-8") as f:
+            f.writelines(f"{names[i]} {names[j]}\n" for i, j in chunk)
+        run_cancellable(lambda tok: pycolmap.match_image_pairs(
+            db_path, matching_options=mopt, pairing_options=pairing, device=pycolmap.Device.cpu,
+            cancellation_token=tok))
+        bar.update(len(chunk))
+    os.remove(pairing.match_list_path)
 
 
 def incremental_mapping(db_path: str, image_dir: str, out_dir: str, n_images: int, opts: SfmOptions, bar):

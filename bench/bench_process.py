@@ -1,0 +1,89 @@
+"""`main.py process` against reference poses: registration, pose accuracy, time per stage.
+
+Runs process on INPUT into OUT (or reads an OUT made before, with --reuse), then, with
+--ref (a COLMAP sparse model of the same images made by another tool), aligns the
+processed cameras to the reference ones by a similarity (Umeyama on the camera centres:
+structure from motion fixes poses only up to one) and prints the rotation and centre
+errors per camera as median / 90th percentile / max, centre errors in % of the
+reference cameras' spread (the RMS distance of their centres from their centroid).
+
+    python bench/bench_process.py ../shared/data/captures/beer/images --out .data/beer_proc \\
+        --ref ../shared/data/captures/beer/sparse/0
+    python bench/bench_process.py ../shared/data/captures/bonsai_photos --out .data/bonsai_proc
+    python bench/bench_process.py ../shared/data/captures/beer/Beer.mp4 --out .data/beer_video
+
+The 2-core CPU is usually shared: the seconds are what one run saw, not a best case.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def compare_to_reference(out_dir: str, ref_model: str) -> dict:
+    """pose_errors of the processed frames against the reference model's images of the
+    same names (matched by file name)."""
+    from loaders.colmap import c2w_from_rigid, read_reconstruction
+    from loaders.normalize import pose_errors
+
+    with open(os.path.join(out_dir, "transforms.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    est = {os.path.basename(fr["file_path"]): np.asarray(fr["transform_matrix"]) for fr in meta["frames"]}
+    rec = read_reconstruction(ref_model)
+    ref = {rec.images[i].name: c2w_from_rigid(rec.images[i].cam_from_world()) for i in rec.reg_image_ids()}
+    names = sorted(set(est) & set(ref))
+    if len(names) < 3:
+        raise SystemExit(f"only {len(names)} images in common between {out_dir} and {ref_model}")
+    e = pose_errors(np.stack([est[n] for n in names]), np.stack([ref[n] for n in names]))
+    e["names"], e["n_ref"] = names, len(ref)
+    return e
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("input", help="folder of photos or a video")
+    p.add_argument("--out", required=True, help="dataset folder process writes (or wrote, with --reuse)")
+    p.add_argument("--ref", default=None, help="reference COLMAP model of the same images (sparse/0)")
+    p.add_argument("--reuse", action="store_true", help="OUT exists already: only compare")
+    p.add_argument("--frames", type=int, default=150)
+    p.add_argument("--matcher", default="auto")
+    a = p.parse_args(argv)
+    if not a.reuse:
+        from app.commands.process import print_report
+        from loaders.process import ProcessOptions, process_capture
+        from tqdm import tqdm
+
+        bar = lambda d, t, u: tqdm(total=t, desc=d, unit=u, dynamic_ncols=True)  # noqa: E731
+        report = process_capture(a.input, a.out, ProcessOptions(frames=a.frames, matcher=a.matcher), bar=bar)
+        print_report(report)
+    with open(os.path.join(a.out, "report.json"), encoding="utf-8") as f:
+        report = json.load(f)
+    print()
+    print("| input | registered / given | matcher | mean reproj. err (px) | "
+          + " | ".join(f"{k} (s)" for k in report["seconds"]) + " | total (s) |")
+    print("|" + "---|" * (5 + len(report["seconds"])))
+    print(f"| {os.path.basename(os.path.normpath(report['input']))} | {report['registered']} / {report['given']} "
+          f"({100 * report['registered_fraction']:.1f} %) | {report['matcher']} | "
+          f"{report['mean_reprojection_error_px']:.3f} | "
+          + " | ".join(f"{v:.1f}" for v in report["seconds"].values()) + f" | {report['total_seconds']:.1f} |")
+    if a.ref:
+        e = compare_to_reference(a.out, a.ref)
+        rot, cen = e["rot_deg"], 100 * e["centre_rel"]
+        print()
+        print(f"against {a.ref}: {len(e['names'])} cameras in common (reference has {e['n_ref']}), "
+              f"aligned by a similarity of scale {e['alignment'].scale:.4g}; spread {e['spread']:.4g} ref units")
+        print("| error | median | 90th pct | max |")
+        print("|---|---|---|---|")
+        print(f"| rotation (deg) | {np.median(rot):.3f} | {np.percentile(rot, 90):.3f} | {rot.max():.3f} |")
+        print(f"| centre (% of spread) | {np.median(cen):.3f} | {np.percentile(cen, 90):.3f} | {cen.max():.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
