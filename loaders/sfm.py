@@ -201,12 +201,18 @@ def incremental_mapping(db_path: str, image_dir: str, out_dir: str, n_images: in
 
 
 def bundle_adjust(rec) -> None:
-    """A last global bundle adjustment of every pose, point and the shared camera."""
+    """A last global bundle adjustment of every pose, point and the shared camera (the
+    gauge fixed by three points, as COLMAP's own global adjustment does). Through the
+    adjuster object: pycolmap.bundle_adjustment turns COLMAP's info log back on."""
     import pycolmap
 
     ba = pycolmap.BundleAdjustmentOptions()
     ba.print_summary = False
-    run_cancellable(lambda tok: pycolmap.bundle_adjustment(rec, ba, cancellation_token=tok))
+    cfg = pycolmap.BundleAdjustmentConfig()
+    for i in rec.reg_image_ids():
+        cfg.add_image(i)
+    cfg.fix_gauge(pycolmap.BundleAdjustmentGauge.THREE_POINTS)
+    run_cancellable(lambda tok: pycolmap.create_default_bundle_adjuster(ba, cfg, rec).solve())
 
 
 def transforms_dict(rec, image_folder: str = "images", ply_name: str | None = None) -> dict:
