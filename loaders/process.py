@@ -132,6 +132,23 @@ def advice(registered: int, given: int, video: bool, matcher: str) -> str:
             f"{int(MIN_REGISTERED * 100)}%); try: " + "; ".join(tips))
 
 
+def ordered_jumps(rec, names: list[str], deg: float = 30.0) -> list[list[str]]:
+    """Pairs of images adjacent in the input order (a video's frames, photos by name) that
+    both registered and whose views turn by more than ``deg``: in a capture taken in that
+    order, cameras placed wrongly."""
+    from loaders.colmap import c2w_from_rigid
+    from loaders.normalize import view_jumps
+
+    pos = {im.name: im for im in (rec.images[i] for i in rec.reg_image_ids())}
+    out = []
+    for a, b in zip(names[:-1], names[1:]):
+        if a in pos and b in pos:
+            pair = np.stack([c2w_from_rigid(pos[a].cam_from_world()), c2w_from_rigid(pos[b].cam_from_world())])
+            if len(view_jumps(pair, deg)):
+                out.append([a, b])
+    return out
+
+
 def process_capture(src: str, out: str, opts: ProcessOptions | None = None, bar=None, log=print) -> dict:
     """Build the dataset for ``src`` (a folder of images or a video file) at ``out``;
     returns the report. bar(desc, total, unit) makes a tqdm-like progress bar."""
@@ -168,10 +185,11 @@ def _build(src: str, root: str, opts: ProcessOptions, bar, log) -> dict:
             extract_features(db, images, names, opts, b)
     finally:
         b.close()
-    b = bar(f"matching ({matcher})", expected_pairs(len(names), matcher, opts.overlap), "pair")
+    quadratic = (not video) if opts.quadratic is None else opts.quadratic
+    b = bar(f"matching ({matcher})", expected_pairs(len(names), matcher, opts.overlap, quadratic), "pair")
     try:
         with timed(seconds, "matching"):
-            match_features(db, names, matcher, opts, root, b)
+            match_features(db, names, matcher, opts, root, b, quadratic)
     finally:
         b.close()
     scratch = os.path.join(root, "mapping")
@@ -207,11 +225,12 @@ def _build(src: str, root: str, opts: ProcessOptions, bar, log) -> dict:
         os.remove(db)
         shutil.rmtree(scratch)
     cam = rec.cameras[next(iter(rec.cameras))]
-    report = {"input": os.path.abspath(src), "video": video, "given": len(names), "registered": registered,
+    report = {"view_jumps": ordered_jumps(rec, names),"input": os.path.abspath(src), "video": video, "given": len(names), "registered": registered,
               "registered_fraction": round(registered / len(names), 4),
               "other_models_dropped": others, "points": int(len(xyz)),
               "mean_reprojection_error_px": round(float(rec.compute_mean_reprojection_error()), 4),
-              "matcher": matcher, "camera": {"model": cam.model.name, "params": [float(v) for v in cam.params],
+              "matcher": matcher if matcher == "exhaustive" else
+              f"sequential (overlap {opts.overlap}{', quadratic' if quadratic else ''})", "camera": {"model": cam.model.name, "params": [float(v) for v in cam.params],
                                              "width": int(cam.width), "height": int(cam.height)},
               "options": asdict(opts), "seconds": seconds, "total_seconds": round(sum(seconds.values()), 2),
               "pycolmap": pycolmap.__version__}

@@ -35,7 +35,11 @@ NS_DIST_KEYS = {"PINHOLE": (), "OPENCV": ("k1", "k2", "p1", "p2", "k3"),
 class SfmOptions:
     matcher: str = "auto"  # auto: sequential for a video, exhaustive for <= EXHAUSTIVE_MAX photos
     camera_model: str = "OPENCV"  # one camera shared by every image
-    overlap: int = 10  # sequential matching: each image against the next `overlap` (and 2^k further)
+    overlap: int = 10  # sequential matching: each image against the next `overlap`
+    # ... and against images 2^k further (COLMAP's quadratic overlap). None: on for photos,
+    # off for a video, whose far-apart frames of a repeated orbit around a symmetric object
+    # on a tiled floor matched into wrongly turned blocks of cameras (docs/captures.md).
+    quadratic: bool | None = None
     max_features: int = 8192
     seed: int = 0
     verbose: bool = False  # COLMAP's own log on stderr
@@ -124,7 +128,8 @@ def extract_features(db_path: str, image_dir: str, names: list[str], opts: SfmOp
         bar.update(len(part))
 
 
-def pair_chunks(n: int, matcher: str, overlap: int, block: int = MATCH_BLOCK) -> list[list[tuple[int, int]]]:
+def pair_chunks(n: int, matcher: str, overlap: int, quadratic: bool = True,
+                block: int = MATCH_BLOCK) -> list[list[tuple[int, int]]]:
     """The image pairs to match (index pairs i < j) in chunks that each touch few images
     (exhaustive: all pairs between two blocks of ``block`` images; sequential: COLMAP's
     sequential pairs, by blocks of the first image), so each chunk's call loads few
@@ -136,27 +141,28 @@ def pair_chunks(n: int, matcher: str, overlap: int, block: int = MATCH_BLOCK) ->
             for b in blocks[bi:]:
                 out.append([(i, j) for i in a for j in b if i < j])
         return [c for c in out if c]
-    pairs = sorted(sequential_pairs(n, overlap))
+    pairs = sorted(sequential_pairs(n, overlap, quadratic))
     out: dict[int, list] = {}
     for i, j in pairs:
         out.setdefault(i // block, []).append((i, j))
     return [out[k] for k in sorted(out)]
 
 
-def expected_pairs(n: int, matcher: str, overlap: int) -> int:
-    return sum(len(c) for c in pair_chunks(n, matcher, overlap))
+def expected_pairs(n: int, matcher: str, overlap: int, quadratic: bool = True) -> int:
+    return sum(len(c) for c in pair_chunks(n, matcher, overlap, quadratic))
 
 
-def match_features(db_path: str, names: list[str], matcher: str, opts: SfmOptions, work_dir: str, bar) -> None:
+def match_features(db_path: str, names: list[str], matcher: str, opts: SfmOptions, work_dir: str, bar,
+                   quadratic: bool = True) -> None:
     """Match and geometrically verify image pairs (exhaustive, or sequential with
-    opts.overlap neighbours plus quadratic overlap), chunk by chunk (pair_chunks)."""
+    opts.overlap neighbours, plus quadratic overlap), chunk by chunk (pair_chunks)."""
     import pycolmap
 
     mopt = pycolmap.FeatureMatchingOptions()
     mopt.use_gpu = False
     pairing = pycolmap.ImportedPairingOptions()
     pairing.match_list_path = os.path.join(work_dir, "pairs.txt")
-    for chunk in pair_chunks(len(names), matcher, opts.overlap):
+    for chunk in pair_chunks(len(names), matcher, opts.overlap, quadratic):
         with open(pairing.match_list_path, "w", encoding="utf-8") as f:
             f.writelines(f"{names[i]} {names[j]}\n" for i, j in chunk)
         run_cancellable(lambda tok: pycolmap.match_image_pairs(

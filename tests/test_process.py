@@ -108,7 +108,7 @@ def test_capture_poses_come_back(capture):
         assert len(os.listdir(out / d)) == 12
     from PIL import Image
     assert Image.open(out / "images_4" / "view_000.jpg").size == (64, 64)
-    assert sorted(os.listdir(out / "sparse" / "0")) == ["cameras.bin", "images.bin", "points3D.bin"]
+    assert {"cameras.bin", "images.bin", "points3D.bin"} <= set(os.listdir(out / "sparse" / "0"))
     assert not [f for f in os.listdir(root) if f.startswith(".")]  # no build folder left
 
 
@@ -201,8 +201,9 @@ def test_existing_output_is_never_overwritten(tmp_path):
 
 def test_unregistrable_photos_fail_with_advice(tmp_path):
     _photos(tmp_path / "noise", 6)  # independent noise: nothing matches
-    msg = _expect_error(tmp_path, tmp_path / "noise", "0 of 6", "try:", "--matcher exhaustive")
-    assert "overlap" in msg
+    _expect_error(tmp_path, tmp_path / "noise", "0 of 6", "try:", "overlap", "blurred")
+    from loaders.process import advice
+    assert "--matcher exhaustive" in advice(3, 40, video=True, matcher="sequential")
 
 
 def test_ctrl_c_leaves_nothing(tmp_path, capture):
