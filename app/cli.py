@@ -21,6 +21,7 @@ COMMANDS = {
     "lab2d": ("app.commands.lab2d", "2D coordinate-MLP lab: spectral bias, PE and Fourier features"),
     "inspect-pe": ("app.commands.inspect_pe", "transformer sinusoidal PE and mapping kernels, to PNG"),
     "make-scene": ("app.commands.make_scene", "regenerate the embedded scene at any resolution"),
+    "process": ("app.commands.process", "photos or a video -> a posed dataset (structure from motion)"),
 }
 
 EPILOG = """examples:
@@ -28,6 +29,7 @@ EPILOG = """examples:
   python main.py train --steps 3000 --out runs/a   # headless training
   python main.py eval runs/a
   python main.py render runs/a --view test:0 --out view.png
+  python main.py process my_photos/ --out data/mine  # photos or a video -> a dataset
 """
 
 

@@ -719,6 +719,56 @@ def write_dataset(out_dir: str, res: int = 128, n_train: int = 100, n_val: int =
     return {"seconds": secs, "frames": n_frames}
 
 
+def noise_texture(seed: int, size: int = 1024) -> np.ndarray:
+    """(size, size, 3) uint8 coloured multi-scale noise: unlike the scene's grids, checkers
+    and stripes, every patch of it is unique, which is what feature matching needs."""
+    rng = np.random.default_rng(seed)
+    acc = np.zeros((size, size, 3), np.float32)
+    for cells, weight in ((4, 1.0), (16, 0.7), (64, 0.5), (256, 0.35)):
+        small = Image.fromarray((rng.random((cells, cells, 3)) * 255).astype(np.uint8))
+        acc += weight * np.asarray(small.resize((size, size), Image.BICUBIC), np.float32)
+    acc -= acc.min()
+    return (acc / acc.max() * 255).astype(np.uint8)
+
+
+def backdrop_parts(seed: int = 0) -> list[Part]:
+    """A floor and a surrounding wall in unique noise textures, for captures that feature
+    matching must register (the object scene alone repeats its patterns)."""
+    floor = quad_mesh([0, 0, PLATFORM_BOTTOM - 0.02], [5.0, 0, 0], [0, 5.0, 0])
+    wall = cylinder_side_mesh([0, 0, PLATFORM_BOTTOM - 0.02], 6.0, 4.0, segments=96)
+    wall[:, 3:6] *= -1  # seen from inside
+    return [Part(floor, noise_texture(seed), ks=0.0), Part(wall, noise_texture(seed + 1), ks=0.0)]
+
+
+def write_capture(out_dir: str, n_views: int = 16, res: int = 192, elevation_deg: float = 35.0,
+                  arc_deg: float = 360.0, radius: float = RADIUS, background=(90, 90, 90), ext: str = ".jpg",
+                  ctx=None) -> np.ndarray:
+    """A photo-like capture for structure-from-motion tests: the scene on a noise-textured
+    floor inside a noise-textured wall (backdrop_parts), n_views images along an orbit arc
+    of arc_deg (every view looks at the origin; the elevation alternates by 10
+    degrees so the cameras are not in one plane) written as view_000.jpg, ...; no poses
+    are written.
+    Returns the true camera-to-world matrices (n_views, 4, 4), OpenGL convention, and the
+    pinhole focal is ``focal_length(res)``."""
+    os.makedirs(out_dir, exist_ok=True)
+    renderer = Renderer(build_scene() + backdrop_parts(), res, res, ss=1, samples=4, shadows=False, ctx=ctx)
+    poses = []
+    try:
+        for k in range(n_views):
+            el = math.radians(elevation_deg + (5.0 if k % 2 else -5.0))
+            step = math.radians(arc_deg) / (n_views if arc_deg >= 360.0 else max(n_views - 1, 1))
+            c2w = look_at_c2w(spherical_position(k * step, el, radius))
+            rgba = renderer.render(c2w).astype(np.float32) / 255.0
+            a = rgba[..., 3:]
+            rgb = rgba[..., :3] * a + (1 - a) * np.asarray(background, np.float32) / 255.0
+            img = Image.fromarray((rgb * 255 + 0.5).astype(np.uint8))
+            img.save(os.path.join(out_dir, f"view_{k:03d}{ext}"), **({"quality": 95} if ext == ".jpg" else {}))
+            poses.append(c2w)
+    finally:
+        renderer.release()
+    return np.stack(poses)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "scene"))

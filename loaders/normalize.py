@@ -237,3 +237,62 @@ def depth_bounds(c2w: np.ndarray, K: np.ndarray, sizes: np.ndarray, points: np.n
             return None
         out.append(np.percentile(zs, [lo, hi]))
     return np.asarray(out)
+
+
+def rotation_angle_deg(r: np.ndarray) -> np.ndarray:
+    """Angles (degrees) of rotation matrices (..., 3, 3)."""
+    tr = np.trace(np.asarray(r, np.float64), axis1=-2, axis2=-1)
+    return np.degrees(np.arccos(np.clip((tr - 1) / 2, -1, 1)))
+
+
+def pose_errors(est_c2w, ref_c2w, robust: bool = False) -> dict:
+    """Camera poses against reference poses of the same cameras, up to the similarity that
+    structure from motion cannot know: Umeyama on the camera centres, then per camera the
+    rotation error (degrees) and the centre error relative to the reference cameras'
+    spread (the RMS distance of their centres from their centroid).
+
+    robust: fit the similarity on the cameras that agree (least median of squares, then
+    those within 3x the median error), so that a block of cameras one of the two
+    reconstructions got wrong does not drag the alignment of all the others; errors are
+    still reported for every camera.
+
+    Returns rot_deg (N,), centre_rel (N,), spread, inliers (N,) bool (cameras the
+    alignment was fitted on), and the alignment (a Similarity taking est to ref)."""
+    est, ref = np.asarray(est_c2w, np.float64), np.asarray(ref_c2w, np.float64)
+    c = ref[:, :3, 3]
+    spread = float(np.sqrt(((c - c.mean(0)) ** 2).sum(1).mean()))
+    use = np.ones(len(est), bool)
+    sim = umeyama(est[:, :3, 3], c)
+    if robust:
+        # Least median of squares over fits to random 4-camera samples (seeded: the same
+        # answer every time), then refits on the cameras within 3x that median error.
+        rng = np.random.default_rng(0)
+        med = lambda t: float(np.median(np.linalg.norm(t.points(est[:, :3, 3]) - c, axis=1)))  # noqa: E731
+        best = med(sim)
+        for _ in range(300):
+            pick = rng.choice(len(est), 4, replace=False)
+            try:
+                t = umeyama(est[pick, :3, 3], c[pick])
+            except (ValueError, np.linalg.LinAlgError):
+                continue
+            if med(t) < best:
+                sim, best = t, med(t)
+        for _ in range(5):
+            err = np.linalg.norm(sim.points(est[:, :3, 3]) - c, axis=1)
+            new = err <= 3 * np.median(err) + 1e-12 * spread
+            if new.sum() < 3 or (new == use).all():
+                break
+            use = new
+            sim = umeyama(est[use, :3, 3], c[use])
+    aligned = sim.poses(est)
+    rot = rotation_angle_deg(np.swapaxes(ref[:, :3, :3], -1, -2) @ aligned[:, :3, :3])
+    return {"rot_deg": rot, "centre_rel": np.linalg.norm(aligned[:, :3, 3] - c, axis=1) / spread,
+            "spread": spread, "inliers": use, "alignment": sim}
+
+
+def view_jumps(c2w, deg: float = 30.0) -> np.ndarray:
+    """Indices i where the view direction turns by more than ``deg`` from camera i to i + 1:
+    for the frames of one video (in order) these are reconstruction errors, since a hand
+    cannot turn a phone that far between two kept frames."""
+    d = view_dirs(c2w)
+    return np.flatnonzero(np.degrees(np.arccos(np.clip((d[1:] * d[:-1]).sum(1), -1, 1))) > deg)
