@@ -224,23 +224,23 @@ class NerfactoField(Field):
         rgb = torch.sigmoid(self.color_net(torch.cat([h[:, 1:], sh.to(h.dtype), emb.to(h.dtype)], -1)).float())
         return sigma, rgb
 
-    def _to_world_units(self, x: torch.Tensor) -> torch.Tensor:
+    def _normalised(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.center) * self.scale
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
         """sigma (N,) per world unit at world points (N, 3)."""
-        h = self.field(self._x01(self._to_world_units(x)))
+        h = self.field(self._x01(self._normalised(x)))
         return trunc_exp(h[:, 0].float()) * self.scale
 
     def radiance(self, x: torch.Tensor, d: torch.Tensor):
         """(sigma (N,) per world unit, rgb (N, 3)) with the mean appearance embedding."""
-        sigma, rgb = self._radiance_n(self._to_world_units(x), d, self._embedding(x.shape[0], None, x.device))
+        sigma, rgb = self._radiance_n(self._normalised(x), d, self._embedding(x.shape[0], None, x.device))
         return sigma * self.scale, rgb
 
     # -- rendering -------------------------------------------------------------------------
     def _ray_bounds(self, rays_o, rays_d, near, far):
         """Normalised origins, unit directions, |d|, and near/far (R, 1) in normalised units."""
-        o = self._to_world_units(rays_o)
+        o = self._normalised(rays_o)
         dnorm = rays_d.float().norm(dim=-1, keepdim=True).clamp(min=1e-12)
         dirs = rays_d.float() / dnorm
         per_ray = lambda v: v if isinstance(v, (int, float)) else torch.as_tensor(  # noqa: E731
