@@ -19,11 +19,7 @@ import numpy as np
 
 from loaders.colmap import c2w_from_rigid, colmap_camera
 
-MATCHERS = ("auto", "exhaustive", "sequential")
-CAMERA_MODELS = ("OPENCV", "SIMPLE_RADIAL", "RADIAL", "PINHOLE", "SIMPLE_PINHOLE", "OPENCV_FISHEYE")
-# Exhaustive matching is quadratic: 150 photos are 11,175 pairs, about as many as this
-# 2-core CPU matches in a few minutes; beyond that unordered photos go sequential.
-EXHAUSTIVE_MAX = 150
+from loaders.sfm_choices import CAMERA_MODELS, EXHAUSTIVE_MAX, MATCHERS  # noqa: F401 - re-exported
 EXTRACT_CHUNK = 8
 MATCH_BLOCK = 16
 # nerfstudio's camera_model names and distortion keys for our kinds.

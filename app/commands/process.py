@@ -8,7 +8,7 @@ from app.cli import UserError
 
 
 def configure(p) -> None:
-    from loaders.sfm import CAMERA_MODELS, EXHAUSTIVE_MAX, MATCHERS
+    from loaders.sfm_choices import CAMERA_MODELS, EXHAUSTIVE_MAX, MATCHERS
 
     p.add_argument("input", help="a folder of photos (JPEG/PNG, one camera) or a video file")
     p.add_argument("--out", required=True, help="dataset folder to create (must not exist)")

@@ -38,12 +38,12 @@ def knob_defaults(cuda: bool) -> dict:
     return out
 
 
-def default_settings(cuda: bool) -> dict:
+def default_settings(cuda: bool, scene=None) -> dict:
     """GUI defaults: the registry's default model for this device, at its policy's
     batch size (None: each model its own), bf16 where it pays, and knob_defaults(cuda)."""
     from app.engine.trainer import cpu_has_native_bf16
 
-    return dict(model=models.default_model(cuda), preset=None, bf16=cuda or cpu_has_native_bf16(),
+    return dict(model=models.default_model(cuda, scene), preset=None, bf16=cuda or cpu_has_native_bf16(),
                 # NeRF occupancy grid over [-1.5, 1.5]^3 (the cube the hash model also assumes):
                 # samples in empty cells are skipped from step 32 on (NeRFModel occupancy_warmup).
                 occupancy=True, res_scale=1.0,
@@ -134,7 +134,7 @@ class Settings:
     def start(self, override: dict) -> None:
         """Defaults for this device under ``override``; an unregistered model is replaced
         by the default one, with a warning."""
-        defaults = default_settings(self.cuda)
+        defaults = default_settings(self.cuda, self.scene)  # a real capture gets its field
         self.values = {**defaults, **override}
         if self.values["model"] not in models.available():
             self.out.note("warn", f"model '{self.values['model']}' is not registered; using {defaults['model']}")
