@@ -230,7 +230,7 @@ def _build(src: str, root: str, opts: ProcessOptions, bar, log) -> dict:
               "other_models_dropped": others, "points": int(len(xyz)),
               "mean_reprojection_error_px": round(float(rec.compute_mean_reprojection_error()), 4),
               "matcher": matcher if matcher == "exhaustive" else
-              f"sequential (overlap {opts.overlap}{', quadratic' if quadratic else ''})", "camera": {"model": cam.model.name, "params": [float(v) for v in cam.params],
+              f"sequential ({'quadratic ' if quadratic else ''}overlap {opts.overlap})", "camera": {"model": cam.model.name, "params": [float(v) for v in cam.params],
                                              "width": int(cam.width), "height": int(cam.height)},
               "options": asdict(opts), "seconds": seconds, "total_seconds": round(sum(seconds.values()), 2),
               "pycolmap": pycolmap.__version__}
