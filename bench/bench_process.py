@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     p.add_argument("--reuse", action="store_true", help="OUT exists already: only compare")
     p.add_argument("--frames", type=int, default=150)
     p.add_argument("--matcher", default="auto")
+    p.add_argument("--quadratic", action=argparse.BooleanOptionalAction, default=None)
     a = p.parse_args(argv)
     if not a.reuse:
         from app.commands.process import print_report
@@ -71,7 +72,8 @@ def main(argv=None) -> int:
         from tqdm import tqdm
 
         bar = lambda d, t, u: tqdm(total=t, desc=d, unit=u, dynamic_ncols=True)  # noqa: E731
-        report = process_capture(a.input, a.out, ProcessOptions(frames=a.frames, matcher=a.matcher), bar=bar)
+        report = process_capture(a.input, a.out, ProcessOptions(frames=a.frames, matcher=a.matcher,
+                                                                          quadratic=a.quadratic), bar=bar)
         print_report(report)
     with open(os.path.join(a.out, "report.json"), encoding="utf-8") as f:
         report = json.load(f)

@@ -15,10 +15,13 @@ renamed to it at the end; an error or Ctrl-C removes it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -149,6 +152,24 @@ def ordered_jumps(rec, names: list[str], deg: float = 30.0) -> list[list[str]]:
     return out
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a plain `kill`) cleans up like Ctrl-C: raised as KeyboardInterrupt on the
+    main thread while the dataset is being built."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def process_capture(src: str, out: str, opts: ProcessOptions | None = None, bar=None, log=print) -> dict:
     """Build the dataset for ``src`` (a folder of images or a video file) at ``out``;
     returns the report. bar(desc, total, unit) makes a tqdm-like progress bar."""
@@ -161,12 +182,13 @@ def process_capture(src: str, out: str, opts: ProcessOptions | None = None, bar=
     out = check_output(out)
     set_logging(opts.verbose)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=os.path.dirname(out))
-    try:
-        report = _build(src, tmp, opts, bar, log)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _terminate_as_interrupt():
+        try:
+            report = _build(src, tmp, opts, bar, log)
+            os.rename(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     report["out"] = out
     return report
 

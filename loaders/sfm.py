@@ -72,24 +72,36 @@ def run_cancellable(fn, poll=None, interval: float = 0.25):
 
     token = pycolmap.CancellationToken()
     box: dict = {}
+    done = threading.Event()
 
     def work():
         try:
             box["result"] = fn(token)
         except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
             box["error"] = exc
+        finally:
+            done.set()
 
     t = threading.Thread(target=work, name="pycolmap", daemon=True)
     t.start()
     try:
-        while t.is_alive():
-            t.join(interval)
+        while not done.wait(interval):
             if poll is not None:
                 poll()
     except KeyboardInterrupt:
+        # Wait on the event, not on Thread.join: a join that a KeyboardInterrupt broke off
+        # can return at once the next time (CPython 3.11), and a pycolmap thread still
+        # running when the interpreter exits aborts the process.
         token.cancel()
+        while True:
+            try:
+                done.wait()
+                break
+            except KeyboardInterrupt:
+                continue  # cancelling already: wait for pycolmap to stop
         t.join()
         raise
+    t.join()
     if poll is not None:
         poll()
     if "error" in box:
