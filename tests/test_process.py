@@ -84,7 +84,7 @@ def capture(tmp_path_factory, gl_ctx):
 def _process(src, out, **opts):
     from loaders.process import ProcessOptions, process_capture
 
-    return process_capture(str(src), str(out), ProcessOptions(**opts), log=lambda *a: None)
+    return process_capture(str(src), str(out), ProcessOptions(**opts))
 
 
 def test_capture_poses_come_back(capture):
