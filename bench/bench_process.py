@@ -47,7 +47,28 @@ def compare_to_reference(out_dir: str, ref_model: str, robust: bool = False) -> 
     e = pose_errors(e_c2w, r_c2w, robust=robust)
     e["names"], e["n_ref"] = names, len(ref)
     e["jumps_est"], e["jumps_ref"] = view_jumps(e_c2w), view_jumps(r_c2w)
+    e["c2w"] = (e_c2w, r_c2w)
     return e
+
+
+def blockwise(e: dict) -> dict:
+    """Errors with a separate similarity per jump-free block of the reference (its cameras
+    between two view jumps), centre errors still in % of the whole reference's spread:
+    how well the processed cameras agree with each part of the reference that is itself
+    consistent."""
+    from loaders.normalize import pose_errors
+
+    est, ref = e["c2w"]
+    cuts = [0] + [int(j) + 1 for j in e["jumps_ref"]] + [len(ref)]
+    rot, cen = [], []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        if b - a < 3:
+            continue
+        part = pose_errors(est[a:b], ref[a:b])
+        rot.append(part["rot_deg"])
+        cen.append(part["centre_rel"] * part["spread"] / e["spread"])
+    return {"rot_deg": np.concatenate(rot), "centre_rel": np.concatenate(cen),
+            "inliers": np.ones(sum(len(r) for r in rot), bool), "blocks": len(rot)}
 
 
 def print_errors(e: dict, label: str) -> None:
@@ -64,6 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--reuse", action="store_true", help="OUT exists already: only compare")
     p.add_argument("--frames", type=int, default=150)
     p.add_argument("--matcher", default="auto")
+    p.add_argument("--quadratic", action=argparse.BooleanOptionalAction, default=None)
     a = p.parse_args(argv)
     if not a.reuse:
         from app.commands.process import print_report
@@ -71,7 +93,8 @@ def main(argv=None) -> int:
         from tqdm import tqdm
 
         bar = lambda d, t, u: tqdm(total=t, desc=d, unit=u, dynamic_ncols=True)  # noqa: E731
-        report = process_capture(a.input, a.out, ProcessOptions(frames=a.frames, matcher=a.matcher), bar=bar)
+        report = process_capture(a.input, a.out, ProcessOptions(frames=a.frames, matcher=a.matcher,
+                                                                          quadratic=a.quadratic), bar=bar)
         print_report(report)
     with open(os.path.join(a.out, "report.json"), encoding="utf-8") as f:
         report = json.load(f)
@@ -94,6 +117,9 @@ def main(argv=None) -> int:
         print("|---|---|---|---|---|---|---|---|")
         print_errors(plain, "all cameras")
         print_errors(robust, "agreeing cameras (LMedS)")
+        if len(plain["jumps_ref"]):
+            blocks = blockwise(plain)
+            print_errors(blocks, f"each of the reference's {blocks['blocks']} jump-free blocks")
         print()
         # Consecutive frames of one video cannot turn the view by more than 30 degrees: such
         # a jump marks cameras that reconstruction got wrong (repetitive texture).

@@ -15,10 +15,13 @@ renamed to it at the end; an error or Ctrl-C removes it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -149,7 +152,25 @@ def ordered_jumps(rec, names: list[str], deg: float = 30.0) -> list[list[str]]:
     return out
 
 
-def process_capture(src: str, out: str, opts: ProcessOptions | None = None, bar=None, log=print) -> dict:
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a plain `kill`) cleans up like Ctrl-C: raised as KeyboardInterrupt on the
+    main thread while the dataset is being built."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def process_capture(src: str, out: str, opts: ProcessOptions | None = None, bar=None) -> dict:
     """Build the dataset for ``src`` (a folder of images or a video file) at ``out``;
     returns the report. bar(desc, total, unit) makes a tqdm-like progress bar."""
     opts = opts or ProcessOptions()
@@ -161,61 +182,58 @@ def process_capture(src: str, out: str, opts: ProcessOptions | None = None, bar=
     out = check_output(out)
     set_logging(opts.verbose)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=os.path.dirname(out))
-    try:
-        report = _build(src, tmp, opts, bar, log)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _terminate_as_interrupt():
+        try:
+            report = _build(src, tmp, opts, bar)
+            os.rename(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     report["out"] = out
     return report
 
 
-def _build(src: str, root: str, opts: ProcessOptions, bar, log) -> dict:
+@contextlib.contextmanager
+def _stage(seconds: dict, name: str, bar, desc: str, total, unit: str):
+    """One stage: its progress bar (closed whatever happens) and its time in seconds[name]."""
+    b = bar(desc, total, unit)
+    try:
+        with timed(seconds, name):
+            yield b
+    finally:
+        b.close()
+
+
+def _build(src: str, root: str, opts: ProcessOptions, bar) -> dict:
     import pycolmap
 
     seconds: dict[str, float] = {}
     images = os.path.join(root, "images")
     names, video = _gather(src, images, opts, bar, seconds)
     matcher = choose_matcher(len(names), video, opts.matcher)
-    db = os.path.join(root, "database.db")
-    b = bar("features", len(names), "image")
-    try:
-        with timed(seconds, "features"):
-            extract_features(db, images, names, opts, b)
-    finally:
-        b.close()
     quadratic = (not video) if opts.quadratic is None else opts.quadratic
-    b = bar(f"matching ({matcher})", expected_pairs(len(names), matcher, opts.overlap, quadratic), "pair")
-    try:
-        with timed(seconds, "matching"):
-            match_features(db, names, matcher, opts, root, b, quadratic)
-    finally:
-        b.close()
+    db = os.path.join(root, "database.db")
+    with _stage(seconds, "features", bar, "features", len(names), "image") as b:
+        extract_features(db, images, names, opts, b)
+    n_pairs = expected_pairs(len(names), matcher, opts.overlap, quadratic)
+    with _stage(seconds, "matching", bar, f"matching ({matcher})", n_pairs, "pair") as b:
+        match_features(db, names, matcher, opts, root, b, quadratic)
     scratch = os.path.join(root, "mapping")
     os.makedirs(scratch)
-    b = bar("mapping", len(names), "image")
-    try:
-        with timed(seconds, "mapping"):
-            rec, others = incremental_mapping(db, images, scratch, len(names), opts, b)
-    finally:
-        b.close()
+    with _stage(seconds, "mapping", bar, "mapping", len(names), "image") as b:
+        rec, others = incremental_mapping(db, images, scratch, len(names), opts, b)
     registered = rec.num_reg_images() if rec is not None else 0
     if registered < MIN_REGISTERED * len(names):
         raise DataError(src, advice(registered, len(names), video, matcher))
-    b = bar("bundle adjustment", 1, "run")
-    try:
-        with timed(seconds, "bundle adjustment"):
-            bundle_adjust(rec)
-            b.update(1)
-    finally:
-        b.close()
+    with _stage(seconds, "bundle adjustment", bar, "bundle adjustment", 1, "run") as b:
+        bundle_adjust(rec)
+        b.update(1)
     with timed(seconds, "writing"):
+        from loaders.ply import points_ply_bytes
+
         sparse = os.path.join(root, "sparse", "0")
         os.makedirs(sparse)
         rec.write(sparse)
-        from loaders.ply import points_ply_bytes
-
         xyz, rgb = sparse_points(rec)
         with open(os.path.join(root, PLY_NAME), "wb") as f:
             f.write(points_ply_bytes(xyz, rgb, ("NeRF Lab process: COLMAP sparse points, world frame",)))
@@ -225,15 +243,16 @@ def _build(src: str, root: str, opts: ProcessOptions, bar, log) -> dict:
         os.remove(db)
         shutil.rmtree(scratch)
     cam = rec.cameras[next(iter(rec.cameras))]
-    report = {"view_jumps": ordered_jumps(rec, names),"input": os.path.abspath(src), "video": video, "given": len(names), "registered": registered,
-              "registered_fraction": round(registered / len(names), 4),
-              "other_models_dropped": others, "points": int(len(xyz)),
-              "mean_reprojection_error_px": round(float(rec.compute_mean_reprojection_error()), 4),
-              "matcher": matcher if matcher == "exhaustive" else
-              f"sequential (overlap {opts.overlap}{', quadratic' if quadratic else ''})", "camera": {"model": cam.model.name, "params": [float(v) for v in cam.params],
-                                             "width": int(cam.width), "height": int(cam.height)},
-              "options": asdict(opts), "seconds": seconds, "total_seconds": round(sum(seconds.values()), 2),
-              "pycolmap": pycolmap.__version__}
+    report = {
+        "input": os.path.abspath(src), "video": video, "given": len(names), "registered": registered,
+        "registered_fraction": round(registered / len(names), 4), "other_models_dropped": others,
+        "points": int(len(xyz)), "mean_reprojection_error_px": round(float(rec.compute_mean_reprojection_error()), 4),
+        "matcher": matcher if matcher == "exhaustive" else
+        f"sequential ({'quadratic ' if quadratic else ''}overlap {opts.overlap})",
+        "camera": {"model": cam.model.name, "params": [float(v) for v in cam.params], "width": int(cam.width),
+                   "height": int(cam.height)},
+        "view_jumps": ordered_jumps(rec, names), "options": asdict(opts), "seconds": seconds,
+        "total_seconds": round(sum(seconds.values()), 2), "pycolmap": pycolmap.__version__}
     with open(os.path.join(root, "report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
     return report

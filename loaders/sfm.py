@@ -31,10 +31,12 @@ NS_DIST_KEYS = {"PINHOLE": (), "OPENCV": ("k1", "k2", "p1", "p2", "k3"),
 class SfmOptions:
     matcher: str = "auto"  # auto: sequential for a video, exhaustive for <= EXHAUSTIVE_MAX photos
     camera_model: str = "OPENCV"  # one camera shared by every image
-    overlap: int = 10  # sequential matching: each image against the next `overlap`
-    # ... and against images 2^k further (COLMAP's quadratic overlap). None: on for photos,
-    # off for a video, whose far-apart frames of a repeated orbit around a symmetric object
-    # on a tiled floor matched into wrongly turned blocks of cameras (docs/captures.md).
+    overlap: int = 10  # sequential matching: neighbours per image (sequential_pairs)
+    # Quadratic overlap (images 1, 2, 4, ... apart; COLMAP's default) reaches far along an
+    # ordered photo capture for the same cost; for a video's frames the plain window of the
+    # next `overlap` frames is used, because far-apart frames of a repeated orbit around a
+    # symmetric object on a tiled floor matched into wrongly turned blocks of cameras
+    # (docs/captures.md). None: that choice; True / False force it.
     quadratic: bool | None = None
     max_features: int = 8192
     seed: int = 0
@@ -50,11 +52,12 @@ def choose_matcher(n_images: int, video: bool, matcher: str = "auto") -> str:
 
 
 def sequential_pairs(n: int, overlap: int, quadratic: bool = True) -> set[tuple[int, int]]:
-    """The image pairs COLMAP's sequential matcher visits (without loop detection)."""
-    pairs = {(i, i + j) for i in range(n) for j in range(1, overlap + 1) if i + j < n}
-    if quadratic:
-        pairs |= {(i, i + (1 << k)) for i in range(n) for k in range(overlap) if i + (1 << k) < n}
-    return pairs
+    """The image pairs (i, j > i) of sequential matching, as COLMAP 4.2's sequential
+    matcher makes them (without loop detection): with quadratic overlap each image
+    against the images 1, 2, 4, ..., 2^(overlap-1) further on, else against the next
+    ``overlap`` images."""
+    steps = [1 << k for k in range(overlap)] if quadratic else range(1, overlap + 1)
+    return {(i, i + d) for i in range(n) for d in steps if i + d < n}
 
 
 def run_cancellable(fn, poll=None, interval: float = 0.25):
@@ -65,24 +68,36 @@ def run_cancellable(fn, poll=None, interval: float = 0.25):
 
     token = pycolmap.CancellationToken()
     box: dict = {}
+    done = threading.Event()
 
     def work():
         try:
             box["result"] = fn(token)
         except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
             box["error"] = exc
+        finally:
+            done.set()
 
     t = threading.Thread(target=work, name="pycolmap", daemon=True)
     t.start()
     try:
-        while t.is_alive():
-            t.join(interval)
+        while not done.wait(interval):
             if poll is not None:
                 poll()
     except KeyboardInterrupt:
+        # Wait on the event, not on Thread.join: a join that a KeyboardInterrupt broke off
+        # can return at once the next time (CPython 3.11), and a pycolmap thread still
+        # running when the interpreter exits aborts the process.
         token.cancel()
+        while True:
+            try:
+                done.wait()
+                break
+            except KeyboardInterrupt:
+                continue  # cancelling already: wait for pycolmap to stop
         t.join()
         raise
+    t.join()
     if poll is not None:
         poll()
     if "error" in box:
@@ -150,8 +165,8 @@ def expected_pairs(n: int, matcher: str, overlap: int, quadratic: bool = True) -
 
 def match_features(db_path: str, names: list[str], matcher: str, opts: SfmOptions, work_dir: str, bar,
                    quadratic: bool = True) -> None:
-    """Match and geometrically verify image pairs (exhaustive, or sequential with
-    opts.overlap neighbours, plus quadratic overlap), chunk by chunk (pair_chunks)."""
+    """Match and geometrically verify image pairs (exhaustive, or sequential_pairs),
+    chunk by chunk (pair_chunks)."""
     import pycolmap
 
     mopt = pycolmap.FeatureMatchingOptions()

@@ -84,7 +84,7 @@ def capture(tmp_path_factory, gl_ctx):
 def _process(src, out, **opts):
     from loaders.process import ProcessOptions, process_capture
 
-    return process_capture(str(src), str(out), ProcessOptions(**opts), log=lambda *a: None)
+    return process_capture(str(src), str(out), ProcessOptions(**opts))
 
 
 def test_capture_poses_come_back(capture):
@@ -290,3 +290,25 @@ def test_cli_bad_input_exit_code(tmp_path):
     r = subprocess.run([sys.executable, "main.py", "process", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "nope: does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_interrupted_by_a_signal_leaves_nothing(capture, tmp_path):
+    """SIGINT (Ctrl-C) or SIGTERM while `main.py process` runs: exit 130, no output folder and
+    no build folder left."""
+    import signal
+    import time
+
+    root, _, _ = capture
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        out = tmp_path / f"out{int(sig)}"
+        p = subprocess.Popen([sys.executable, "main.py", "process", str(root / "photos"), "--out", str(out)],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        t0 = time.time()
+        while not [f for f in os.listdir(tmp_path) if f.startswith(f".out{int(sig)}.partial")]:
+            assert p.poll() is None and time.time() - t0 < 120, "the build folder never appeared"
+            time.sleep(0.05)
+        time.sleep(0.5)  # inside a stage
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 130, err[-2000:]
+        assert [f for f in os.listdir(tmp_path) if f.startswith((f"out{int(sig)}", f".out{int(sig)}"))] == []

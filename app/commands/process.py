@@ -19,8 +19,9 @@ def configure(p) -> None:
                         f"{EXHAUSTIVE_MAX} photos, exhaustive otherwise")
     p.add_argument("--overlap", type=int, default=10, help="sequential matching: neighbours per image")
     p.add_argument("--quadratic", action=argparse.BooleanOptionalAction, default=None,
-                   help="sequential matching: also match images 2^k apart (default: for photos, not "
-                        "for a video's frames)")
+                   help="sequential matching: the neighbours are the images 1, 2, 4, ... 2^(overlap-1) "
+                        "further on (COLMAP's default), not the next `overlap` ones (default: quadratic "
+                        "for photos, the plain window for a video's frames)")
     p.add_argument("--camera-model", default="OPENCV", choices=CAMERA_MODELS,
                    help="COLMAP model of the one camera all images share")
     p.add_argument("--max-features", type=int, default=8192, help="SIFT features per image")
