@@ -127,7 +127,7 @@ def extract_features(db_path: str, image_dir: str, names: list[str], opts: SfmOp
     ext.use_gpu = False
     ext.sift.max_num_features = opts.max_features
     for part in _chunks(names, EXTRACT_CHUNK):
-        run_cancellable(lambda tok: pycolmap.extract_features(
+        run_cancellable(lambda tok, part=part: pycolmap.extract_features(
             db_path, image_dir, image_names=part, camera_mode=pycolmap.CameraMode.SINGLE,
             reader_options=reader, extraction_options=ext, device=pycolmap.Device.cpu, cancellation_token=tok))
         if reader.existing_camera_id < 0:

@@ -29,7 +29,8 @@ def test_laplacian_variance_ranks_blur_below_sharp():
     assert laplacian_variance(np.full((10, 10), 0.3)) == 0.0
     # Against the written-out 4-neighbour stencil.
     g = rng.random((5, 6))
-    lap = [g[y, x - 1] + g[y, x + 1] + g[y - 1, x] + g[y + 1, x] - 4 * g[y, x] for y in range(1, 4) for x in range(1, 5)]
+    lap = [g[y, x - 1] + g[y, x + 1] + g[y - 1, x] + g[y + 1, x] - 4 * g[y, x]
+           for y in range(1, 4) for x in range(1, 5)]
     assert laplacian_variance(g) == pytest.approx(np.var(lap))
 
 
