@@ -62,13 +62,13 @@ def classify(path: str) -> tuple[str, str]:
 
 
 def output_for(src: str, runs_dir: str | None = None) -> str:
-    """Where the dataset made from ``src`` goes: ``<src>_dataset`` next to it if that
-    folder is writable, else runs/processed/<name>."""
-    src = os.path.abspath(src)
-    name = os.path.splitext(os.path.basename(src.rstrip(os.sep)))[0] or "capture"
-    if os.path.basename(src) == "images":  # a capture folder's images/: name it after the capture
-        name = os.path.basename(os.path.dirname(src))
-    parent = os.path.dirname(src.rstrip(os.sep))
+    """Where the dataset made from ``src`` goes: ``<src>_dataset`` next to it (next to the
+    capture folder for its images/) if that folder is writable, else runs/processed/<name>."""
+    src = os.path.abspath(src).rstrip(os.sep)
+    if os.path.basename(src) == "images":  # a capture folder's images/: the dataset goes next to the capture
+        src = os.path.dirname(src)
+    name = os.path.splitext(os.path.basename(src))[0] or "capture"
+    parent = os.path.dirname(src)
     if os.access(parent, os.W_OK):
         return os.path.join(parent, f"{name}_dataset")
     return os.path.join(runs_dir or os.path.join(ROOT, "runs", "processed"), name)

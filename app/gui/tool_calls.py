@@ -57,11 +57,12 @@ class ToolCalls:
         self.out.note("info", f"mesh exported to {path} in {time.perf_counter() - t0:.1f} s"
                               + (f" ({summary})" if summary else ""))
 
-    def export_points(self, path: str, points: int = 200_000) -> None:
+    def export_points(self, path: str, points: int = 200_000, min_opacity: float = 0.9) -> None:
         from app.tools.pointcloud import export_points
 
         with self._job("point cloud", path) as progress:
-            r = export_points(self.fields.trainers[0], path, points=int(points), progress=progress)
+            r = export_points(self.fields.trainers[0], path, points=int(points), min_opacity=float(min_opacity),
+                              progress=progress)
             crop = self.fields.crop
             self.out.note("info", f"point cloud exported to {path}: {r['points']} points from {r['views']} views "
                                   f"in {r['seconds']:.1f} s" + (" (inside the crop box)" if crop is not None else ""))

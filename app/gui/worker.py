@@ -296,7 +296,7 @@ class Worker:
         self.inerf.cancel()
         self.render.cancel()
         try:
-            if first:
+            if not self.settings.values:  # the first scene: the defaults under the app's settings
                 self.settings.start(self._settings_override)
             self.settings.build("start")
         except BaseException:
