@@ -77,13 +77,21 @@ def test_clip_near_cuts_at_the_near_plane():
     np.testing.assert_allclose(out[1], segs[2])
 
 
-def test_samples_leave_no_gaps_on_screen():
+def test_samples_leave_no_gaps_and_have_the_3d_points_depth():
+    """Each sample is the image of a point of the 3D segment at the depth it gives (1/z
+    interpolated on screen), and samples are at most a pixel apart along the major axis."""
     cam = view()
     seg = np.array([[[0.0, -1.0, 0.5], [0.3, 1.0, -0.5]]])
-    pts, which = sample_segments(seg, cam, scale=10.0)
-    u, v, _ = project(pts, cam)
-    step = np.hypot(np.diff(u), np.diff(v)) * 10.0
+    u, v, z, which = sample_segments(seg, cam, scale=10.0)
+    step = np.maximum(np.abs(np.diff(u)), np.abs(np.diff(v))) * 10.0
     assert (which == 0).all() and step.max() <= 1.0
+    f = cam.focal  # back-project each sample and check it lies on the segment
+    p_cam = np.stack([(u - cam.width / 2) * z / f, -(v - cam.height / 2) * z / f, -z], -1)
+    p = p_cam @ cam.c2w[:3, :3].T + cam.c2w[:3, 3]
+    a, b = seg[0]
+    t = (p - a) @ (b - a) / ((b - a) @ (b - a))
+    np.testing.assert_allclose(p, a + t[:, None] * (b - a), atol=1e-9)
+    assert t.min() > -1e-9 and t.max() < 1 + 1e-9
 
 
 def test_draw_layer_depth_test():

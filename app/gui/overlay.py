@@ -6,8 +6,8 @@ Pure numpy, each stage a small function:
     frustum_segments / box_segments / polyline_segments   world-space geometry
     project             world points -> pixel coordinates and z-depth of a view
     clip_near           segments cut where they cross the view's near plane
-    sample_segments     points every ~2/3 pixel along each segment (perspective-correct:
-                        sampled in 3D, then projected)
+    sample_segments     samples one pixel apart along each segment on screen, with z-depth
+                        interpolated perspective-correctly
     draw_layer          samples and points -> pixels of the display texture, each one
                         compared with the rendered depth under it: behind the surface it
                         is drawn faint, in front of it solid
@@ -146,24 +146,26 @@ def clip_near(segments, cam: ViewCamera, near: float) -> tuple[np.ndarray, np.nd
     return s, idx
 
 
-def sample_segments(segments, cam: ViewCamera, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Points along each segment (already in front of the camera), spaced so that their
-    images are at most ~2/3 texture pixel apart (``scale`` texture pixels per image pixel);
-    returns (points (M, 3), index of the segment of each point)."""
+def sample_segments(segments, cam: ViewCamera, scale: float):
+    """Samples along each segment (already in front of the camera) one texture pixel apart
+    along the line's major axis, as a DDA line (``scale`` texture pixels per image pixel).
+    Sampled on screen, with z interpolated perspective-correctly (1/z is affine in screen
+    space). Returns (u, v, z, index of the segment of each sample)."""
     s = np.asarray(segments, np.float64)
     if not len(s):
-        return np.zeros((0, 3)), np.zeros(0, np.int64)
-    u, v, _ = project(s, cam)
-    length = np.hypot(u[:, 1] - u[:, 0], v[:, 1] - v[:, 0]) * scale
-    # The projection of a uniformly sampled 3D segment is densest at the far end; 1.5
-    # samples per pixel of its on-screen length keeps the near end gap-free unless a
-    # segment spans a large depth ratio, and those are few (frustum spokes are short).
-    k = np.clip(np.ceil(1.5 * np.nan_to_num(length, nan=0.0, posinf=MAX_SAMPLES_PER_SEGMENT)) + 1,
+        e = np.zeros(0)
+        return e, e, e, np.zeros(0, np.int64)
+    u, v, z = project(s, cam)
+    length = np.maximum(np.abs(u[:, 1] - u[:, 0]), np.abs(v[:, 1] - v[:, 0])) * scale
+    # (1.1: steps of exactly one pixel would leave gaps where rounding lands two in one.)
+    k = np.clip(np.ceil(1.1 * np.nan_to_num(length, nan=0.0, posinf=MAX_SAMPLES_PER_SEGMENT)) + 1,
                 2, MAX_SAMPLES_PER_SEGMENT).astype(np.int64)
     seg = np.repeat(np.arange(len(s)), k)
     start = np.cumsum(k) - k
     t = (np.arange(int(k.sum())) - start[seg]) / (k[seg] - 1)
-    return s[seg, 0] + t[:, None] * (s[seg, 1] - s[seg, 0]), seg
+    iz0, iz1 = 1.0 / z[seg, 0], 1.0 / z[seg, 1]
+    return (u[seg, 0] + t * (u[seg, 1] - u[seg, 0]), v[seg, 0] + t * (v[seg, 1] - v[seg, 0]),
+            1.0 / (iz0 + t * (iz1 - iz0)), seg)
 
 
 def visible(u, v, z, depth, acc) -> np.ndarray:
@@ -188,44 +190,45 @@ def draw_layer(out: np.ndarray, rect, layer: Layer, cam: ViewCamera, depth=None,
     if not len(layer):
         return 0
     rx, ry, rw, rh = rect
-    sx, sy = rw / cam.width, rh / cam.height
     segs, idx = clip_near(layer.segments, cam, near)
-    pts_line, seg = sample_segments(segs, cam, max(sx, sy))
-    line_col = layer.seg_colors[idx][seg] if len(seg) else np.zeros((0, 4), np.float32)
-    z_pts = -to_camera(layer.points, cam)[..., 2] if len(layer.points) else np.zeros(0)
-    front = z_pts >= near
-    written = _splat(out, rect, cam, pts_line, line_col, 1, depth, acc)
-    return written + _splat(out, rect, cam, layer.points[front], layer.point_colors[front], layer.point_size,
-                            depth, acc, occluded_hidden=True)
+    u, v, z, seg = sample_segments(segs, cam, max(rw / cam.width, rh / cam.height))
+    written = _splat(out, rect, cam, u, v, z, layer.seg_colors[idx][seg], 1, depth, acc)
+    if len(layer.points):
+        u, v, z = project(layer.points, cam)
+        front = z >= near
+        written += _splat(out, rect, cam, u[front], v[front], z[front], layer.point_colors[front],
+                          layer.point_size, depth, acc, occluded_hidden=True)
+    return written
 
 
-def _splat(out, rect, cam, x, colors, size, depth, acc, occluded_hidden=False) -> int:
-    if not len(x):
+def _splat(out, rect, cam, u, v, z, colors, size, depth, acc, occluded_hidden=False) -> int:
+    """Image positions (u, v) at z-depths z -> size x size squares of ``colors`` (RGBA)."""
+    if not len(u):
         return 0
     rx, ry, rw, rh = rect
-    u, v, z = project(x, cam)
     if depth is not None:
         dh, dw = depth.shape
-        a = visible(u * dw / cam.width, v * dh / cam.height, z, depth, acc)
+        a = visible(u * (dw / cam.width), v * (dh / cam.height), z, depth, acc)
     else:
         a = np.ones(len(z), np.float32)
     a = a * colors[:, 3]
     if occluded_hidden:  # points behind the surface clutter the view: leave them out
         keep = a >= colors[:, 3] * 0.999
         u, v, a, colors = u[keep], v[keep], a[keep], colors[keep]
-    X = np.floor(rx + u * rw / cam.width).astype(np.int64)
-    Y = np.floor(ry + v * rh / cam.height).astype(np.int64)
+    X = np.floor(rx + u * (rw / cam.width)).astype(np.int64)
+    Y = np.floor(ry + v * (rh / cam.height)).astype(np.int64)
     if size > 1:
         off = np.arange(size) - size // 2
         dx, dy = (g.ravel() for g in np.meshgrid(off, off))
         X, Y = (X[:, None] + dx).ravel(), (Y[:, None] + dy).ravel()
         a, colors = np.repeat(a, len(dx)), np.repeat(colors, len(dx), axis=0)
     inside = (X >= rx) & (X < rx + rw) & (Y >= ry) & (Y < ry + rh)
-    X, Y, a, colors = X[inside], Y[inside], a[inside, None], colors[inside, :3]
-    if not len(X):
+    flat = (Y * out.shape[1] + X)[inside]
+    if not len(flat):
         return 0
+    a, colors = a[inside, None].astype(np.float32), colors[inside, :3].astype(np.float32)
     # Blend against the picture as it was: a pixel that several samples hit gets the
     # same value, not a darker one for each.
-    base = out[Y, X, :3]
-    out[Y, X, :3] = a * colors + (1.0 - a) * base
-    return int(len(X))
+    pixels = out.reshape(-1, out.shape[-1])
+    pixels[flat, :3] = a * colors + (1.0 - a) * pixels[flat, :3]
+    return int(len(flat))

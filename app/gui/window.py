@@ -266,6 +266,8 @@ class App:
         self.camera.set_scene(info)
         self.overlay.set_scene(info)
         self.path.set_scene(info)
+        if getattr(self.args, "camera_path", None) and info["seq"] == 1:
+            self.path.load(self.args.camera_path)
         self.crop.set_scene(info)
 
     def _on_click(self, button, pos) -> None:
