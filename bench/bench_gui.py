@@ -6,6 +6,7 @@ private Xvfb, the real `python main.py gui` process), and the worker's
     python bench/bench_gui.py --seconds 40 --cameras 20
     python bench/bench_gui.py --no-gui --device cuda        # latency only (e.g. on an H100)
     python bench/bench_gui.py --no-gui --device cuda --model hash
+    python bench/bench_gui.py --gui-args "--camera-path path.json"   # with a camera path shown
 
 GUI fps is measured with --idle-fps 0 (full rate all the time, 60 fps cap) and,
 for training, also with the default idle cap (the app slows its redraws after a
@@ -13,13 +14,16 @@ second without input, to leave the CPU to training: the 'idle' row);
 frames are counted between the first and the last stats line, so start-up
 (torch import, scene load) is excluded. Latency: for each of N cameras around
 the orbit, time from Worker.set_camera to that camera's first (1/8 resolution)
-frame, with training running and with it paused. The table is printed last.
+frame, with training running and with it paused. Overlay: the display thread's time to
+draw the training cameras, a camera path and the crop box over one frame (all of them in
+view), without the GUI. The table is printed last.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -58,6 +62,8 @@ def gui_run(display: str, args, training: bool, idle: bool = False) -> dict:
         cmd += ["--idle-fps", "0"]
     if args.gui_settings:
         cmd += ["--settings", args.gui_settings]
+    if args.gui_args:
+        cmd += shlex.split(args.gui_args)
     env = dict(os.environ, DISPLAY=display)
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.seconds + 300)
     stats, exit_ev = [], {}
@@ -111,6 +117,45 @@ def latency(args, training: bool) -> dict:
         w.stop(2.0)
 
 
+def overlay_time(args, repeats: int = 20) -> dict:
+    """Median ms of app.gui.overlay.draw_layer for the scene's cameras, a three-key path and
+    a crop box, seen from outside the cameras' sphere (everything in view), into the
+    display texture over a full-resolution frame with its depth."""
+    import numpy as np
+
+    from app.gui.keyframes import KeyframeList
+    from app.gui.orbit import OrbitCamera
+    from app.gui.overlay import Layer, ViewCamera, draw_layer, lines, polyline_segments
+    from app.gui.scene_info import describe_scene
+    from app.gui.scene_overlay import SceneOverlay
+    from app.gui.theme import TEX
+    from loaders import load_scene
+    from renderer.crop import CropBox
+
+    info = describe_scene(load_scene(args.data), 1)
+    ov = SceneOverlay(None)
+    ov.set_scene(info)
+    ov.set_crop(CropBox((-1, -1, -1), (1, 1, 1)))
+    keys = KeyframeList()
+    cam = OrbitCamera(radius=info["radius"], up=info["up"], fov=info["fov"], elevation=30)
+    for az in (0, 60, 120):
+        cam.azimuth = az
+        keys.add(cam.c2w64(), 40.0)
+    ov.set_path(lines(polyline_segments(keys.curve()), (1, 0, 1, 1)))
+    layer: Layer = ov.layer()
+    cam.radius, cam.azimuth = 2.5 * info["radius"], 30.0
+    h, w = info["height"], info["width"]
+    view = ViewCamera(cam.c2w64(), info["fov"], w, h)
+    depth, acc = np.full((h, w), 4.0, np.float32), np.ones((h, w), np.float32)
+    out = np.zeros((TEX, TEX, 4), np.float32)
+    times, px = [], 0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        px = draw_layer(out, (0, 0, TEX, TEX), layer, view, depth, acc)
+        times.append(time.perf_counter() - t0)
+    return {"ms": 1000 * statistics.median(times), "segments": len(layer.segments), "pixels": px}
+
+
 def main(argv=None) -> int:
     from app.engine.runs import DEFAULT_SCENE
 
@@ -122,6 +167,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="model for the latency part (default: the app's default)")
     p.add_argument("--threads", type=int, default=None, help="torch threads in the worker (default: cores - 1)")
     p.add_argument("--gui-settings", default=None, help="worker settings JSON passed to both parts")
+    p.add_argument("--gui-args", default=None, help="more arguments for the GUI runs (e.g. \"--camera-path p.json\")")
     p.add_argument("--no-gui", action="store_true", help="skip the Xvfb GUI runs (latency only)")
     args = p.parse_args(argv)
 
@@ -145,6 +191,10 @@ def main(argv=None) -> int:
         rows.append((f"camera -> first frame ({r['device']})", "training" if training else "paused",
                      f"{r['median_ms']:.0f} ms", f"p90 {r['p90_ms']:.0f} ms, max {r['max_ms']:.0f} ms, "
                                                  f"first level {r['size']}, {r['model']}"))
+    r = overlay_time(args)
+    print(f"overlay: {r}", flush=True)
+    rows.append(("overlay draw, all in view (CPU)", "display", f"{r['ms']:.1f} ms",
+                 f"{r['segments']} segments, {r['pixels']} pixels written per frame"))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\ncpu cores {os.cpu_count()}, load average {load:.1f} (shared machine: timings are noisy)")
     w0 = max(len(r[0]) for r in rows)

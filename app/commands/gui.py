@@ -38,6 +38,8 @@ def configure(p) -> None:
     p.add_argument("--snapshot", default=None, metavar="PATH",
                    help="start from a checkpoint file or a run directory (with its logged history)")
     p.add_argument("--paused", action="store_true", help="open with training paused")
+    p.add_argument("--camera-path", default=None, metavar="JSON",
+                   help="open with this camera path (camera_path.json, nerfstudio format) in the path editor")
     p.add_argument("--compare", action="store_true", help="start in A/B mode: PE on vs off on the same rays")
     p.add_argument("--res-scale", type=float, default=None, help="render resolution relative to the dataset")
     p.add_argument("--settings", default=None,
@@ -140,6 +142,8 @@ def run(args) -> int:
         raise UserError(f"--downscale must be >= 1, got {args.downscale}")
     if not os.path.exists(args.data):
         raise UserError(f"--data {args.data}: no such scene directory")
+    if args.camera_path and not os.path.isfile(args.camera_path):
+        raise UserError(f"--camera-path {args.camera_path}: no such file")
     if args.snapshot and not os.path.exists(args.snapshot):
         raise UserError(f"--snapshot {args.snapshot}: no such file or run directory")
     from app.gui.window import App, ViewportError

@@ -16,11 +16,13 @@ class Interaction:
 
     press(button, pos) starts a drag if pos is inside ``hit(pos)``; move(pos) orbits
     (left) or pans (right/middle); release() ends it. ``on_change(moving)`` is called
-    whenever the camera changed (moving=False when a gesture ends).
+    whenever the camera changed (moving=False when a gesture ends); ``on_click(button, pos)``
+    when a button was pressed and released without moving.
     """
 
-    def __init__(self, camera: OrbitCamera, on_change, hit, view_height):
+    def __init__(self, camera: OrbitCamera, on_change, hit, view_height, on_click=None):
         self.camera, self.on_change, self.hit, self.view_height = camera, on_change, hit, view_height
+        self.on_click = on_click
         self.button = None
         self.last = None
         self.moved = False
@@ -52,10 +54,12 @@ class Interaction:
     def release(self) -> None:
         if self.button is None:
             return
-        moved = self.moved
+        moved, button = self.moved, self.button
         self.button = None
         if moved:
             self.on_change(False)
+        elif self.on_click is not None:
+            self.on_click(button, self.last)
 
     def wheel(self, clicks: float, pos) -> bool:
         if clicks == 0 or not self.hit(pos):
@@ -88,6 +92,7 @@ class CameraControl:
         self._wheel_clicks = 0.0
         self._wheel_time = 0.0
         self._last_mouse = None
+        self.on_click = None  # (button, pos) of a click on the view without a drag
 
     @property
     def dragging(self) -> bool:
@@ -102,7 +107,8 @@ class CameraControl:
         if self.camera is None:
             self.camera = cam
             self.interaction = Interaction(cam, self.changed, self.viewport.hit,
-                                           lambda: self.viewport.rects_screen()[0][3])
+                                           lambda: self.viewport.rects_screen()[0][3],
+                                           on_click=lambda b, p: self.on_click and self.on_click(b, p))
         else:
             self.camera.__dict__.update(cam.__dict__)
         self.changed(False)
@@ -124,6 +130,17 @@ class CameraControl:
         i = self.camera.snap_to_nearest(train_c2w)
         self.changed(False)
         return i
+
+    def show_pose(self, c2w, fov: float, moving: bool) -> None:
+        """Render an arbitrary pose (a camera path being played). The last one of a flight
+        (moving=False) becomes the orbit camera's pose, so dragging goes on from there."""
+        if self.camera is None:
+            return
+        if not moving:
+            self.camera.set_from_c2w(c2w)
+            self.camera.set_fov(fov)
+            self._dirty = False
+        self.sent_version = self.worker.set_camera(c2w, fov, moving=moving, priority=True)
 
     def set_auto(self, on: bool) -> None:
         self.auto_on = bool(on)

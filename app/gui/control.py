@@ -1,5 +1,5 @@
 """Automation for tests, benchmarks and screenshots: ``--control`` reads JSON commands from
-stdin (screenshot, drag, set, click, quit), ``--stats`` prints the GUI's state as JSON
+stdin (screenshot, drag, wheel, set, click, quit), ``--stats`` prints the GUI's state as JSON
 lines. Commands act through the same paths as the user: widget callbacks, the mouse
 interaction, dearpygui's framebuffer."""
 from __future__ import annotations
@@ -27,11 +27,12 @@ def call_dpg(fn, *args):
 
 
 class ControlChannel:
-    """``clock`` is the App's FrameClock; ``quit()`` ends the app's loop."""
+    """``clock`` is the App's FrameClock; ``quit()`` ends the app's loop; ``extra()`` adds
+    to each stats line."""
 
-    def __init__(self, dpg, worker, viewport, camera, display, clock, quit, out=None):
+    def __init__(self, dpg, worker, viewport, camera, display, clock, quit, out=None, extra=None):
         self.dpg, self.worker, self.viewport, self.camera = dpg, worker, viewport, camera
-        self.display, self.clock, self.quit = display, clock, quit
+        self.display, self.clock, self.quit, self.extra = display, clock, quit, extra
         self.out = out or sys.stdout
         self.commands: queue.Queue = queue.Queue()
         self.pending: list = []  # (frame_number, fn) deferred actions (synthetic drags)
@@ -74,6 +75,8 @@ class ControlChannel:
             elif cmd == "drag":
                 self.synthetic_drag(float(c.get("dx", 200)), float(c.get("dy", 0)), c.get("button", "left"),
                                     int(c.get("frames", 12)))
+            elif cmd == "wheel":
+                self.wheel(float(c.get("clicks", 1)))
             elif cmd in ("set", "click"):
                 self._invoke(c["tag"], c.get("value"), set_value=cmd == "set")
             elif cmd != "eof":
@@ -130,6 +133,17 @@ class ControlChannel:
         self.pending.append((n + frames + 2, lambda: (it.release(), self.emit(
             {"event": "drag_done", "camera": self.camera.camera.state()}))))
 
+    def wheel(self, clicks: float) -> None:
+        """Mouse-wheel clicks over the view's centre (positive zooms in), then the pose settles."""
+        it = self.camera.interaction
+        if it is None:
+            self.emit({"event": "wheel_error", "error": "camera not ready"})
+            return
+        x, y, w, h = self.viewport.rects_screen()[0]
+        it.wheel(clicks, (x + w / 2, y + h / 2))
+        self.camera.changed(False)
+        self.emit({"event": "wheel_done", "camera": self.camera.camera.state()})
+
     def _run_pending(self) -> None:
         n = self.clock.frames
         due = [p for p in self.pending if p[0] <= n]
@@ -159,7 +173,8 @@ class ControlChannel:
                    "frame_levels": f.n_levels if f else None, "frame_size": list(f.size) if f else None,
                    "frame_kind": f.kind if f else None, "uploads": self.viewport.uploaded,
                    "camera": cam.state() if cam else None, "image_rect": rect,
-                   "display": self.display.description, "dragging": self.camera.dragging})
+                   "display": self.display.description, "dragging": self.camera.dragging,
+                   **(self.extra() if self.extra else {})})
 
     def emit_start(self, lab: bool) -> None:
         self.emit({"event": "start", "display": self.display.description, "lab": lab,

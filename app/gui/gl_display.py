@@ -202,6 +202,17 @@ def make_compositor(tex_w: int, tex_h: int, prefer_gl: bool = True):
     return NumpyCompositor(tex_w, tex_h, note="GL disabled")
 
 
+def draw_overlays(out: np.ndarray, images, overlays, tex_w: int, tex_h: int) -> None:
+    """Each image's overlay (layer, camera, depth, acc) drawn over its rect of ``out``."""
+    from app.gui.overlay import draw_layer
+
+    h, w = images[0].shape[:2]
+    for ov, rect in zip(overlays, layout_rects(len(images), w, h, tex_w, tex_h)):
+        if ov is not None:
+            layer, cam, depth, acc = ov
+            draw_layer(out, rect, layer, cam, depth, acc)
+
+
 class DisplayThread(threading.Thread):
     """Owns the compositor (and its GL context) and the one texture buffer.
 
@@ -225,10 +236,11 @@ class DisplayThread(threading.Thread):
         self._stopping = False
         self._ready = threading.Event()
 
-    def submit(self, images, filter: str = "linear") -> None:
-        """Queue a composition; a newer submit replaces one not yet started."""
+    def submit(self, images, filter: str = "linear", overlays=None) -> None:
+        """Queue a composition; a newer submit replaces one not yet started. overlays: per
+        image None or (layer, camera, depth, acc), drawn over it (app.gui.overlay.draw_layer)."""
         with self._cv:
-            self._job = ([np.asarray(i, dtype=np.float32) for i in images], filter)
+            self._job = ([np.asarray(i, dtype=np.float32) for i in images], filter, overlays)
             self._cv.notify()
 
     def wait_ready(self, timeout: float = 5.0) -> bool:
@@ -265,7 +277,7 @@ class DisplayThread(threading.Thread):
                     self._cv.wait()
                 if self._stopping:
                     return
-                images, filt = self._job
+                images, filt, overlays = self._job
                 self._job = None
             with self.lock:
                 try:
@@ -274,4 +286,6 @@ class DisplayThread(threading.Thread):
                     comp = NumpyCompositor(self.tex_w, self.tex_h, note=str(exc))
                     self.description = comp.description
                     comp.compose(images, view, filt, self.background)
+                if overlays:
+                    draw_overlays(view, images, overlays, self.tex_w, self.tex_h)
                 self.version += 1

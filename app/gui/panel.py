@@ -12,13 +12,14 @@ import time
 from app.gui.theme import MUTED, PANEL_W, level_color
 
 TOOL_FILES = {"save": "snapshot.safetensors", "load": "snapshot.safetensors", "export_mesh": "mesh.ply",
-              "video": "orbit.mp4"}
+              "video": "orbit.mp4", "export_points": "points.ply", "screenshot": "screenshot.png"}
 COMPARE_B = {"pe_off": "B = PE off (plain MLP)", "L": "B = PE with lower L"}
 # Widgets enabled by each GUI knob (models/field.py GUI_KNOBS): the A/B compare is PE on vs off.
 KNOB_WIDGETS = {"pe": ("pe", "compare", "compare_b", "L_xyz_b"), "L": ("L_xyz", "L_dir"),
                 "samples": ("n_coarse", "n_fine")}
 SYNCED = ("model", "pe", "L_xyz", "L_dir", "n_coarse", "n_fine", "res_scale", "compare", "L_xyz_b")
 LOG_LINES = 200
+DEFAULT_OUT_DIR = os.path.join("runs", "gui")  # the Tools section's output folder, from the working directory
 
 
 class LogView:
@@ -58,12 +59,18 @@ class SidePanel:
     def _header(self, label: str, open_: bool = True):
         return self.dpg.collapsing_header(label=label, default_open=open_)
 
-    def build(self) -> None:
+    def build(self, top=(), view_extra=None, middle=()) -> None:
+        """The sections, with other parts' sections (objects with build()) at the ``top``
+        and after Camera (``middle``); view_extra() adds to the View section."""
         w = PANEL_W - 24
+        for part in top:
+            part.build()
         self._build_training(w)
         self._build_model()
-        self._build_view(w)
+        self._build_view(w, view_extra)
         self._build_camera()
+        for part in middle:
+            part.build()
         self._build_compare()
         self._build_tools()
         with self._header("Log", open_=False):
@@ -99,7 +106,7 @@ class SidePanel:
             self._on_release("res_scale", lambda: self._settings(res_scale=dpg.get_value("res_scale")))
             dpg.add_text("", tag="model_line", color=MUTED)
 
-    def _build_view(self, w: int) -> None:
+    def _build_view(self, w: int, extra=None) -> None:
         dpg = self.dpg
         with self._header("View"):
             dpg.add_radio_button(["RGB", "Depth", "Opacity"], horizontal=True, default_value="RGB",
@@ -110,6 +117,8 @@ class SidePanel:
                 dpg.add_checkbox(label="weights under cursor", default_value=False, tag="probe_on",
                                  callback=lambda s, a: self.weights.toggle(a))
             self.weights.build(w)
+            if extra is not None:
+                extra()
 
     def _build_camera(self) -> None:
         dpg, cam = self.dpg, self.camera
@@ -139,10 +148,12 @@ class SidePanel:
     def _build_tools(self) -> None:
         dpg = self.dpg
         with self._header("Tools", open_=False):
-            dpg.add_input_text(label="output folder", default_value=os.path.abspath(os.path.join("runs", "gui")),
+            dpg.add_input_text(label="output folder", default_value=os.path.abspath(DEFAULT_OUT_DIR),
                                tag="out_dir", width=300)
             for row in ((("Save snapshot", "btn_save", "save"), ("Load snapshot", "btn_load", "load")),
-                        (("Export mesh", "btn_mesh", "export_mesh"), ("Render orbit video", "btn_video", "video"))):
+                        (("Export mesh", "btn_mesh", "export_mesh"), ("Render orbit video", "btn_video", "video")),
+                        (("Export point cloud", "btn_points", "export_points"),
+                         ("Screenshot (PNG)", "btn_shot", "screenshot"))):
                 with dpg.group(horizontal=True):
                     for label, tag, name in row:
                         self._tool_button(label, tag, lambda name=name: self._tool(name))
@@ -152,6 +163,14 @@ class SidePanel:
                 self._tool_button("Stop iNeRF", "btn_inerf_stop", lambda: self.worker.send("inerf_stop"))
                 dpg.add_input_int(label="test view", tag="inerf_view", default_value=0, width=90)
             dpg.add_text("", tag="inerf_line", color=MUTED)
+            with dpg.group(horizontal=True):
+                dpg.add_input_int(label="screenshot width", tag="shot_w", default_value=1280, width=90, step=0)
+                dpg.add_input_int(label="height", tag="shot_h", default_value=720, width=90, step=0)
+            with dpg.group(tag="job_group", show=False):
+                dpg.add_text("", tag="job_line")
+                with dpg.group(horizontal=True):
+                    dpg.add_progress_bar(tag="job_bar", width=330, default_value=0.0)
+                    dpg.add_button(label="Cancel", tag="job_cancel", callback=lambda: self.worker.cancel_job())
 
     def _slider_int(self, key, label, lo, hi, default, rebuild=False):
         dpg = self.dpg
@@ -187,13 +206,23 @@ class SidePanel:
         if self.info is not None:
             self.camera.set_scene(self.info)
 
+    def out_dir(self) -> str:
+        return self.dpg.get_value("out_dir")
+
     def _tool(self, name):
-        d = self.dpg.get_value("out_dir")
+        d = self.out_dir()
         path = os.path.join(d, TOOL_FILES[name])
         if name != "load":
             os.makedirs(d, exist_ok=True)
+        kw = {}
+        if name == "screenshot":  # the view on screen, at the size asked for
+            c = self.camera.camera
+            if c is None:
+                self.note("warn", "screenshot: no view yet")
+                return
+            kw = dict(c2w=c.c2w(), fov=c.fov, width=self.dpg.get_value("shot_w"), height=self.dpg.get_value("shot_h"))
         self.note("info", f"{name.replace('_', ' ')}: {path} (working...)")
-        self.worker.send(name, path=path)
+        self.worker.send(name, path=path, **kw)
 
     # -- keeping in step with the worker ---------------------------------------------------------
     def update(self, st: dict) -> None:
@@ -221,6 +250,11 @@ class SidePanel:
                                         f"{inf['rot_err_deg']:.2f} deg, position error {inf['trans_err']:.3f}")
         for tag in ("btn_start", "btn_pause"):
             dpg.configure_item(tag, enabled=self.info is not None)
+        job = st.get("job")
+        dpg.configure_item("job_group", show=bool(job))
+        if job:
+            dpg.set_value("job_line", f"{job['name']}: {job['done']} / {job['total'] or '?'}  ->  {job['path']}")
+            dpg.set_value("job_bar", job["done"] / job["total"] if job["total"] else 0.0)
 
     def _sync_settings(self, st: dict) -> None:
         """Reflect the worker's effective settings (after a rebuild, a load, a refused change)."""

@@ -47,19 +47,39 @@ class Fields:
         self.run_id = 0
         self.step_s = 0.05  # running mean of a step's duration: renders get as much time
         self.preempted_steps = 0
+        self.crop = None  # the crop box (renderer.crop.CropBox) every field renders with
         self._events_seen: list[int] = []
         self._rate_t, self._rate_n = time.perf_counter(), 0
 
     def build(self, scene, configs, labels: list[str]) -> None:
-        """Fresh trainers; if one cannot be built the old ones stay."""
-        self.adopt([make_trainer(scene, c) for c in configs], labels)
+        """Fresh trainers, rendering with the crop box in force; if one cannot be built the
+        old ones stay."""
+        from app.engine.runs import set_crop
+
+        trainers = [make_trainer(scene, c) for c in configs]
+        for t in trainers:
+            set_crop(t, self.crop)
+        self.adopt(trainers, labels)
+
+    def set_crop(self, box) -> None:
+        """Every field renders (and exports) only inside ``box`` (None: everywhere);
+        ValueError, changing nothing, where a box cannot apply (an NDC scene)."""
+        from app.engine.runs import set_crop
+
+        for t in self.trainers:  # they share one scene: the first refuses, or none does
+            set_crop(t, box)
+        self.crop = box
+        self.out.set_status(crop=box)  # asked for by the GUI: run_id stays
 
     def adopt(self, trainers: list, labels: list[str]) -> None:
+        """Trainers built here or elsewhere (a loaded snapshot, whose crop box comes with it)."""
         self.trainers, self.labels = trainers, labels
+        self.crop = trainers[0].model.crop
         self._events_seen = [len(t.events) for t in trainers]
         self.run_id += 1
         self._rate_t, self._rate_n = time.perf_counter(), 0
-        self.out.set_status(run_id=self.run_id, step=trainers[0].step_count, steps_per_s=0.0, labels=labels,
+        self.out.set_status(run_id=self.run_id, crop=self.crop,
+                            step=trainers[0].step_count, steps_per_s=0.0, labels=labels,
                             model_config=dict(trainers[0].model.config))
 
     def set_samples(self, n_coarse: int, n_fine: int) -> None:

@@ -43,6 +43,8 @@ class Viewport:
         self.smooth = True
         self.size = TEX
         self.uploaded = 0
+        self.scene_overlay = None  # app.gui.scene_overlay.SceneOverlay: drawn over each frame
+        self._overlay_version = -1
         self._frame_seq = -1
         self._dirty = False
 
@@ -66,7 +68,7 @@ class Viewport:
             dpg.draw_circle((0, 0), 7, tag="probe_ring", color=(255, 255, 255, 230), thickness=2, show=False)
             dpg.draw_line((0, 0), (0, 0), tag="probe_h", color=(255, 255, 255, 200), show=False)
             dpg.draw_line((0, 0), (0, 0), tag="probe_v", color=(255, 255, 255, 200), show=False)
-        dpg.add_text("Left-drag: orbit    Right/middle-drag: pan    Wheel: zoom", tag="hint",
+        dpg.add_text("Left-drag: orbit    Right/middle-drag: pan    Wheel: zoom    Click a camera: fly to it", tag="hint",
                      color=(130, 136, 146))
 
     def resize(self, size: int) -> None:
@@ -95,6 +97,9 @@ class Viewport:
             self._frame_seq = frames.seq
             self.frame = frames.get()
             self._dirty = True
+        if self.scene_overlay is not None and self.scene_overlay.version != self._overlay_version:
+            self._overlay_version = self.scene_overlay.version
+            self._dirty = True
         if self._dirty and self.frame is not None and self.info is not None:
             self._dirty = False
             f, near, far = self.frame, self.info["near"], self.info["far"]
@@ -102,7 +107,8 @@ class Viewport:
                 imgs = [f.images[0]["rgb"], colorize(f.images[1], self.view_mode, near, far)]
             else:
                 imgs = [colorize(im, self.view_mode, near, far) for im in f.images]
-            self.display.submit(imgs, "linear" if self.smooth else "nearest")
+            overlays = self.scene_overlay.overlays_for(f) if self.scene_overlay is not None else None
+            self.display.submit(imgs, "linear" if self.smooth else "nearest", overlays)
         if self.display.version != self.uploaded:
             self.activity.poke(0.2)
             with self.display.lock:

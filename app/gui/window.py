@@ -7,7 +7,9 @@ buffer with moderngl (numpy when there is no GL). The GUI loop polls both each f
 
 The App composes the parts and runs the loop: Viewport (the render view), CameraControl
 (mouse, auto-orbit, camera requests), SidePanel (widgets and their callbacks), the plots,
-StatusLine, and ControlChannel (--control / --stats automation).
+StatusLine, ControlChannel (--control / --stats automation), and the viewer's parts:
+OpenPanel (open a scene, process photos or a video), SceneOverlay (cameras, points, crop
+box and path drawn over the render), PathEditor and PathPlayer (camera paths), CropPanel.
 """
 from __future__ import annotations
 
@@ -17,11 +19,18 @@ import sys
 import time
 
 from app.gui.camera_control import CameraControl
+from app.gui.capture_process import classify
 from app.gui.control import ControlChannel, call_dpg
+from app.gui.crop_panel import CropPanel
 from app.gui.gl_display import DisplayThread
+from app.gui.open_panel import OpenPanel
 from app.gui.pacing import Activity, FrameClock
 from app.gui.panel import SidePanel
+from app.gui.path_editor import PathEditor
+from app.gui.path_player import PathPlayer
 from app.gui.plots import TrainingPlots, WeightsPlot
+from app.gui.render_schedule import fov_for
+from app.gui.scene_overlay import SceneOverlay
 from app.gui.status_line import StatusLine
 from app.gui.theme import BG, PANEL_W, STATUS_H, TEX, Theme
 from app.gui.viewport import Viewport
@@ -45,7 +54,12 @@ class App:
         self.args = args
         self.quit = False
         self.interrupted = False
-        self.worker = Worker(data=args.data, settings=settings, device=args.device,
+        try:
+            kind, data = classify(args.data)
+        except ValueError:
+            kind, data = "scene", args.data  # the loader says what is wrong, in the app
+        self._capture = None if kind == "scene" else args.data  # photos or a video: process first
+        self.worker = Worker(data=data if kind == "scene" else None, settings=settings, device=args.device,
                              downscale=args.downscale, train=not args.paused,
                              scene_options={"ndc": getattr(args, "ndc", None),
                                             "skip_missing": getattr(args, "skip_missing", False)})
@@ -63,8 +77,16 @@ class App:
         self.weights = WeightsPlot(dpg, self.worker, self.theme, self.viewport)
         self.status_line = StatusLine(dpg)
         self.panel = SidePanel(dpg, self.worker, self.viewport, self.camera, self.plots, self.weights, self.note)
+        self.overlay = self.viewport.scene_overlay = SceneOverlay(dpg)
+        self.player = PathPlayer(self.camera, lambda: (self.info["width"], self.info["height"]) if self.info
+                                 else (1, 1))
+        self.camera.on_click = self._on_click
+        self.opener = OpenPanel(dpg, self.worker, self.note)
+        self.path = PathEditor(dpg, self.worker, self.camera, self.player, self.overlay, self.note,
+                               self.panel.out_dir)
+        self.crop = CropPanel(dpg, self.worker, self.overlay, self.note)
         self.control = ControlChannel(dpg, self.worker, self.viewport, self.camera, self.display, self.clock,
-                                      quit=self.request_quit)
+                                      quit=self.request_quit, extra=self._stats)
         self.lab = None
         self._build()
         try:
@@ -90,9 +112,11 @@ class App:
                         with dpg.child_window(tag="view_pane", width=TEX + 16, border=False, no_scrollbar=True):
                             self.viewport.build()
                         with dpg.child_window(tag="panel", width=PANEL_W, border=False):
-                            self.panel.build()
+                            self.panel.build(top=[self.opener], view_extra=self.overlay.build,
+                                             middle=[self.path, self.crop])
                 self._build_lab_tab()
             self.status_line.build()
+        self.opener.build_dialogs()
 
     def _build_lab_tab(self) -> None:
         from app.gui.lab_tab import build_lab_tab
@@ -132,6 +156,8 @@ class App:
         dpg, args = self.dpg, self.args
         previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
         self.worker.start()
+        if self._capture:
+            self.opener.open(self._capture)
         if args.snapshot:
             self.worker.send("load", path=args.snapshot)  # runs once the scene is loaded
         self.display.start()
@@ -181,6 +207,7 @@ class App:
         return 0
 
     def _close(self) -> None:
+        self.opener.close()
         t = time.perf_counter()
         stopped = self.worker.stop(WORKER_STOP_S)
         stop_s = time.perf_counter() - t
@@ -213,10 +240,15 @@ class App:
         if now - self._last_status >= STATUS_EVERY_S:
             self._last_status = now
             st = self.worker.status()
-            if self.info is None:
-                self._take_scene(self.worker.scene_info.get())
+            info = self.worker.scene_info.get()
+            if info is not None and (self.info is None or info["seq"] != self.info["seq"]):
+                self._take_scene(info)
             self.panel.update(st)
+            self.opener.update(st)
+            self.path.update(st)
+            self.crop.update(st)
             self.status_line.update(st, self.clock.fps, self.display.description)
+        self.player.tick()
         pos, probe_ok = self.camera.tick()
         self.viewport.update()
         self.plots.add(self.worker.drain_metrics())
@@ -229,7 +261,35 @@ class App:
             self.lab.update()
 
     def _take_scene(self, info) -> None:
-        if info is None:
-            return
+        self.player.stop()
         self.info = self.viewport.info = self.panel.info = info
         self.camera.set_scene(info)
+        self.overlay.set_scene(info)
+        self.path.set_scene(info)
+        if getattr(self.args, "camera_path", None) and info["seq"] == 1:
+            self.path.load(self.args.camera_path)
+        self.crop.set_scene(info)
+
+    def _on_click(self, button, pos) -> None:
+        """A click (no drag) on the view: fly to the dataset camera under it, if any."""
+        f, hit = self.viewport.frame, self.viewport.pick(pos)
+        if button != "left" or hit is None or f is None or self.info is None:
+            return
+        i, u, v = hit
+        scale = self.viewport.rects_screen()[i][2] / f.size[1]
+        picked = self.overlay.pick(f, u, v, scale)
+        if picked is None:
+            return
+        split, k = picked
+        cams = self.info["cameras"][split]
+        self.player.fly_to(cams["c2w"][k], fov_for(cams["width"][k], cams["fx"][k]))
+        self.note("info", f"flying to {'training' if split == 'train' else 'held-out'} view {k}")
+
+    def _stats(self) -> dict:
+        """The viewer's state for the --stats lines."""
+        st = self.worker.status()
+        return {"scene_seq": self.info["seq"] if self.info else 0, "scene": st.get("scene"),
+                "path_keys": len(self.path.keys), "playing": self.player.playing,
+                "flights": self.player.finished, "job": st.get("job"), "last_video": st.get("last_video"),
+                "process": self.opener.status(), "overlay_version": self.overlay.version,
+                "crop": st["crop"].to_json() if st.get("crop") is not None else None}

@@ -34,7 +34,8 @@ from app.gui.abort import AbortHook, WorkerStopped
 from app.gui.channels import Outbox, drain
 from app.gui.inerf_demo import InerfDemo
 from app.gui.probes import RayProbe
-from app.gui.render_schedule import CHUNK_SECONDS, Frame, RenderScheduler, fov_for
+from app.gui.render_schedule import CHUNK_SECONDS, Frame, RenderScheduler
+from app.gui.scene_info import describe_scene
 from app.gui.settings import Settings
 from app.gui.snapshots import Snapshots
 from app.gui.tool_calls import ToolCalls
@@ -50,14 +51,13 @@ class Worker:
     """Owns scene, trainer(s), renders and tools on one background thread.
 
     ``data`` is a scene directory (loaded on the worker thread) or ``scene`` an
-    already-loaded Scene. ``settings`` overrides ``default_settings``.
+    already-loaded Scene; with neither the worker waits for a ``load_scene`` command.
+    ``settings`` overrides ``default_settings``.
     """
 
     def __init__(self, data: str | None = None, scene=None, settings: dict | None = None,
                  device: str = "auto", downscale: int = 1, train: bool = True,
                  threads: int | None = None, seed: int = 0, scene_options: dict | None = None):
-        if data is None and scene is None:
-            raise ValueError("Worker needs data (a scene directory) or scene")
         self.data, self._scene_in, self.device_name = data, scene, device
         self.scene_options = dict(scene_options or {})  # load_scene's ndc, skip_missing
         self.downscale, self.threads = downscale, threads
@@ -72,6 +72,8 @@ class Worker:
         self.abort = AbortHook()
         # Worker-thread state (only touched on that thread).
         self.scene = None
+        self.scene_seq = 0  # scenes loaded so far (scene_info's seq)
+        self._idle_empty = False  # started without a scene: "no scene" rather than "loading"
         self.device = None
         self.training = False
         self._was_training = False  # while the iNeRF demo runs
@@ -82,7 +84,7 @@ class Worker:
         self.probe = RayProbe(self.out, self.fields, self.render)
         self.snapshots = Snapshots(self.out, self.fields, self.settings, self.render)
         self.inerf = InerfDemo(self.out, self.fields, self.render)
-        self.tools = ToolCalls(self.out, self.fields)
+        self.tools = ToolCalls(self.out, self.fields, self.abort.stop)
 
     # -- GUI-thread API -------------------------------------------------------------------
     def start(self) -> "Worker":
@@ -115,6 +117,11 @@ class Worker:
         if "error" in box:
             raise box["error"]
         return box.get("value")
+
+    def cancel_job(self) -> None:
+        """Cancel the tool job in progress (a video, a point cloud): it stops after its
+        current frame or view, writing nothing. Safe from any thread."""
+        self.tools.cancel.set()
 
     def set_camera(self, c2w, fov: float, moving: bool = False, priority: bool = True) -> int:
         """Ask for a render from c2w (4, 4) with horizontal fov (degrees); returns its version.
@@ -208,7 +215,9 @@ class Worker:
         if self.inerf.active:
             return "inerf"
         if not self.fields.trainers:
-            return "error" if self.out.status().get("error") else "loading"
+            if self.out.status().get("error"):
+                return "error"
+            return "no scene" if self.scene is None and self._idle_empty else "loading"
         return "training" if self.training else "paused"
 
     def _main(self) -> None:
@@ -216,7 +225,7 @@ class Worker:
         try:
             self._setup_threads()
             try:
-                self._load()
+                self._start_scene()
             except EXPECTED_FAILURES as exc:  # bad data etc.: report, keep serving commands
                 self._fail(exc, "loading scene")
             while not self.abort.stop.is_set():
@@ -245,36 +254,66 @@ class Worker:
         self.out.set_status(torch_threads=n)
         self.abort.install(self._thread)
 
-    def _load(self) -> None:
+    def _pick_device(self) -> None:
         import models
         import torch
 
         from app.engine.trainer import pick_device
 
-        self.out.set_status(state="loading")
         self.device = pick_device(self.device_name)
         cuda = self.device.type == "cuda"
         self.out.set_status(device=str(self.device) + (f" ({torch.cuda.get_device_name(self.device)})" if cuda else ""),
                             models=models.available(),
                             model_labels={n: models.model_class(n).LABEL for n in models.available()})
-        if self._scene_in is not None:
-            self.scene = self._scene_in
-        else:
-            from loaders import load_scene
 
-            self.scene = load_scene(self.data, downscale=self.downscale, **self.scene_options)
-            for n in self.scene.notes:
-                self.out.note("info", n)
-        self.out.scene_info.put(describe_scene(self.scene))
-        self.render.scene = self.scene
-        self.settings.bind(self.scene, self.device)
-        self.settings.start(self._settings_override)
-        self.settings.build("start")
-        self.training = self._want_train
-        tr = self.scene.split("train")
+    def _start_scene(self) -> None:
+        self.out.set_status(state="loading")
+        self._pick_device()
+        if self._scene_in is not None:
+            self._use_scene(self._scene_in, first=True)
+        elif self.data is not None:
+            self._load_scene(self.data, first=True)
+        else:
+            self._idle_empty = True
+            self.out.set_status(state=self._state())
+
+    def _load_scene(self, path: str, first: bool = False) -> None:
+        """Load the scene at ``path`` and train on it with the settings in force; if it
+        cannot be loaded (or no field builds for it) the scene and fields before stay."""
+        from loaders import load_scene
+
+        if not first:
+            self.out.note("info", f"loading scene {path} ...")
+        scene = load_scene(path, downscale=self.downscale, **self.scene_options)
+        self._use_scene(scene, first)
+        self.data = path
+
+    def _use_scene(self, scene, first: bool) -> None:
+        before = (self.scene, self.render.scene, self.fields.crop)
+        self.scene = self.render.scene = scene
+        self.settings.bind(scene, self.device)
+        self.fields.crop = None  # a box belongs to the scene it was drawn in
+        self.inerf.cancel()
+        self.render.cancel()
+        try:
+            if not self.settings.values:  # the first scene: the defaults under the app's settings
+                self.settings.start(self._settings_override)
+            self.settings.build("start")
+        except BaseException:
+            self.scene, self.render.scene, self.fields.crop = before
+            if before[0] is not None:
+                self.settings.bind(before[0], self.device)
+            raise
+        for n in scene.notes:
+            self.out.note("info", n)
+        self.scene_seq += 1
+        self.out.scene_info.put(describe_scene(scene, self.scene_seq))
+        self.training = self._want_train if first else True
+        tr = scene.split("train")
         n_params = sum(p.numel() for p in self.fields.trainers[0].model.parameters())
+        self.out.set_status(error=None, scene=scene.source)
         self.out.note("info", f"ready: {len(tr)} training views {tr.width}x{tr.height} from "
-                              f"{os.path.basename(os.path.normpath(self.scene.source))}; "
+                              f"{os.path.basename(os.path.normpath(scene.source))}; "
                               f"{self.settings.values['model']} ({n_params / 1e6:.2f} M parameters) on {self.device}")
         self.out.set_status(state=self._state())
 
@@ -303,10 +342,13 @@ class Worker:
         if name == "call":
             kw["fn"](self)
             return
+        if name == "load_scene":
+            self._load_scene(kw["path"])
+            return
         if name == "reset":
             self.out.set_status(error=None)
             if self.scene is None:
-                self._load()
+                self._start_scene()
             else:
                 self.settings.build("reset: fresh network(s), training restarts at step 0")
             return
@@ -316,11 +358,23 @@ class Worker:
         handlers = {"train": self._train, "pause": self._pause, "probe": self.probe.run,
                     "refresh": self.render.restart, "save": self.snapshots.save, "load": self.snapshots.load,
                     "export_mesh": self.tools.export_mesh, "video": self.tools.video,
+                    "export_points": self.tools.export_points, "screenshot": self.tools.screenshot,
+                    "path_video": self.tools.path_video, "crop": self._crop,
                     "inerf_start": self._inerf_start, "inerf_stop": self._inerf_stop}
         if name not in handlers:
             raise ValueError(f"unknown worker command {name!r}")
         handlers[name](**kw)
         self.out.set_status(state=self._state())
+
+    def _crop(self, box) -> None:
+        """box: a renderer.crop.CropBox or None (the whole field). A refused box (an NDC
+        scene) is a warning, not a failure: training goes on."""
+        try:
+            self.fields.set_crop(box)
+        except ValueError as exc:
+            self.out.note("warn", f"crop box refused: {exc}")
+            return
+        self.render.restart()
 
     def _train(self) -> None:
         self.training = True
@@ -389,17 +443,6 @@ def coalesce(cmds: list) -> tuple[list, dict | None]:
     if settings:
         ordered.append(("settings", settings))
     return ordered, cam
-
-
-def describe_scene(scene) -> dict:
-    """What the GUI needs to know of the scene: training cameras, image size, depth range."""
-    from app.gui.orbit import scene_up
-
-    tr = scene.split("train")
-    test = scene.split("test") if "test" in scene.splits else tr
-    return dict(train_c2w=tr.c2w.copy(), height=tr.height, width=tr.width, focal=tr.focal, near=scene.near,
-                far=scene.far, radius=scene.scene_radius, up=scene_up(tr.c2w),
-                fov=fov_for(tr.width, tr.focal), n_test=len(test), source=scene.source)
 
 
 def measure_camera_latency(worker: Worker, cameras, fov: float, timeout: float = 60.0) -> list[float]:
