@@ -13,7 +13,8 @@ The flags --no-refine, --distortion, --batch, --proposal, --samples, --pose-lr s
 same keys for every variant (a variant's own keys win).
 
 The learning rate decays over the steps the largest budget is expected to take, from
-the warm-up's step rate (the CLI decays over --steps; a time budget has no step count).
+the warm-up's step rate (the CLI decays over --steps; a time budget has no step count),
+or over --decay-steps; the JSON rows record the learning rate reached.
 
 Columns: steps/s and rays/s over the run (the clock counts Trainer.step() calls only,
 each of which syncs on its loss); field samples per step (rays x n_samples: what the
@@ -114,7 +115,7 @@ def run_variant(scene_name: str, scene, var_name: str, keys: dict, args, device:
     from app.engine.appearance import evaluate_appearance
 
     cuda = device == "cuda"
-    decay = max(int(rate_hint * max(budgets)), 100)
+    decay = args.decay_steps or max(int(rate_hint * max(budgets)), 100)
     trainer = make_trainer(scene, keys, cuda, device, decay, args.seed)
     trainer.pipeline = True
     if cuda:
@@ -154,7 +155,7 @@ def run_variant(scene_name: str, scene, var_name: str, keys: dict, args, device:
     row = {"scene": scene_name, "variant": var_name, "keys": keys, "train_s": train_time, "steps": steps,
            "steps_per_s": steps / max(train_time, 1e-9), "rays_per_s": rays / max(train_time, 1e-9),
            "batch_rays": trainer.batch_rays, "field_samples_per_step": fs, "proposal_samples_per_step": ps,
-           "peak_train_gib": peak, "psnr": res, "skipped_steps": skipped, "decay_steps": decay,
+           "peak_train_gib": peak, "psnr": res, "skipped_steps": skipped, "decay_steps": decay, "lr_end": trainer.lr_at(trainer.step_count),
            "bf16": trainer.config.autocast, "events": trainer.events[-5:],
            "pose_delta_deg_max": float(pose[:, :3].norm(dim=-1).max() * 180 / np.pi) if len(pose) else 0.0}
     c2w = scene.split("test").c2w[0]
@@ -234,6 +235,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-views", type=int, default=None, help="held-out views per evaluation (default all)")
     p.add_argument("--fit-steps", type=int, default=200, help="steps fitting an embedding on a left half")
     p.add_argument("--warmup-steps", type=int, default=30)
+    p.add_argument("--decay-steps", type=int, default=None,
+                   help="steps the learning rate decays over (default: estimated from the warm-up)")
     p.add_argument("--render-size", type=int, default=800)
     p.add_argument("--render-chunk", type=int, default=1 << 17)
     p.add_argument("--render-repeats", type=int, default=3)
