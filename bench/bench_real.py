@@ -1,0 +1,284 @@
+"""Real-capture benchmark: the nerfacto field on captures at fixed wall-clock budgets.
+
+    python bench/bench_real.py --scene beer=../shared/data/captures/beer --budgets 60
+    python bench/bench_real.py --scene beer=DIR --variant base={} --variant norefine='{"refine_poses": false}'
+    python bench/bench_real.py --scene bonsai=DIR --budgets 120,300 --eval-views 8
+
+Each scene is loaded as the CLI loads it (every 8th image held out by the loaders) and
+trained with the presets the CLI uses (app/engine/presets.train_config), once per
+variant. A variant is a name and a JSON object of model options (models/nerfacto.py's
+DEFAULTS: refine_poses, pose_lr, distortion_weight, n_proposal, n_samples,
+proposal_update_every, ...) plus the trainer keys "batch" (rays per step) and "bf16".
+The flags --no-refine, --distortion, --batch, --proposal, --samples, --pose-lr set the
+same keys for every variant (a variant's own keys win).
+
+The learning rate decays over the steps the largest budget is expected to take, from
+the warm-up's step rate (the CLI decays over --steps; a time budget has no step count),
+or over --decay-steps; the JSON rows record the learning rate reached.
+
+Columns: steps/s and rays/s over the run (the clock counts Trainer.step() calls only,
+each of which syncs on its loss); field samples per step (rays x n_samples: what the
+radiance field evaluates) and proposal samples per step (rays x sum(n_proposal)); peak
+GPU memory while training; at each budget three held-out PSNRs: "mean" the whole view
+rendered with the MEAN appearance embedding, "mean R" and "fit R" the right half of each
+view with the mean embedding and with an embedding FITTED on its left half
+(app/engine/appearance.py evaluate_appearance, NeRF-W's protocol); the time of one
+800x800 frame and of one capture-size frame (median after a warm-up, synchronised).
+
+Progress goes to stderr; the Markdown table is printed last. With $OUT set (the device
+tool) or --json, the rows are also written as JSON after each run; --save-heldout DIR
+writes, per scene, the first held-out view rendered beside its photo (PNG).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench.bench_gpu import log, sync, time_render  # noqa: E402
+
+MODEL = "nerfacto"
+TRAINER_KEYS = ("batch", "bf16")
+
+
+def parse_named(items, what: str) -> list[tuple[str, str]]:
+    out = []
+    for it in items or []:
+        if "=" not in it:
+            raise SystemExit(f"{what}: expected NAME=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        out.append((k.strip(), v.strip()))
+    return out
+
+
+def common_keys(args) -> dict:
+    """The flags that apply to every variant, as variant keys."""
+    c = {}
+    if args.no_refine:
+        c["refine_poses"] = False
+    if args.distortion is not None:
+        c["distortion_weight"] = args.distortion
+    if args.batch is not None:
+        c["batch"] = args.batch
+    if args.proposal is not None:
+        c["n_proposal"] = [int(v) for v in args.proposal.split(",")]
+    if args.samples is not None:
+        c["n_samples"] = args.samples
+    if args.pose_lr is not None:
+        c["pose_lr"] = args.pose_lr
+    if args.options:
+        c.update(json.loads(args.options))
+    return c
+
+
+def make_trainer(scene, keys: dict, cuda: bool, device: str, decay_steps: int, seed: int):
+    from app.engine.presets import model_options, train_config
+    from app.engine.trainer import Trainer
+
+    extra = {k: v for k, v in keys.items() if k not in TRAINER_KEYS}
+    opts = model_options(MODEL, cuda, extra=extra)
+    cfg = train_config(MODEL, opts, cuda, steps=decay_steps, batch_rays=keys.get("batch"),
+                       autocast=keys.get("bf16"), seed=seed, device=device)
+    return Trainer(scene, cfg)
+
+
+def per_step_samples(trainer) -> tuple[int, int]:
+    """(radiance-field samples, proposal samples) of one training step."""
+    c = trainer.model.config
+    return trainer.batch_rays * int(c["n_samples"]), trainer.batch_rays * int(sum(c["n_proposal"]))
+
+
+def side_by_side(trainer, path: str, max_width: int) -> None:
+    """The first held-out view (mean embedding) beside its photo, scaled to max_width."""
+    import imageio.v3 as iio
+
+    sp = trainer.scene.split("test")
+    pred = trainer.render(sp.c2w[0], keys=("rgb",), camera=sp.cameras[0])["rgb"].numpy()
+    img = np.concatenate([pred, sp.images[0]], axis=1)
+    step = max(1, int(np.ceil(img.shape[1] / max_width)))
+    img = img[::step, ::step]
+    iio.imwrite(path, (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
+    log(f"  wrote {path} ({img.shape[1]}x{img.shape[0]}; left: render, right: photo {sp.names[0] if sp.names else 0})")
+
+
+def run_variant(scene_name: str, scene, var_name: str, keys: dict, args, device: str, budgets: list[float],
+                rate_hint: float) -> dict:
+    from app.engine.appearance import evaluate_appearance
+
+    cuda = device == "cuda"
+    decay = args.decay_steps or max(int(rate_hint * max(budgets)), 100)
+    trainer = make_trainer(scene, keys, cuda, device, decay, args.seed)
+    trainer.pipeline = True
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    fs, ps = per_step_samples(trainer)
+    train_time, steps, rays, skipped = 0.0, 0, 0, 0
+    res, t_log, steps_log = {}, 0.0, 0
+    peak = float("nan")
+    for b in budgets:
+        while True:
+            t0 = time.perf_counter()
+            m = trainer.step() if train_time < b else trainer.finish_pending()
+            train_time += time.perf_counter() - t0
+            if m is None:
+                break
+            if m.get("skipped"):
+                skipped += 1
+                continue
+            steps += 1
+            rays += trainer.batch_rays
+            if train_time - t_log > 10.0:
+                rate = (steps - steps_log) / (train_time - t_log)
+                t_log, steps_log = train_time, steps
+                log(f"  {scene_name}/{var_name}: {train_time:6.1f} s  step {steps} ({rate:.0f}/s lately)  "
+                    f"loss {m['loss']:.5f}  train psnr {m['psnr']:.2f}")
+        sync()
+        if cuda:
+            peak = torch.cuda.max_memory_allocated() / 2 ** 30
+        t0 = time.perf_counter()
+        whole = trainer.evaluate("test", max_images=args.eval_views, ssim=False)["mean"]["psnr"]
+        app = evaluate_appearance(trainer, "test", max_images=args.eval_views, steps=args.fit_steps)["mean"]
+        res[str(b)] = {"mean": whole, "mean_right": app["psnr_mean_right"], "fit_right": app["psnr_fitted_right"]}
+        log(f"  {scene_name}/{var_name}: {b:g} s, {steps} steps -> held-out PSNR {whole:.2f} (mean emb.), "
+            f"right half {app['psnr_mean_right']:.2f} (mean) / {app['psnr_fitted_right']:.2f} (fitted) "
+            f"(eval {time.perf_counter() - t0:.1f} s)")
+    pose = trainer.model.pose_delta.detach()
+    row = {"scene": scene_name, "variant": var_name, "keys": keys, "train_s": train_time, "steps": steps,
+           "steps_per_s": steps / max(train_time, 1e-9), "rays_per_s": rays / max(train_time, 1e-9),
+           "batch_rays": trainer.batch_rays, "field_samples_per_step": fs, "proposal_samples_per_step": ps,
+           "peak_train_gib": peak, "psnr": res, "skipped_steps": skipped, "decay_steps": decay, "lr_end": trainer.lr_at(trainer.step_count),
+           "bf16": trainer.config.autocast, "events": trainer.events[-5:],
+           "pose_delta_deg_max": float(pose[:, :3].norm(dim=-1).max() * 180 / np.pi) if len(pose) else 0.0}
+    c2w = scene.split("test").c2w[0]
+    n = args.render_size
+    row["frame_ms"] = time_render(lambda: trainer.render(c2w, n, n, keys=("rgb",), chunk=args.render_chunk),
+                                  args.render_repeats)
+    row["capture_frame_ms"] = time_render(lambda: trainer.render(c2w, keys=("rgb",), chunk=args.render_chunk),
+                                          args.render_repeats)
+    row["capture_size"] = f"{trainer.width}x{trainer.height}"
+    if args.save_heldout:
+        os.makedirs(args.save_heldout, exist_ok=True)
+        side_by_side(trainer, os.path.join(args.save_heldout, f"{scene_name}_{var_name}_heldout.png"),
+                     args.heldout_width)
+    log(f"  {scene_name}/{var_name}: {row['steps_per_s']:.1f} steps/s, {row['rays_per_s']:.0f} rays/s, "
+        f"peak {peak:.2f} GiB, {n}x{n} frame {row['frame_ms']:.1f} ms")
+    trainer = None  # not del: the timing lambdas name it
+    if cuda:
+        torch.cuda.empty_cache()
+    return row
+
+
+def warm_up(scene, keys: dict, args, device: str) -> float:
+    """Compile the kernels on a throw-away trainer; its step rate (after the first few
+    steps) sets the learning-rate decay of the runs."""
+    tr = make_trainer(scene, keys, device == "cuda", device, 1000, args.seed)
+    for _ in range(3):
+        tr.step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(args.warmup_steps):
+        tr.step()
+    sync()
+    rate = args.warmup_steps / max(time.perf_counter() - t0, 1e-9)
+    tr.render(scene.split("test").c2w[0], 64, 64, keys=("rgb",))
+    del tr
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return rate
+
+
+def fmt(v, spec=".2f") -> str:
+    return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
+
+
+def table(rows: list[dict], budgets: list[float]) -> str:
+    head = ["scene", "variant", "steps/s", "rays/s", "rays/step", "field smp/step", "prop smp/step", "peak GiB"]
+    for b in budgets:
+        head += [f"{b:g}s mean", f"{b:g}s mean R", f"{b:g}s fit R"]
+    head += ["800² ms", "capture ms"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["scene"], r["variant"], fmt(r["steps_per_s"], ".1f"), fmt(r["rays_per_s"], ".3g"),
+                 str(r["batch_rays"]), str(r["field_samples_per_step"]), str(r["proposal_samples_per_step"]),
+                 fmt(r["peak_train_gib"])]
+        for b in budgets:
+            p = r["psnr"].get(str(b), {})
+            cells += [fmt(p.get("mean")), fmt(p.get("mean_right")), fmt(p.get("fit_right"))]
+        cells += [fmt(r["frame_ms"], ".1f"), f"{fmt(r['capture_frame_ms'], '.1f')} ({r['capture_size']})"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scene", action="append", required=True, help="NAME=DIR (repeatable)")
+    p.add_argument("--variant", action="append", help="NAME=JSON of option overrides (repeatable; "
+                   "default one variant 'default' = {})")
+    p.add_argument("--budgets", default="60", help="training seconds at which held-out PSNR is taken")
+    p.add_argument("--downscale", type=int, default=1)
+    p.add_argument("--no-refine", action="store_true", help="camera refinement off")
+    p.add_argument("--distortion", type=float, default=None, help="distortion loss weight")
+    p.add_argument("--batch", type=int, default=None, help="rays per step")
+    p.add_argument("--proposal", default=None, help="proposal samples per ray, e.g. 256,96")
+    p.add_argument("--samples", type=int, default=None, help="radiance-field samples per ray")
+    p.add_argument("--pose-lr", type=float, default=None)
+    p.add_argument("--options", default=None, help="more model options as JSON, for every variant")
+    p.add_argument("--eval-views", type=int, default=None, help="held-out views per evaluation (default all)")
+    p.add_argument("--fit-steps", type=int, default=200, help="steps fitting an embedding on a left half")
+    p.add_argument("--warmup-steps", type=int, default=30)
+    p.add_argument("--decay-steps", type=int, default=None,
+                   help="steps the learning rate decays over (default: estimated from the warm-up)")
+    p.add_argument("--render-size", type=int, default=800)
+    p.add_argument("--render-chunk", type=int, default=1 << 17)
+    p.add_argument("--render-repeats", type=int, default=3)
+    p.add_argument("--save-heldout", default=None, help="folder for held-out render | photo PNGs")
+    p.add_argument("--heldout-width", type=int, default=720, help="width of the side-by-side PNG")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+
+    from loaders import load_scene
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    budgets = [float(x) for x in args.budgets.split(",")]
+    common = common_keys(args)
+    variants = [(k, {**common, **json.loads(v)}) for k, v in parse_named(args.variant, "--variant")] \
+        or [("default", dict(common))]
+    json_path = args.json or (os.path.join(os.environ["OUT"], "bench_real.json") if os.environ.get("OUT") else None)
+    rows = []
+    for scene_name, path in parse_named(args.scene, "--scene"):
+        t0 = time.perf_counter()
+        scene = load_scene(path, downscale=args.downscale)
+        tr = scene.split("train")
+        log(f"{scene_name}: {path}, {len(tr)} training and {len(scene.split('test'))} held-out views "
+            f"{tr.width}x{tr.height}, ndc {scene.ndc}, kind {scene.kind} (loaded in {time.perf_counter() - t0:.1f} s)")
+        for var_name, keys in variants:
+            rate = warm_up(scene, keys, args, device)
+            log(f"{scene_name}/{var_name} {json.dumps(keys)}: warm-up {rate:.1f} steps/s")
+            rows.append(run_variant(scene_name, scene, var_name, keys, args, device, budgets, rate))
+            if json_path:
+                with open(json_path, "w", encoding="utf-8") as f:
+                    json.dump({"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                               "budgets": budgets, "rows": rows}, f, indent=1, default=str)
+            print(table(rows[-1:], budgets), flush=True)
+    print()
+    print(f"nerfacto on captures, {device}; mean = whole held-out views, MEAN appearance embedding; "
+          f"mean R / fit R = right halves, mean embedding / embedding fitted on the left half")
+    print(table(rows, budgets))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
