@@ -89,7 +89,9 @@ class GridRMSprop(torch.optim.Optimizer):
                 sq2 = st["square_avg"].view(p.shape[0], -1)
                 data2 = p.view(p.shape[0], -1)
                 if group["sparse"]:
-                    rows = g2.ne(0).any(1).nonzero().squeeze(1)
+                    # One read of the gradient, no (M, C) temporary (as ne(0).any(1) makes).
+                    lo, hi = torch.aminmax(g2, dim=1)
+                    rows = ((lo < 0) | (hi > 0)).nonzero().squeeze(1)
                     g, sq, d = g2.index_select(0, rows), sq2.index_select(0, rows), data2.index_select(0, rows)
                 else:
                     g, sq, d = g2, sq2, data2

@@ -202,6 +202,27 @@ def sample_lattice(t0: torch.Tensor, t1: torch.Tensor, offset: torch.Tensor, ste
 
 
 # -- the reference renderer ------------------------------------------------------------------
+def occupied_samples(rays: dict, offset: torch.Tensor, step: float, cells: torch.Tensor):
+    """The lattice of grid_rays' rays restricted to occupied cells: t (R, S), sel (N, 2) the
+    (ray, sample) index of each sample in an occupied cell, pts (N, 3) its position."""
+    t, valid = sample_lattice(rays["t0"], rays["t1"], offset, step)
+    sel = valid.nonzero()
+    pts = rays["o"][sel[:, 0]] + rays["d"][sel[:, 0]] * t[sel[:, 0], sel[:, 1]][:, None]
+    c = pts.floor().clamp(0, cells.shape[0] - 1).long()
+    keep = cells[c[:, 0], c[:, 1], c[:, 2]]
+    return t, sel[keep], pts[keep]
+
+
+def _transmittance(sig: torch.Tensor, delta: torch.Tensor, stop_t: float):
+    """(sd, T before each sample, live) for densities sig (R, S): live samples have sigma > 0
+    and T >= stop_t in front of them (the kernels' early termination)."""
+    with torch.no_grad():
+        sd = sig * delta
+        t_before = torch.exp(-(torch.cumsum(sd, -1) - sd))
+        live = (sig > 0) & (t_before >= stop_t)
+    return sd, t_before, live
+
+
 def render_reference(links: torch.Tensor, density: torch.Tensor, sh: torch.Tensor, cells: torch.Tensor,
                      rays: dict, offset: torch.Tensor, step: float, stop_t: float, basis: torch.Tensor,
                      background: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -216,22 +237,12 @@ def render_reference(links: torch.Tensor, density: torch.Tensor, sh: torch.Tenso
     in grid units.
     """
     n_rays = rays["o"].shape[0]
-    t, valid = sample_lattice(rays["t0"], rays["t1"], offset, step)
-    p = rays["o"][:, None, :] + rays["d"][:, None, :] * t[..., None]
-    sel = valid.nonzero()
-    pts = p[sel[:, 0], sel[:, 1]]
-    r = cells.shape[0]
-    c = pts.floor().clamp(0, r - 1).long()
-    sel = sel[cells[c[:, 0], c[:, 1], c[:, 2]]]
-    pts = p[sel[:, 0], sel[:, 1]]
+    t, sel, pts = occupied_samples(rays, offset, step, cells)
     rows, w = corner_rows(links, pts)
     sigma = F.relu(interpolate(density, rows, w)[:, 0])
     sig = torch.zeros_like(t).index_put((sel[:, 0], sel[:, 1]), sigma)
     delta = step * rays["wps"][:, None]
-    with torch.no_grad():
-        sd = sig * delta
-        t_before = torch.exp(-(torch.cumsum(sd, -1) - sd))
-        live_full = (sig > 0) & (t_before >= stop_t)
+    _, _, live_full = _transmittance(sig, delta, stop_t)
     live = live_full[sel[:, 0], sel[:, 1]]
     sd = torch.where(live_full, sig * delta, torch.zeros_like(sig))
     tau = torch.cumsum(sd, -1)
@@ -254,27 +265,15 @@ def max_weights_reference(links: torch.Tensor, density: torch.Tensor, cells: tor
     """Per row (M,): the largest rendering weight T * alpha of any sample (on the lattice with
     offset 0.5) of these rays in a cell the row's vertex is a corner of, marching each ray only
     until its transmittance falls below stop_t (svox2's grid_weight_render). 0 if none."""
-    offset = torch.full_like(rays["t0"], 0.5)
-    t, valid = sample_lattice(rays["t0"], rays["t1"], offset, step)
-    p = rays["o"][:, None, :] + rays["d"][:, None, :] * t[..., None]
-    sel = valid.nonzero()
-    pts = p[sel[:, 0], sel[:, 1]]
-    r = cells.shape[0]
-    c = pts.floor().clamp(0, r - 1).long()
-    keep = cells[c[:, 0], c[:, 1], c[:, 2]]
-    sel, pts = sel[keep], pts[keep]
-    idx, _ = trilinear_corners(pts, links.shape[0])
+    t, sel, pts = occupied_samples(rays, torch.full_like(rays["t0"], 0.5), step, cells)
+    idx, tw = trilinear_corners(pts, links.shape[0])
     rows = links.reshape(-1)[idx].long()
-    w = torch.where(rows >= 0, 1.0, 0.0)
-    sigma = F.relu((density[rows.clamp(min=0), 0] * w * trilinear_corners(pts, links.shape[0])[1]).sum(1))
-    sig = torch.zeros_like(t).index_put((sel[:, 0], sel[:, 1]), sigma)
-    sd = sig * step * rays["wps"][:, None]
-    t_before = torch.exp(-(torch.cumsum(sd, -1) - sd))
-    live = (sig > 0) & (t_before >= stop_t)
-    wt = (t_before * (1.0 - torch.exp(-sd)))[sel[:, 0], sel[:, 1]]
-    wt = torch.where(live[sel[:, 0], sel[:, 1]], wt, torch.zeros_like(wt))
-    out = torch.zeros(density.shape[0], device=density.device)
     ok = rows >= 0
+    sigma = F.relu((density[rows.clamp(min=0), 0] * tw * ok).sum(1))
+    sig = torch.zeros_like(t).index_put((sel[:, 0], sel[:, 1]), sigma)
+    sd, t_before, live = _transmittance(sig, step * rays["wps"][:, None], stop_t)
+    wt = torch.where(live, t_before * (1.0 - torch.exp(-sd)), torch.zeros_like(sd))[sel[:, 0], sel[:, 1]]
+    out = torch.zeros(density.shape[0], device=density.device)
     return out.scatter_reduce_(0, rows[ok], wt[:, None].expand_as(rows)[ok], reduce="amax")
 
 
@@ -328,8 +327,9 @@ def tv_neighbours(links: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
 
 def sparse_tv(data: torch.Tensor, links: torch.Tensor, rows: torch.Tensor, row_vertex: torch.Tensor,
               scale: float, eps: float = 1e-9) -> torch.Tensor:
-    """scale * sum over rows (B,) and channels of sqrt(eps + dx^2 + dy^2 + dz^2), forward
-    differences to the +x/+y/+z neighbours (an inactive one reads 0): Plenoxels eq. 4 on a
-    random subset, as svox2 evaluates it. The gradient is added to data.grad in place."""
+    """scale * mean over rows (B,) of the sum over channels of sqrt(eps + dx^2 + dy^2 + dz^2),
+    forward differences to the +x/+y/+z neighbours (an inactive one reads 0): Plenoxels
+    eq. 4 on a random subset, as svox2 evaluates it (its tv_grad_sparse divides the weight
+    by the number of cells drawn). The gradient is added to data.grad in place."""
     nbs = tv_neighbours(links, row_vertex[rows])
-    return _SparseTV.apply(data, rows, nbs, float(scale), float(eps))
+    return _SparseTV.apply(data, rows, nbs, float(scale) / max(rows.numel(), 1), float(eps))

@@ -311,3 +311,35 @@ def test_gui_worker_trains_renders_and_probes_plenoxels():
         assert w.run_sync(lambda wk: type(wk.trainers[0].model).__name__) == "Plenoxels"
     finally:
         w.stop(5.0)
+
+
+def test_ndc_forward_facing_scene_trains():
+    """LLFF-style: cameras on a plane looking down -z, rays in NDC, the grid over the NDC
+    cube with options_for(ndc=True) (density pruning, svox2's LLFF TV and sparsity)."""
+    from app.engine.trainer import TrainConfig, Trainer
+    from loaders.scene import Scene, Split
+    from tests.conftest import look_at, sphere_images
+
+    size, focal = 24, 30.0
+    grid_xy = [(x, y) for x in (-0.6, -0.2, 0.2, 0.6) for y in (-0.4, 0.0, 0.4)]
+    # Imaged with the sphere at the origin and the cameras 4 in front of it, then the world is
+    # shifted so the cameras sit at z ~ 0 looking down -z, as the LLFF loader leaves them.
+    poses = np.stack([look_at((x, y, 4.0), target=(x * 0.2, y * 0.2, 0.0), up=(0, 1, 0)) for x, y in grid_xy])
+    imgs = sphere_images(poses, size, focal, radius=1.0, background=0.0)
+    shifted = poses.copy()
+    shifted[:, 2, 3] -= 4.0
+    test = [5, 7]
+    train = [i for i in range(len(poses)) if i not in test]
+    split = lambda ix: Split(imgs[ix], shifted[ix].astype(np.float32), focal, [str(i) for i in ix])  # noqa: E731
+    scene = Scene({"train": split(train), "test": split(test)}, 0.0, 1.0, False, "<memory>", ndc=True)
+    opts = Plenoxels.options_for(False, ndc=True)
+    opts.update(resolution=32, upsample_steps=[], prune_steps=[60], density_threshold=1.0)
+    cfg = TrainConfig(model="plenoxels", model_options=opts, batch_rays=512, lr=1e-2, lr_final=1e-2,
+                      lr_decay_steps=1000, seed=0, device="cpu")
+    tr = Trainer(scene, cfg)
+    first = tr.evaluate("test", ssim=False)["mean"]["psnr"]
+    tr.train(150)
+    after = tr.evaluate("test", ssim=False)["mean"]["psnr"]
+    assert tr.model.config["bbox"] == [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
+    assert after > first + 8 and after > 22, (first, after)
+    assert tr.model.n_active < 33 ** 3  # density pruning at step 60

@@ -122,7 +122,7 @@ def _tv_loop(data, links, rows, rv, scale, eps):
         nbs = [v + n * n if i < n - 1 else v, v + n if j < n - 1 else v, v + 1 if k < n - 1 else v]
         sq = sum((value(nb) - data[r]) ** 2 for nb in nbs)
         total = total + torch.sqrt(sq + eps).sum()
-    return total * scale
+    return total * scale / len(rows)
 
 
 def test_sparse_tv_value_and_gradient_match_a_loop():

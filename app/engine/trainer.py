@@ -108,6 +108,11 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
     0 * x is 0 for finite x and NaN otherwise, so the summed norms are finite iff all are."""
     if not tensors:
         return True
+    # Usually one read of the gradients: their norms are finite when every value is. Only
+    # a non-finite sum (NaN or inf somewhere, or finite values whose squares overflow) pays
+    # for the exact test, which copies them.
+    if bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors)).sum()).item()):
+        return True
     zeros = torch._foreach_mul(tensors, 0.0)
     return bool(torch.isfinite(torch.stack(torch._foreach_norm(zeros)).sum()).item())
 
