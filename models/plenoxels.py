@@ -39,6 +39,51 @@ from models.sh import num_coeffs, sh_basis
 CPU_MAX_RESOLUTION = 128
 CUDA_MAX_RESOLUTION = 512
 COARSE_BLOCKS = 64  # blocks per axis of the kernels' empty-space map
+_POSITIVE = ("step_ratio", "density_lr_scale", "sh_lr_scale", "density_lr_final", "sh_lr_final",
+             "decay_steps", "rms_beta", "tv_fraction")
+_NON_NEGATIVE = ("tv_density", "tv_sh", "sparsity", "weight_threshold", "density_threshold",
+                 "prune_stop_t", "stop_t", "density_delay_steps", "density_delay_mult")
+
+
+def _validate(c: dict) -> None:
+    """Check and normalise a Plenoxels config in place (bbox as 6 numbers, step lists sorted)."""
+    if isinstance(c["bbox"], (int, float)):
+        c["bbox"] = [-float(c["bbox"])] * 3 + [float(c["bbox"])] * 3
+    try:
+        box = [float(v) for v in c["bbox"]]
+    except (TypeError, ValueError):
+        box = []
+    if len(box) != 6 or not all(box[i] < box[i + 3] for i in range(3)):
+        raise ValueError(f"bbox must be [x0, y0, z0, x1, y1, z1] with x0 < x1 etc., got {c['bbox']!r}")
+    c["bbox"] = box
+    for key in ("upsample_steps", "prune_steps"):
+        try:
+            c[key] = sorted(int(s) for s in c[key])
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a list of step numbers, got {c[key]!r}") from None
+    for key in ("prune_rays", "dilation"):
+        if not (isinstance(c[key], int) and c[key] >= 0):
+            raise ValueError(f"{key} must be an integer >= 0, got {c[key]!r}")
+    res, cap = c["resolution"], c["max_resolution"]
+    if not (isinstance(res, int) and 2 <= res <= CUDA_MAX_RESOLUTION):
+        raise ValueError(f"resolution must be an integer in 2..{CUDA_MAX_RESOLUTION}, got {res!r}")
+    if res > CPU_MAX_RESOLUTION and not torch.cuda.is_available():
+        raise ValueError(f"resolution {res} needs CUDA; the CPU limit is {CPU_MAX_RESOLUTION}")
+    if cap is not None and not 2 <= cap <= CUDA_MAX_RESOLUTION:
+        raise ValueError(f"max_resolution must be in 2..{CUDA_MAX_RESOLUTION}, got {cap}")
+    num_coeffs(c["sh_degree"])  # validates the degree
+    for key in _POSITIVE:
+        if not c[key] > 0:
+            raise ValueError(f"{key} must be > 0, got {c[key]}")
+    for key in _NON_NEGATIVE:
+        if not c[key] >= 0:
+            raise ValueError(f"{key} must be >= 0, got {c[key]}")
+    if c["prune_by"] not in ("weight", "density"):
+        raise ValueError(f"prune_by must be 'weight' or 'density', got {c['prune_by']!r}")
+    if not (c["tv_fraction"] <= 1 and c["rms_beta"] < 1):
+        raise ValueError("tv_fraction must be in (0, 1] and rms_beta in (0, 1)")
+    if c["n_coarse"] is not None and c["n_coarse"] < 2:
+        raise ValueError(f"n_coarse must be >= 2, got {c['n_coarse']}")
 
 
 class Plenoxels(Field):
@@ -89,15 +134,10 @@ class Plenoxels(Field):
                        prune_rays=1 << 14, dilation=1)
     NDC_OPTIONS = dict(bbox=1.0, init_radius=None, prune_by="density", tv_density=5e-4, tv_sh=5e-3,
                        tv_max_resolution=None, sparsity=1e-12)
-    _POSITIVE = ("step_ratio", "density_lr_scale", "sh_lr_scale", "density_lr_final", "sh_lr_final",
-                 "decay_steps", "rms_beta", "tv_fraction")
-    _NON_NEGATIVE = ("tv_density", "tv_sh", "sparsity", "weight_threshold", "density_threshold",
-                     "prune_stop_t", "stop_t", "density_delay_steps", "density_delay_mult")
-
     def __init__(self, **config):
         super().__init__()
         c = self.config = check_options(type(self), config)
-        self._validate(c)
+        _validate(c)
         res = c["resolution"]
         self.register_buffer("_bbox", torch.tensor(c["bbox"], dtype=torch.float32), persistent=False)
         n = res + 1
@@ -119,46 +159,6 @@ class Plenoxels(Field):
         self._refresh()
 
     # -- configuration ----------------------------------------------------------------------
-    @classmethod
-    def _validate(cls, c: dict) -> None:
-        if isinstance(c["bbox"], (int, float)):
-            c["bbox"] = [-float(c["bbox"])] * 3 + [float(c["bbox"])] * 3
-        try:
-            box = [float(v) for v in c["bbox"]]
-        except (TypeError, ValueError):
-            box = []
-        if len(box) != 6 or not all(box[i] < box[i + 3] for i in range(3)):
-            raise ValueError(f"bbox must be [x0, y0, z0, x1, y1, z1] with x0 < x1 etc., got {c['bbox']!r}")
-        c["bbox"] = box
-        for key in ("upsample_steps", "prune_steps"):
-            try:
-                c[key] = sorted(int(s) for s in c[key])
-            except (TypeError, ValueError):
-                raise ValueError(f"{key} must be a list of step numbers, got {c[key]!r}") from None
-        for key in ("prune_rays", "dilation"):
-            if not (isinstance(c[key], int) and c[key] >= 0):
-                raise ValueError(f"{key} must be an integer >= 0, got {c[key]!r}")
-        res, cap = c["resolution"], c["max_resolution"]
-        if not (isinstance(res, int) and 2 <= res <= CUDA_MAX_RESOLUTION):
-            raise ValueError(f"resolution must be an integer in 2..{CUDA_MAX_RESOLUTION}, got {res!r}")
-        if res > CPU_MAX_RESOLUTION and not torch.cuda.is_available():
-            raise ValueError(f"resolution {res} needs CUDA; the CPU limit is {CPU_MAX_RESOLUTION}")
-        if cap is not None and not 2 <= cap <= CUDA_MAX_RESOLUTION:
-            raise ValueError(f"max_resolution must be in 2..{CUDA_MAX_RESOLUTION}, got {cap}")
-        num_coeffs(c["sh_degree"])  # validates the degree
-        for key in cls._POSITIVE:
-            if not c[key] > 0:
-                raise ValueError(f"{key} must be > 0, got {c[key]}")
-        for key in cls._NON_NEGATIVE:
-            if not c[key] >= 0:
-                raise ValueError(f"{key} must be >= 0, got {c[key]}")
-        if c["prune_by"] not in ("weight", "density"):
-            raise ValueError(f"prune_by must be 'weight' or 'density', got {c['prune_by']!r}")
-        if not (c["tv_fraction"] <= 1 and c["rms_beta"] < 1):
-            raise ValueError("tv_fraction must be in (0, 1] and rms_beta in (0, 1)")
-        if c["n_coarse"] is not None and c["n_coarse"] < 2:
-            raise ValueError(f"n_coarse must be >= 2, got {c['n_coarse']}")
-
     @classmethod
     def options_for(cls, cuda: bool, **knobs) -> dict:
         """The paper's schedule on CUDA, CPU_OPTIONS elsewhere; NDC_OPTIONS for forward-facing
