@@ -195,6 +195,17 @@ class Field(nn.Module):
         """Optimiser groups; each may carry its own lr (scaled with the schedule) and eps."""
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
 
+    def make_optimizer(self, groups: list[dict], step: int, cuda: bool) -> torch.optim.Optimizer:
+        """The optimiser over ``groups`` (from param_groups, each with "initial_lr"), built at
+        step ``step`` (0, or later after a rebuild: a schedule that spans rebuilds continues
+        from there). The default is Adam; a field whose paper uses another optimiser (the
+        Plenoxels grid's RMSProp) returns that instead.
+
+        eps 1e-7 is the NeRF paper's; far smaller values (instant-ngp's 1e-15, which the hash
+        model sets in its own groups) turn Adam into sign descent for a wide MLP's tiny early
+        gradients and can kill its ReLU density (seen on the H100)."""
+        return torch.optim.Adam(groups, betas=(0.9, 0.999), eps=1e-7, **({"fused": True} if cuda else {}))
+
     def step_hook(self, step: int, ctx: StepContext) -> StepRequests | None:
         """Called after each applied step with the new step count; returns requests or None."""
         return None

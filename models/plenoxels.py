@@ -1,286 +1,214 @@
-"""Plenoxels (Fridovich-Keil, Yu et al. 2022): a voxel grid of densities and
-spherical-harmonic colours, rendered with the same volume renderer as NeRF.
+"""Plenoxels (Fridovich-Keil, Yu et al. 2022): a sparse voxel grid of densities and
+spherical-harmonic colours, no network.
 
-Representation (true sparsity, as svox2 does it, but in plain PyTorch):
+What follows the paper and its code (svox2: opt/opt.py, opt/configs/syn.json, llff.json):
 
-* The grid has ``resolution`` cells per axis over the box ``bbox``, so
-  (resolution + 1)^3 vertices. Values live on vertices and are interpolated
-  trilinearly from the 8 corners of the cell a point falls in.
-* ``links`` (n, n, n) maps each vertex to a row of the compact parameter
-  tensors ``density_data`` (M, 1) and ``sh_data`` (M, 3 * (degree+1)^2), or -1
-  for a pruned vertex. A pruned vertex reads as zero density and zero SH, which
-  is also how svox2 treats missing voxels. Only the M active rows are
-  parameters, so the optimiser's cost (Adam touches every parameter every step)
-  shrinks with pruning: on the shared 2-core CPU one Adam step over a dense
-  129^3 grid (58 M values) took 0.7-0.8 s, while the pruned embedded scene at
-  128^3 keeps ~235 K vertices and a whole training step takes ~130 ms.
-* Cells whose 8 corners are all pruned cannot contribute, so ray samples in
-  them are dropped before any interpolation ("empty space skipping").
+* a sparse grid (models/voxel_grid.py): ``links`` indexes packed arrays of the active
+  vertices, so a 512^3 grid holds only the few million vertices near surfaces;
+* coarse to fine: 128^3 -> 256^3 -> 512^3 on CUDA (64^3 -> 128^3 on a CPU), each
+  upsampling exact (the doubled grid interpolates the same field) and followed by
+  pruning: by the largest rendering weight a vertex gets from the training rays (Blender
+  scenes) or by density (forward-facing NDC scenes), then a dilation by ``dilation``
+  vertices so surfaces can still move;
+* svox2's RMSProp (models/grid_optim.py) with its learning rates and schedules: density
+  lr 30 decaying to 0.05 after a delayed start, SH lr 1e-2 decaying to 5e-6;
+* TV on density and SH on a random 1 % of the vertices a step with svox2's weights
+  (1e-5 / 1e-3 on Blender scenes, used until the grid passes ``tv_max_resolution``), and
+  the Cauchy sparsity prior (weight 0 on Blender scenes as in syn.json, 1e-12 in NDC);
+* colour max(SH + 0.5, 0) and density ReLU(raw), the box as the ray's extent (Blender) or
+  the NDC cube (LLFF), composited onto the scene's background.
 
-Density is ReLU(interpolated raw value) as in Plenoxels. Colour is
-sigmoid(SH(d)) rather than Plenoxels' clamp_min(SH(d) + 0.5, 0): the sigmoid
-keeps every rendered colour inside [0, 1] and never has a zero gradient, while
-the clamp kills the gradient of any voxel whose colour goes negative in a
-channel. A zero SH vector is mid-grey in both.
-
-The official code optimises with RMSprop (density lr ~30) and SGD-like SH
-updates inside its CUDA kernels. Here the Trainer's Adam drives both. Adam moves
-each parameter by about its lr per step whatever the gradient scale, and ReLU
-densities must reach tens (sigma = 50 makes a half-voxel step at 64^3 70 %
-opaque), so the density group gets 100 x the run's lr and SH 10 x (with the
-CLI's and GUI's lr 1e-2: 1.0 and 0.1; the SH rate is DVGO's for its colour
-grid). Measured on lego at 100 px after 300 steps at 64^3 (PSNR on 3 held-out
-views; density x / SH x): 30/5 22.9, 100/5 23.8, 300/10 23.9, 100/10 24.8, and
-100/10 with the weaker TV weights below 26.0.
+On CUDA rays go through the Triton kernels (models/kernels/plenoxel_render.py), which
+march the grid itself (empty blocks skipped in one stride, early termination) and fuse the
+trilinear SH gather, compositing and their backward; elsewhere the torch reference
+(voxel_grid.render_reference) renders the same samples.
 """
 from __future__ import annotations
 
-import math
+import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import voxel_grid as vg
 from models.field import Field, StepContext, StepRequests, TrainPolicy, check_options
-from models.sh import num_coeffs, sh_basis
+from models.grid_optim import GridRMSprop
 from renderer.occupancy import ray_aabb
-from renderer.compositing import alpha_weights, composite
-
-# Offsets (8, 3) of a cell's corners; corner c = (i, j, k) with bit pattern c = 4i + 2j + k.
-_CORNERS = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+from models.sh import num_coeffs, sh_basis
 
 CPU_MAX_RESOLUTION = 128
-CUDA_MAX_RESOLUTION = 256
+CUDA_MAX_RESOLUTION = 512
+COARSE_BLOCKS = 64  # blocks per axis of the kernels' empty-space map
+_POSITIVE = ("step_ratio", "density_lr_scale", "sh_lr_scale", "density_lr_final", "sh_lr_final",
+             "decay_steps", "rms_beta", "tv_fraction")
+_NON_NEGATIVE = ("tv_density", "tv_sh", "sparsity", "weight_threshold", "density_threshold",
+                 "prune_stop_t", "stop_t", "density_delay_steps", "density_delay_mult")
 
 
-# ---------------------------------------------------------------------------------------
-# Pure building blocks (each tested on its own in tests/test_plenoxels.py)
-# ---------------------------------------------------------------------------------------
-def trilinear_corners(p: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Corner vertices and trilinear weights for points p (N, 3) in vertex units.
-
-    p's coordinates run over [0, n - 1] on a grid of n^3 vertices (values outside
-    are clamped onto the boundary cell's faces). Returns flat vertex indices
-    (N, 8), index = (i * n + j) * n + k, and weights (N, 8) summing to 1.
-    """
-    base = p.floor().clamp(0, n - 2)
-    frac = (p - base).clamp(0.0, 1.0)
-    base = base.long()
-    offs = _CORNERS.to(p.device)
-    c = base[:, None, :] + offs  # (N, 8, 3)
-    idx = (c[..., 0] * n + c[..., 1]) * n + c[..., 2]
-    w = torch.where(offs.bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(-1)
-    return idx, w
-
-
-class _Interpolate(torch.autograd.Function):
-    """Weighted 8-corner gather whose backward writes ONE (M, C) gradient.
-
-    Plain indexing would give every corner's index_select its own dense (M, C)
-    zero-filled gradient, summed afterwards: 8 full-grid passes per step.
-    Positions are not optimised, so rows and w need no gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, data, rows, w):
-        out = torch.zeros(rows.shape[0], data.shape[1], dtype=data.dtype, device=data.device)
-        for c in range(rows.shape[1]):
-            out.addcmul_(data.index_select(0, rows[:, c]), w[:, c:c + 1])
-        ctx.save_for_backward(rows, w)
-        ctx.n_rows = data.shape[0]
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        rows, w = ctx.saved_tensors
-        grad = torch.zeros(ctx.n_rows, grad_out.shape[1], dtype=grad_out.dtype, device=grad_out.device)
-        for c in range(rows.shape[1]):
-            grad.index_add_(0, rows[:, c], grad_out * w[:, c:c + 1])
-        return grad, None, None
+def _validate(c: dict) -> None:
+    """Check and normalise a Plenoxels config in place (bbox as 6 numbers, step lists sorted)."""
+    if isinstance(c["bbox"], (int, float)):
+        c["bbox"] = [-float(c["bbox"])] * 3 + [float(c["bbox"])] * 3
+    try:
+        box = [float(v) for v in c["bbox"]]
+    except (TypeError, ValueError):
+        box = []
+    if len(box) != 6 or not all(box[i] < box[i + 3] for i in range(3)):
+        raise ValueError(f"bbox must be [x0, y0, z0, x1, y1, z1] with x0 < x1 etc., got {c['bbox']!r}")
+    c["bbox"] = box
+    for key in ("upsample_steps", "prune_steps"):
+        try:
+            c[key] = sorted(int(s) for s in c[key])
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a list of step numbers, got {c[key]!r}") from None
+    for key in ("prune_rays", "dilation"):
+        if not (isinstance(c[key], int) and c[key] >= 0):
+            raise ValueError(f"{key} must be an integer >= 0, got {c[key]!r}")
+    res, cap = c["resolution"], c["max_resolution"]
+    if not (isinstance(res, int) and 2 <= res <= CUDA_MAX_RESOLUTION):
+        raise ValueError(f"resolution must be an integer in 2..{CUDA_MAX_RESOLUTION}, got {res!r}")
+    if res > CPU_MAX_RESOLUTION and not torch.cuda.is_available():
+        raise ValueError(f"resolution {res} needs CUDA; the CPU limit is {CPU_MAX_RESOLUTION}")
+    if cap is not None and not 2 <= cap <= CUDA_MAX_RESOLUTION:
+        raise ValueError(f"max_resolution must be in 2..{CUDA_MAX_RESOLUTION}, got {cap}")
+    num_coeffs(c["sh_degree"])  # validates the degree
+    for key in _POSITIVE:
+        if not c[key] > 0:
+            raise ValueError(f"{key} must be > 0, got {c[key]}")
+    for key in _NON_NEGATIVE:
+        if not c[key] >= 0:
+            raise ValueError(f"{key} must be >= 0, got {c[key]}")
+    if c["prune_by"] not in ("weight", "density"):
+        raise ValueError(f"prune_by must be 'weight' or 'density', got {c['prune_by']!r}")
+    if not (c["tv_fraction"] <= 1 and c["rms_beta"] < 1):
+        raise ValueError("tv_fraction must be in (0, 1] and rms_beta in (0, 1)")
+    if c["n_coarse"] is not None and c["n_coarse"] < 2:
+        raise ValueError(f"n_coarse must be >= 2, got {c['n_coarse']}")
 
 
-def interpolate(data: torch.Tensor, rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """sum_c w[:, c] * data[rows[:, c]] -> (N, C) for data (M, C), rows/w (N, 8).
-
-    Rows of -1 (pruned vertices) must already have weight 0 (any valid row may
-    stand in for them).
-    """
-    return _Interpolate.apply(data, rows, w.to(data.dtype))
-
-
-def tv_loss(data: torch.Tensor, links: torch.Tensor, rows: torch.Tensor | None = None,
-            eps: float = 1e-8, row_vertex: torch.Tensor | None = None) -> torch.Tensor:
-    """Total variation of a sparse vertex grid (Plenoxels eq. 4), averaged over vertices.
-
-    data (M, C); links (n, n, n) vertex -> row or -1 (a pruned vertex counts as 0);
-    rows (B,) the active rows to evaluate (None: all); row_vertex (M,) the
-    inverse of links if the caller has it cached. Per vertex v and channel c:
-    sqrt(dx^2 + dy^2 + dz^2 + eps) - sqrt(eps) with dx = value(v + e_x) - value(v)
-    (forward differences), summed over channels and averaged over the vertices
-    that have all three forward neighbours (those on the far faces are covered by
-    their predecessors). The sqrt(eps) offset makes a constant grid exactly 0
-    while keeping the gradient finite there.
-    """
-    n = links.shape[0]
-    flat_links = links.reshape(-1).long()
-    if row_vertex is None:
-        row_vertex = _row_vertices(links)
-    if rows is None:
-        rows = torch.arange(data.shape[0], device=data.device)
-    v = row_vertex[rows]
-    i, j, k = v // (n * n), (v // n) % n, v % n
-    inner = (i < n - 1) & (j < n - 1) & (k < n - 1)
-    rows, v = rows[inner], v[inner]
-    if rows.numel() == 0:
-        return data.sum() * 0.0
-    # One gather for the vertex and its three forward neighbours keeps the
-    # backward to a single dense gradient buffer.
-    nbs = torch.stack([flat_links[v + step] for step in (n * n, n, 1)])  # (3, B)
-    vals = data[torch.cat([rows, nbs.clamp(min=0).reshape(-1)])]
-    val = vals[:rows.shape[0]]
-    nb_val = vals[rows.shape[0]:].view(3, rows.shape[0], -1) * (nbs >= 0).unsqueeze(-1).to(data.dtype)
-    sq = ((nb_val - val) ** 2).sum(0)
-    return (torch.sqrt(sq + eps) - math.sqrt(eps)).sum(-1).mean()
-
-
-def _row_vertices(links: torch.Tensor) -> torch.Tensor:
-    """Inverse of links: flat vertex index (M,) of each active row."""
-    flat = links.reshape(-1).long()
-    active = (flat >= 0).nonzero().squeeze(-1)
-    out = torch.empty(int(active.numel()), dtype=torch.long, device=links.device)
-    out[flat[active]] = active
-    return out
-
-
-def upsample_vertices(dense: torch.Tensor) -> torch.Tensor:
-    """(n, n, n, C) vertex values -> (2n-1, 2n-1, 2n-1, C) by trilinear interpolation.
-
-    The new vertices are the old ones plus all edge, face and cell midpoints, and
-    the field is trilinear inside each old cell, so the upsampled grid describes
-    exactly the same interpolated function (doubling the cell count, not the
-    vertex count, is what makes this exact).
-    """
-    n = dense.shape[0]
-    x = dense.permute(3, 0, 1, 2).unsqueeze(0)
-    up = F.interpolate(x, size=(2 * n - 1,) * 3, mode="trilinear", align_corners=True)
-    return up.squeeze(0).permute(1, 2, 3, 0).contiguous()
-
-
-def dilate(mask: torch.Tensor, iterations: int = 1) -> torch.Tensor:
-    """Grow a (n, n, n) boolean mask by one vertex (26-neighbourhood) per iteration."""
-    m = mask.float()[None, None]
-    for _ in range(iterations):
-        m = F.max_pool3d(m, 3, stride=1, padding=1)
-    return m[0, 0] > 0
-
-
-def cell_occupancy(links: torch.Tensor) -> torch.Tensor:
-    """(n-1)^3 bool: a cell can hold density only if one of its 8 corners is active."""
-    act = (links >= 0).float()[None, None]
-    return F.max_pool3d(act, 2, stride=1)[0, 0] > 0
-
-
-# ---------------------------------------------------------------------------------------
-# The model
-# ---------------------------------------------------------------------------------------
 class Plenoxels(Field):
     """Sparse voxel grid of density + SH colour with coarse-to-fine upsampling.
 
-    config keys:
+    config keys (CUDA defaults; ``options_for`` swaps in CPU_OPTIONS and NDC_OPTIONS):
       resolution      cells per axis NOW (updated on upsampling so checkpoints rebuild)
-      max_resolution  upsampling cap; None = 128 on CPU, 256 on CUDA (never above that)
-      upsample_steps  steps after which the grid is pruned and its resolution doubled
-      prune_steps     steps after which empty / invisible voxels are pruned
-      bbox            [x0, y0, z0, x1, y1, z1] (or a number r for [-r, r]^3); outside is empty
-      sh_degree       0..3 (27 colour values per vertex at 2, the paper's)
-      step_ratio      ray step in voxels (0.5 = half a voxel)
-      n_coarse        if set, overrides step_ratio: samples across the longest bbox side
-      n_fine          accepted for the common set_samples interface; unused
-      density_init    initial raw density of every vertex
-      density_lr_scale, sh_lr_scale   per-group lr = scale * run lr
-      tv_density, tv_sh   weights of the total-variation terms
-      tv_fraction     fraction of active vertices drawn each step for the TV estimate
-      prune_alpha     prune vertices whose opacity across one voxel is below this
-      prune_transmittance  prune vertices seen by sampled training rays only at T below this
-      prune_rays      training rays used to estimate transmittance when pruning
-      dilation        keep-mask dilation (voxels) so surfaces can still grow
+      max_resolution  upsampling cap; None = 512 on CUDA, 128 on a CPU
+      upsample_steps  steps after which the grid doubles (then is pruned)
+      prune_steps     extra steps at which it is pruned at its current resolution
+      bbox            [x0, y0, z0, x1, y1, z1] (or r for [-r, r]^3); outside is empty
+      init_radius     initial active vertices: within this fraction of the half box of the
+                      centre (svox2's sphere init; None = the whole box)
+      sh_degree       0..3 (2, the paper's: 27 colour values per vertex)
+      step_ratio      ray step in voxels; n_coarse (if set) overrides it as samples across
+                      the box; n_fine is accepted for the common interface and unused
+      density_init    initial raw density
+      density_lr_scale, sh_lr_scale  group lr = scale * run lr (1e-2: 30 and 1e-2)
+      density_lr_final, sh_lr_final  final lr / initial lr of each group's decay
+      decay_steps     steps of the log-linear decays; density_delay_steps /
+                      density_delay_mult: the density lr rises from mult * lr over these
+      rms_beta        RMSProp decay of the mean square
+      tv_density, tv_sh, tv_fraction  TV weights and the fraction of vertices drawn a step
+      tv_max_resolution  TV only while the grid is at most this fine (None: always)
+      sparsity        weight of the Cauchy prior sum log(1 + 2 sigma^2) over samples
+      prune_by        "weight" or "density"; weight_threshold (divided by the resolution)
+                      or density_threshold; prune_stop_t ends the weight march (svox2's 0.2)
+      prune_rays      training rays drawn for the weights; dilation in vertices
+      stop_t          transmittance below which a ray stops (early termination)
     """
 
     LABEL = "Plenoxels (voxels + SH)"
-    POLICY = TrainPolicy(lr=1e-2)
-    STOP_T = 1e-4  # transmittance below which colours are not evaluated
-    # Changed by upsampling and restored from the checkpoint's tensor shapes, so a
-    # resumed run (built at the starting resolution) may load a later one.
     STATE_OPTIONS = ("resolution",)
-
-    # Schedule: prune early and often while the grid is still mostly empty space (a
-    # step's cost is proportional to the active vertices and samples in occupied
-    # cells), 64^3 -> 128^3 at step 600 (-> 256^3 at 2000 on CUDA only).
-    DEFAULTS = dict(resolution=64, max_resolution=None, upsample_steps=[600, 2000],
-                    prune_steps=[10, 30, 100, 200, 400, 800, 1500, 2500],
-                    bbox=[-1.5, -1.5, -1.5, 1.5, 1.5, 1.5], sh_degree=2, step_ratio=0.5, n_coarse=None,
-                    n_fine=None, density_init=0.1, density_lr_scale=100.0, sh_lr_scale=10.0,
-                    tv_density=1e-5, tv_sh=1e-4, tv_fraction=0.1, prune_alpha=0.01,
-                    prune_transmittance=0.01, prune_rays=131072, dilation=1)
-
+    DEFAULTS = dict(resolution=128, max_resolution=None, upsample_steps=[2000, 7000], prune_steps=[300, 1000, 15000],
+                    bbox=[-1.5, -1.5, -1.5, 1.5, 1.5, 1.5], init_radius=1.0, sh_degree=2, step_ratio=0.5,
+                    n_coarse=None, n_fine=None, density_init=0.1, density_lr_scale=3000.0, sh_lr_scale=1.0,
+                    density_lr_final=5e-2 / 30, sh_lr_final=5e-6 / 1e-2, decay_steps=100_000,
+                    density_delay_steps=5000, density_delay_mult=0.01, rms_beta=0.95, tv_density=1e-5,
+                    tv_sh=1e-3, tv_fraction=0.01, tv_max_resolution=256, sparsity=0.0, prune_by="weight",
+                    weight_threshold=0.256, density_threshold=5.0, prune_stop_t=0.2,
+                    prune_rays=1 << 23, dilation=2, stop_t=1e-4)
+    # A 2-core CPU makes a few hundred steps a minute: a coarser grid (so a smaller density
+    # lr: a 64^3 voxel is 4x svox2's 256^3 one), a short lr delay and decay, and frequent
+    # pruning with a thinner dilation, which keeps a CPU step cheap (its cost follows the
+    # active vertices and occupied samples).
+    CPU_OPTIONS = dict(resolution=64, upsample_steps=[600], prune_steps=[50, 150, 300, 1200, 2500],
+                       density_lr_scale=1000.0, density_delay_steps=100, decay_steps=20_000,
+                       prune_rays=1 << 14, dilation=1)
+    NDC_OPTIONS = dict(bbox=1.0, init_radius=None, prune_by="density", tv_density=5e-4, tv_sh=5e-3,
+                       tv_max_resolution=None, sparsity=1e-12)
     def __init__(self, **config):
         super().__init__()
         c = self.config = check_options(type(self), config)
-        c["bbox"] = self._check_bbox(c["bbox"])
-        for key in ("upsample_steps", "prune_steps"):
-            try:
-                c[key] = sorted(int(s) for s in c[key])
-            except (TypeError, ValueError):
-                raise ValueError(f"{key} must be a list of step numbers, got {c[key]!r}") from None
-        for key in ("prune_rays", "dilation"):
-            if not (isinstance(c[key], int) and c[key] >= 0):
-                raise ValueError(f"{key} must be an integer >= 0, got {c[key]!r}")
+        _validate(c)
         res = c["resolution"]
-        if not (isinstance(res, int) and 2 <= res <= CUDA_MAX_RESOLUTION):
-            raise ValueError(f"resolution must be an integer in 2..{CUDA_MAX_RESOLUTION}, got {res!r}")
-        if res > CPU_MAX_RESOLUTION and not torch.cuda.is_available():
-            raise ValueError(f"resolution {res} needs CUDA: a {res + 1}^3 grid with its Adam state "
-                             f"takes {self._grid_bytes(res) * 4 / 2**30:.1f} GB; the CPU limit is "
-                             f"{CPU_MAX_RESOLUTION}")
-        if c["max_resolution"] is not None and not (2 <= c["max_resolution"] <= CUDA_MAX_RESOLUTION):
-            raise ValueError(f"max_resolution must be in 2..{CUDA_MAX_RESOLUTION}, got {c['max_resolution']}")
-        num_coeffs(c["sh_degree"])  # validates the degree
-        for key in ("step_ratio", "density_lr_scale", "sh_lr_scale"):
-            if not c[key] > 0:
-                raise ValueError(f"{key} must be > 0, got {c[key]}")
-        for key in ("tv_density", "tv_sh", "prune_alpha", "prune_transmittance"):
-            if not c[key] >= 0:
-                raise ValueError(f"{key} must be >= 0, got {c[key]}")
-        if not 0 < c["tv_fraction"] <= 1:
-            raise ValueError(f"tv_fraction must be in (0, 1], got {c['tv_fraction']}")
-        if c["n_coarse"] is not None and c["n_coarse"] < 2:
-            raise ValueError(f"n_coarse must be >= 2, got {c['n_coarse']}")
-
-        n = res + 1
-        n_sh = 3 * num_coeffs(c["sh_degree"])
-        self.density_data = nn.Parameter(torch.full((n ** 3, 1), float(c["density_init"])))
-        self.sh_data = nn.Parameter(torch.zeros(n ** 3, n_sh))
-        self.register_buffer("links", torch.arange(n ** 3, dtype=torch.int32).view(n, n, n))
-        self.register_buffer("_cells", torch.ones(res, res, res, dtype=torch.bool), persistent=False)
-        self.register_buffer("_row_vertex", torch.arange(n ** 3), persistent=False)
         self.register_buffer("_bbox", torch.tensor(c["bbox"], dtype=torch.float32), persistent=False)
+        n = res + 1
+        active = torch.ones(n, n, n, dtype=torch.bool)
+        if c["init_radius"] is not None:
+            ax = torch.linspace(-1.0, 1.0, n)
+            r2 = ax[:, None, None] ** 2 + ax[None, :, None] ** 2 + ax[None, None, :] ** 2
+            active = r2.sqrt() <= c["init_radius"] + 3 ** 0.5 / res
+        links, vertices = vg.build_links(active)
+        m = vertices.numel()
+        self.density_data = nn.Parameter(torch.full((m, 1), float(c["density_init"])))
+        self.sh_data = nn.Parameter(torch.zeros(m, 3 * num_coeffs(c["sh_degree"])))
+        self.register_buffer("links", links)
+        # Derived from links (_refresh); buffers so that .to() moves them, not saved.
+        for name in ("_cells", "_occ", "_row_vertex"):
+            self.register_buffer(name, None, persistent=False)
+        self._optimizer = None  # weakref to the GridRMSprop make_optimizer built last
+        self._carry = None  # running mean squares remapped by the last pruning / upsampling
+        self._refresh()
 
-    # -- configuration helpers ---------------------------------------------------------
-    @staticmethod
-    def _check_bbox(bbox) -> list[float]:
-        if isinstance(bbox, (int, float)):
-            bbox = [-float(bbox)] * 3 + [float(bbox)] * 3
-        try:
-            box = [float(v) for v in bbox]
-        except (TypeError, ValueError):
-            raise ValueError(f"bbox must be a number or 6 numbers [x0, y0, z0, x1, y1, z1], got {bbox!r}") from None
-        if len(box) != 6 or not all(box[i] < box[i + 3] for i in range(3)):
-            raise ValueError(f"bbox must be [x0, y0, z0, x1, y1, z1] with x0 < x1 etc., got {bbox!r}")
-        return box
+    # -- configuration ----------------------------------------------------------------------
+    @classmethod
+    def options_for(cls, cuda: bool, **knobs) -> dict:
+        """The paper's schedule on CUDA, CPU_OPTIONS elsewhere; NDC_OPTIONS for forward-facing
+        scenes; a snapshot's options (``arch``) win."""
+        opts = {} if cuda else dict(cls.CPU_OPTIONS)
+        if knobs.get("ndc"):
+            opts.update(cls.NDC_OPTIONS)
+        opts.update(knobs.get("arch") or {})
+        return opts
 
-    def _grid_bytes(self, res: int) -> int:
-        return (res + 1) ** 3 * (1 + 3 * num_coeffs(self.config["sh_degree"])) * 4
+    @classmethod
+    def policy(cls, cuda: bool, options: dict) -> TrainPolicy:
+        # The run's lr scales both groups; their decays live in the optimiser (per group,
+        # as svox2's), so the trainer's own schedule is flat.
+        return TrainPolicy(lr=1e-2, lr_final_ratio=1.0, batch_rays_cuda=8192)
 
+    def param_groups(self, lr: float) -> list[dict]:
+        """svox2's groups. Its lrs are for scenes scaled into [-1, 1]^3; a density is per unit
+        length, so the same change of opacity per step takes the density lr times 2 / the box
+        size (2/3 for the 3-unit Blender box)."""
+        c = self.config
+        box = max(b - a for a, b in zip(c["bbox"][:3], c["bbox"][3:]))
+        return [{"params": [self.density_data], "lr": lr * c["density_lr_scale"] * 2.0 / box, "name": "density",
+                 "lr_final_ratio": c["density_lr_final"], "decay_steps": c["decay_steps"],
+                 "delay_steps": c["density_delay_steps"], "delay_mult": c["density_delay_mult"]},
+                {"params": [self.sh_data], "lr": lr * c["sh_lr_scale"], "name": "sh",
+                 "lr_final_ratio": c["sh_lr_final"], "decay_steps": c["decay_steps"]}]
+
+    def make_optimizer(self, groups: list[dict], step: int, cuda: bool) -> torch.optim.Optimizer:
+        """svox2's RMSProp, seeded with the running mean squares carried over the last pruning
+        or upsampling (svox2 resets them there: every touched voxel then takes a full-lr step
+        at once, which cost a third of the PSNR for tens of steps in a 32^3 test)."""
+        opt = GridRMSprop(groups, beta=self.config["rms_beta"], step=step)
+        for p, sq in zip((self.density_data, self.sh_data), self._carry or ()):
+            if sq is not None and sq.shape == p.shape:
+                opt.state[p]["square_avg"] = sq
+        self._carry, self._optimizer = None, weakref.ref(opt)
+        return opt
+
+    def _opt_arrays(self) -> list[torch.Tensor]:
+        """density, sh and their running mean squares (zeros without an optimiser)."""
+        opt = self._optimizer() if self._optimizer is not None else None
+        out = [self.density_data.detach(), self.sh_data.detach()]
+        for p in (self.density_data, self.sh_data):
+            st = opt.state.get(p, {}) if opt is not None else {}
+            out.append(st.get("square_avg", torch.zeros_like(p)).detach())
+        return out
+
+    # -- geometry -----------------------------------------------------------------------------
     @property
     def resolution(self) -> int:
         return self.links.shape[0] - 1
@@ -289,309 +217,244 @@ class Plenoxels(Field):
     def n_active(self) -> int:
         return self.density_data.shape[0]
 
-    @property
-    def voxel_size(self) -> float:
-        """Smallest cell edge in world units."""
-        ext = self._bbox[3:] - self._bbox[:3]
-        return float(ext.min()) / self.resolution
-
     def step_size(self) -> float:
-        """World-space distance between ray samples."""
-        c = self.config
-        if c["n_coarse"] is not None:
-            ext = self._bbox[3:] - self._bbox[:3]
-            return float(ext.max()) / c["n_coarse"]
-        return c["step_ratio"] * self.voxel_size
-
-    # set_samples: n_coarse = samples across the longest bbox side (None keeps the current
-    # step); n_fine is unused (no fine pass).
-
-    @classmethod
-    def policy(cls, cuda: bool, options: dict) -> TrainPolicy:
-        return cls.POLICY
-
-    def param_groups(self, lr: float) -> list[dict]:
-        c = self.config
-        return [{"params": [self.density_data], "lr": lr * c["density_lr_scale"], "name": "density"},
-                {"params": [self.sh_data], "lr": lr * c["sh_lr_scale"], "name": "sh"}]
-
-    # -- field queries ------------------------------------------------------------------
-    def _to_vertex_units(self, x: torch.Tensor) -> torch.Tensor:
-        lo, hi = self._bbox[:3], self._bbox[3:]
-        return (x - lo) / (hi - lo) * self.resolution
-
-    def _inside(self, x: torch.Tensor) -> torch.Tensor:
-        lo, hi = self._bbox[:3], self._bbox[3:]
-        return ((x >= lo) & (x <= hi)).all(-1)
-
-    def _occupied(self, p: torch.Tensor) -> torch.Tensor:
-        """(N,) bool for points p (N, 3) in vertex units inside the grid: is their cell non-empty."""
-        r = self.resolution
-        cell = p.floor().long().clamp(0, r - 1)
-        return self._cells[cell[:, 0], cell[:, 1], cell[:, 2]]
-
-    def _corners(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Active rows (N, 8) and weights (N, 8) with pruned corners weighted 0."""
-        idx, w = trilinear_corners(p, self.resolution + 1)
-        rows = self.links.view(-1)[idx].long()
-        live = rows >= 0
-        return rows.clamp(min=0), w * live.to(w.dtype)
-
-    def _sh_colour(self, rows, w, basis) -> torch.Tensor:
-        """rgb (N, 3) = sigmoid(SH) from corner rows/weights (N, 8) and basis (N, K)."""
-        coeffs = interpolate(self.sh_data, rows, w).view(-1, 3, basis.shape[-1])
-        return torch.sigmoid((coeffs * basis[:, None, :]).sum(-1))
-
-    def density(self, x: torch.Tensor) -> torch.Tensor:
-        """sigma (N,) at world points x (N, 3); zero outside the bbox and in empty cells."""
-        sigma = torch.zeros(x.shape[0], device=x.device, dtype=self.density_data.dtype)
-        p = self._to_vertex_units(x)
-        keep = self._inside(x)
-        keep[keep.clone()] = self._occupied(p[keep])
-        if keep.any():
-            rows, w = self._corners(p[keep])
-            sigma = sigma.index_put((keep.nonzero().squeeze(-1),),
-                                    F.relu(interpolate(self.density_data, rows, w).squeeze(-1)))
-        return sigma
-
-    def radiance(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sigma (N,), rgb (N, 3)) at points x (N, 3) seen along unit directions d (N, 3)."""
-        rgb = torch.zeros(x.shape[0], 3, device=x.device, dtype=self.sh_data.dtype)
-        sigma = self.density(x)
-        p = self._to_vertex_units(x)
-        inside = self._inside(x)
-        if inside.any():
-            rows, w = self._corners(p[inside])
-            basis = sh_basis(F.normalize(d[inside], dim=-1), self.config["sh_degree"])
-            rgb = rgb.index_put((inside.nonzero().squeeze(-1),), self._sh_colour(rows, w, basis))
-        return sigma, rgb
-
-    # -- rendering ----------------------------------------------------------------------
-    def _ray_samples(self, rays_o, dirs, near_w, far_w, jitter: bool):
-        """Uniform steps through the bbox: t (R, S) world depths and valid (R, S)."""
-        step = self.step_size()
-        t_in, t_out = ray_aabb(rays_o, dirs, self._bbox[:3], self._bbox[3:])
-        t_in = torch.maximum(t_in, near_w)
-        t_out = torch.minimum(t_out, far_w)
-        span = (t_out - t_in).clamp(min=0.0)
-        t_in = torch.where(span > 0, t_in, near_w)  # keep t finite for rays that miss
-        n = max(1, int(math.ceil(float(span.max()) / step))) if span.numel() else 1
-        offset = torch.rand_like(t_in)[:, None] if jitter else 0.5
-        t = t_in[:, None] + (torch.arange(n, device=dirs.device, dtype=dirs.dtype) + offset) * step
-        return t, t < (t_in + span)[:, None], step
-
-    def render_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, near: float, far: float,
-                    background=None, train: bool = False) -> dict[str, torch.Tensor]:
-        """rays (R, 3) -> rgb (R, 3), depth (R,), acc (R,), weights (R, S), t (R, S).
-
-        Depth and t are in units of the given rays_d (as the NeRF model reports
-        them); internally rays are unit length so the step is a world distance.
-        Samples are jittered by a random fraction of a step per ray in training.
-        """
-        d_norm = rays_d.norm(dim=-1)
-        dirs = rays_d / d_norm[:, None]
-        near_w = torch.as_tensor(near, dtype=dirs.dtype, device=dirs.device) * d_norm
-        far_w = torch.as_tensor(far, dtype=dirs.dtype, device=dirs.device) * d_norm
-        t, valid, step = self._ray_samples(rays_o, dirs, near_w, far_w, jitter=train)
-        n_rays, n_samp = t.shape
-        pts = rays_o[:, None, :] + dirs[:, None, :] * t[..., None]  # (R, S, 3)
-        p = self._to_vertex_units(pts)
-        sel = valid.nonzero()  # (N, 2) ray, sample
-        at = (sel[:, 0], sel[:, 1])
-        occ = self.crop_density(pts[at], self._occupied(p[at]), train)  # the crop box drops samples as empty cells do
-        sel = sel[occ]
-        flat = sel[:, 0] * n_samp + sel[:, 1]
-        sigma_full = torch.zeros(n_rays * n_samp, device=dirs.device, dtype=self.density_data.dtype)
-        rgb_full = torch.zeros(n_rays * n_samp, 3, device=dirs.device, dtype=self.sh_data.dtype)
-        if sel.shape[0] > 0:
-            rows, w = self._corners(p[sel[:, 0], sel[:, 1]])
-            sigma = F.relu(interpolate(self.density_data, rows, w).squeeze(-1))
-            sigma_full = sigma_full.index_put((flat,), sigma)
-            # Colour only where it can be seen: with zero density the sample's weight
-            # (and gradient) is exactly 0; behind transmittance T < STOP_T all the
-            # remaining weights sum to < STOP_T, so leaving their colour at 0 changes
-            # the pixel by under STOP_T (Plenoxels' early ray termination).
-            with torch.no_grad():
-                sd = sigma_full.detach().view(n_rays, n_samp) * step
-                trans = torch.exp(-(torch.cumsum(sd, -1) - sd)).view(-1)
-            live = (sigma > 0) & (trans[flat] > self.STOP_T)
-            basis = sh_basis(dirs, self.config["sh_degree"])[sel[live, 0]]
-            rgb = self._sh_colour(rows[live], w[live], basis)
-            rgb_full = rgb_full.index_put((flat[live],), rgb)
-        elif train:
-            # Keep the loss attached to the parameters when every sample was skipped.
-            sigma_full = sigma_full + 0.0 * self.density_data.sum()
-            rgb_full = rgb_full + 0.0 * self.sh_data.sum()
-        sigma_full = sigma_full.view(n_rays, n_samp)
-        out = composite(sigma_full, rgb_full.view(n_rays, n_samp, 3), t, dirs, background,
-                        last_delta=step)
-        t_user = t / d_norm[:, None]
-        return {"rgb": out["rgb"], "depth": out["depth"] / d_norm, "acc": out["acc"],
-                "weights": out["weights"], "t": t_user,
-                # Same names as NeRFModel so the GUI's weight inspector can show them.
-                "t_coarse": t_user, "weights_coarse": out["weights"]}
-
-    def loss_terms(self, out: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """'mse' plus 'tv', the weighted TV of density and SH on a random subset of vertices."""
-        terms = {"mse": F.mse_loss(out["rgb"], target)}
-        c = self.config
-        if c["tv_density"] > 0 or c["tv_sh"] > 0:
-            m = self.n_active
-            k = max(1, int(round(m * c["tv_fraction"])))
-            rows = torch.randint(0, m, (k,), device=self.density_data.device) if k < m else None
-            tv = 0.0
-            if c["tv_density"] > 0:
-                tv = tv + c["tv_density"] * tv_loss(self.density_data, self.links, rows,
-                                                        row_vertex=self._row_vertex)
-            if c["tv_sh"] > 0:
-                tv = tv + c["tv_sh"] * tv_loss(self.sh_data, self.links, rows,
-                                                   row_vertex=self._row_vertex)
-            terms["tv"] = tv
-        return terms
-
-    # -- pruning and upsampling ------------------------------------------------------------
-    @torch.no_grad()
-    def max_transmittance(self, rays_o: torch.Tensor, rays_d: torch.Tensor, near: float, far: float,
-                          chunk: int = 4096) -> torch.Tensor:
-        """Per active row (M,): the largest transmittance T with which any sample of the
-        given rays reached one of the cells the vertex belongs to; -1 if never reached."""
-        best = torch.full((self.n_active,), -1.0, device=rays_o.device)
-        for s in range(0, rays_o.shape[0], chunk):
-            o, d = rays_o[s:s + chunk], rays_d[s:s + chunk]
-            d_norm = d.norm(dim=-1)
-            dirs = d / d_norm[:, None]
-            t, valid, step = self._ray_samples(o, dirs, near * d_norm, far * d_norm, jitter=False)
-            pts = o[:, None, :] + dirs[:, None, :] * t[..., None]
-            p = self._to_vertex_units(pts)
-            sel = valid.nonzero()
-            sel = sel[self._occupied(p[sel[:, 0], sel[:, 1]])]
-            if sel.shape[0] == 0:
-                continue
-            rows, w = self._corners(p[sel[:, 0], sel[:, 1]])
-            sigma = torch.zeros_like(t)
-            sigma[sel[:, 0], sel[:, 1]] = F.relu(interpolate(self.density_data, rows, w).squeeze(-1))
-            delta = torch.full_like(t, step)
-            _, trans = alpha_weights(sigma, delta)
-            tr = trans[sel[:, 0], sel[:, 1]][:, None].expand_as(rows)
-            tr = torch.where(w > 0, tr, torch.full_like(tr, -1.0))
-            best.scatter_reduce_(0, rows.reshape(-1), tr.reshape(-1), reduce="amax")
-        return best
-
-    @torch.no_grad()
-    def prune(self, rays_o: torch.Tensor | None = None, rays_d: torch.Tensor | None = None,
-              near: float = 0.0, far: float = 1e10) -> dict:
-        """Drop vertices with low density or (given training rays) low transmittance.
-
-        A vertex stays if one voxel length of its density has opacity >= prune_alpha
-        and, when rays are given and some sample reached it, it was reached with
-        T >= prune_transmittance (so the inside of solid objects goes); the kept set
-        is then dilated so surfaces can still grow. Returns counts before/after.
-        """
-        c = self.config
-        before = self.n_active
-        sigma_min = -math.log1p(-min(c["prune_alpha"], 1 - 1e-6)) / self.voxel_size
-        keep_row = F.relu(self.density_data[:, 0]) >= sigma_min
-        if rays_o is not None and c["prune_transmittance"] > 0:
-            best_t = self.max_transmittance(rays_o, rays_d, near, far)
-            keep_row &= (best_t < 0) | (best_t >= c["prune_transmittance"])
-        row_vertex = self._row_vertex
-        keep = torch.zeros(self.links.numel(), dtype=torch.bool, device=self.links.device)
-        keep[row_vertex[keep_row]] = True
-        keep = dilate(keep.view_as(self.links), c["dilation"]) if c["dilation"] > 0 else keep.view_as(self.links)
-        self._relink(keep, *self._dense())
-        return {"before": before, "after": self.n_active}
-
-    def _dense(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dense (n, n, n, C) density and SH grids with zeros at pruned vertices."""
-        n = self.resolution + 1
-        flat = self.links.view(-1).long()
-        act = flat >= 0
-        dens = torch.zeros(n ** 3, 1, device=flat.device)
-        sh = torch.zeros(n ** 3, self.sh_data.shape[1], device=flat.device)
-        dens[act] = self.density_data.detach()[flat[act]]
-        sh[act] = self.sh_data.detach()[flat[act]]
-        return dens.view(n, n, n, 1), sh.view(n, n, n, -1)
-
-    def _relink(self, active: torch.Tensor, dens: torch.Tensor, sh: torch.Tensor) -> None:
-        """Replace parameters by the values of dense grids (n, n, n, C) at the active vertices."""
-        n = active.shape[0]
-        flat = active.reshape(-1)
-        links = torch.full((n ** 3,), -1, dtype=torch.int32, device=flat.device)
-        idx = flat.nonzero().squeeze(-1)
-        links[idx] = torch.arange(idx.numel(), dtype=torch.int32, device=flat.device)
-        self.links = links.view(n, n, n)
-        self.density_data = nn.Parameter(dens.reshape(n ** 3, -1)[idx].contiguous())
-        self.sh_data = nn.Parameter(sh.reshape(n ** 3, -1)[idx].contiguous())
-        self._refresh()
-
-    def _refresh(self) -> None:
-        """Recompute what is derived from links (not saved in checkpoints)."""
-        self._cells = cell_occupancy(self.links)
-        self._row_vertex = _row_vertices(self.links)
-        self.config["resolution"] = self.resolution
-
-    @torch.no_grad()
-    def upsample(self) -> None:
-        """Double the cell count per axis, preserving the interpolated field exactly.
-
-        A new vertex is active if any old vertex it interpolates from was active;
-        the others interpolate only zeros, so dropping them changes nothing.
-        """
-        dens, sh = self._dense()
-        act = (self.links >= 0).float()[..., None]
-        up_act = upsample_vertices(act)[..., 0] > 0
-        self._relink(up_act, upsample_vertices(dens), upsample_vertices(sh))
+        """Distance between ray samples in grid units (voxels)."""
+        n = self.config["n_coarse"]
+        return self.resolution / n if n is not None else self.config["step_ratio"]
 
     def resolution_cap(self) -> int:
         hard = CUDA_MAX_RESOLUTION if self.density_data.is_cuda else CPU_MAX_RESOLUTION
         cap = self.config["max_resolution"]
         return hard if cap is None else min(cap, hard)
 
+    def _refresh(self) -> None:
+        """Recompute what is derived from links (not saved in checkpoints)."""
+        r = self.resolution
+        self._cells = vg.cell_occupancy(self.links)
+        self._block = max(1, -(-r // COARSE_BLOCKS))
+        self._occ = vg.coarse_occupancy(self._cells, self._block)
+        self._row_vertex = vg.row_vertices(self.links)
+        self.config["resolution"] = r
+
+    def _grid(self, links=None, density=None) -> dict:
+        links = self.links if links is None else links
+        cells = self._cells if links is self.links else vg.cell_occupancy(links)
+        block = max(1, -(-(links.shape[0] - 1) // COARSE_BLOCKS))
+        occ = self._occ if links is self.links else vg.coarse_occupancy(cells, block)
+        dens = self.density_data if density is None else density
+        return {"links": links.contiguous(), "density": dens.detach().reshape(-1).contiguous(),
+                "sh": self.sh_data.detach().contiguous(), "occ": occ.contiguous(), "cells": cells,
+                "res": links.shape[0] - 1, "block": block}
+
+    def _rays(self, rays_o, rays_d, near, far, res=None):
+        return vg.grid_rays(rays_o.float(), rays_d.float(), near, far, self._bbox[:3], self._bbox[3:],
+                            res or self.resolution)
+
+    # -- field queries --------------------------------------------------------------------------
+    def _lookup(self, x: torch.Tensor):
+        """Rows/weights (N, 8) of world points x (N, 3) and whether each is inside the box."""
+        lo, hi = self._bbox[:3], self._bbox[3:]
+        p = (x - lo) / (hi - lo) * self.resolution
+        rows, w = vg.corner_rows(self.links, p)
+        inside = ((x >= lo) & (x <= hi)).all(-1)
+        return rows, w * inside[:, None].to(w.dtype)
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        """sigma (N,) at world points x (N, 3); zero outside the box and in pruned space."""
+        rows, w = self._lookup(x)
+        return F.relu(vg.interpolate(self.density_data, rows, w)[:, 0])
+
+    def radiance(self, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigma (N,), rgb (N, 3)) at points x (N, 3) seen along directions d (N, 3)."""
+        rows, w = self._lookup(x)
+        basis = sh_basis(F.normalize(d, dim=-1), self.config["sh_degree"])
+        coeffs = vg.interpolate(self.sh_data, rows, w).view(-1, 3, basis.shape[-1])
+        rgb = F.relu((coeffs * basis[:, None, :]).sum(-1) + 0.5).clamp(max=1.0)
+        return F.relu(vg.interpolate(self.density_data, rows, w)[:, 0]), rgb
+
+    # -- rendering --------------------------------------------------------------------------------
+    def _use_kernels(self, x: torch.Tensor) -> bool:
+        from renderer.occupancy import _use_triton
+        return _use_triton(x)
+
+    def render_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, near, far,
+                    background=None, train: bool = False) -> dict[str, torch.Tensor]:
+        """rays (R, 3) -> rgb (R, 3), depth (R,) in units of rays_d, acc (R,), cauchy (R,); the
+        torch path adds per-sample weights and t (the GUI's inspector). Samples start at a
+        random fraction of a step in training, at half a step otherwise; colours are clipped
+        to [0, 1] outside training (svox2 clips at evaluation)."""
+        if self.crop is not None and not train:
+            # The crop box as each ray's segment: the same as zeroing density outside it for a
+            # grid, whose last sample is not stretched to infinity (renderer/crop.py).
+            t_in, t_out = ray_aabb(rays_o.float(), rays_d.float(), self.crop.lo, self.crop.hi)
+            near = torch.maximum(torch.as_tensor(near, dtype=t_in.dtype, device=t_in.device), t_in)
+            far = torch.minimum(torch.as_tensor(far, dtype=t_in.dtype, device=t_in.device), t_out)
+        rays = self._rays(rays_o, rays_d, near, far)
+        n = rays_o.shape[0]
+        dev = rays["o"].device
+        offset = torch.rand(n, device=dev) if train else torch.full((n,), 0.5, device=dev)
+        basis = sh_basis(rays["dirs"], self.config["sh_degree"])
+        bg = torch.as_tensor(0.0 if background is None else background, dtype=torch.float32, device=dev)
+        bg = bg.expand(n, 3).contiguous()
+        step, stop_t = self.step_size(), self.config["stop_t"]
+        out = None
+        if self._use_kernels(rays["o"]) and (train or n > 16):
+            out = self._render_kernel(rays, offset, basis, bg, step, stop_t)
+        if out is None:
+            ref = vg.render_reference(self.links, self.density_data, self.sh_data, self._cells, rays, offset,
+                                      step, stop_t, basis, bg)
+            t_user = ref["t"] * (rays["wps"] / rays["d_norm"])[:, None]
+            out = {k: ref[k] for k in ("rgb", "depth", "acc", "cauchy")}
+            out.update(weights=ref["weights"], t=t_user, t_coarse=t_user, weights_coarse=ref["weights"])
+        out["depth"] = out["depth"] / rays["d_norm"]
+        if not train:
+            out["rgb"] = out["rgb"].clamp(0.0, 1.0)
+        return out
+
+    def _render_kernel(self, rays, offset, basis, bg, step, stop_t) -> dict | None:
+        try:
+            from models.kernels.plenoxel_render import GridRender, pack_rays
+            packed = pack_rays(rays, offset, step)
+            rgb, depth, acc, cauchy = GridRender.apply(self.density_data, self.sh_data, packed, basis, bg,
+                                                       self._grid(), step, stop_t)
+        except Exception as exc:  # noqa: BLE001 - a kernel that fails must not stop training
+            import os
+            from renderer import kernels
+            if os.environ.get("NERFLAB_KERNELS") == "triton":
+                raise
+            kernels.disable(f"plenoxels render: {exc!r}"[:300])
+            return None
+        return {"rgb": rgb, "depth": depth, "acc": acc, "cauchy": cauchy}
+
+    def loss_terms(self, out: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """'mse', 'tv' (svox2's sparse TV, scaled by resolution / 256 as there) while the grid
+        is at most tv_max_resolution, and 'sparsity' (the Cauchy prior) when weighted."""
+        c = self.config
+        terms = {"mse": F.mse_loss(out["rgb"], target)}
+        if c["sparsity"] > 0:
+            terms["sparsity"] = c["sparsity"] * out["cauchy"].sum()
+        res = self.resolution
+        if (c["tv_density"] > 0 or c["tv_sh"] > 0) and (c["tv_max_resolution"] is None
+                                                       or res <= c["tv_max_resolution"]):
+            m = self.n_active
+            rows = torch.randint(0, m, (max(1, int(m * c["tv_fraction"])),), device=self.links.device)
+            tv = 0.0
+            for weight, data in ((c["tv_density"], self.density_data), (c["tv_sh"], self.sh_data)):
+                if weight > 0:
+                    tv = tv + vg.sparse_tv(data, self.links, rows, self._row_vertex, weight * res / 256)
+            terms["tv"] = tv
+        return terms
+
+    # -- pruning and upsampling -------------------------------------------------------------------
+    @torch.no_grad()
+    def max_weights(self, rays_o, rays_d, near, far, links=None, density=None, chunk: int = 1 << 20):
+        """Per row (M,) of the grid (links, density) (default: this one): the largest weight
+        any of the rays gives a sample in a cell the row's vertex is a corner of."""
+        g = self._grid(links, density)
+        wmax = torch.zeros(g["density"].shape[0], device=rays_o.device)
+        use_kernels = self._use_kernels(rays_o)
+        chunk = chunk if use_kernels else 4096
+        for s in range(0, rays_o.shape[0], chunk):
+            rays = self._rays(rays_o[s:s + chunk], rays_d[s:s + chunk], near, far, g["res"])
+            if use_kernels:
+                from models.kernels.plenoxel_render import max_weights, pack_rays
+                packed = pack_rays(rays, torch.full_like(rays["t0"], 0.5), self.config["step_ratio"])
+                max_weights(g, packed, self.config["step_ratio"], self.config["prune_stop_t"], wmax)
+            else:
+                wmax = torch.maximum(wmax, vg.max_weights_reference(
+                    g["links"], g["density"][:, None], g["cells"], rays, self.config["step_ratio"],
+                    self.config["prune_stop_t"]))
+        return wmax
+
+    def _keep(self, links, density, rays) -> torch.Tensor:
+        """Rows of the grid (links, density) worth keeping (before dilation)."""
+        c = self.config
+        if c["prune_by"] == "density" or rays is None:
+            return density[:, 0] >= c["density_threshold"]
+        wmax = self.max_weights(*rays, links=links, density=density)
+        return wmax >= c["weight_threshold"] / (links.shape[0] - 1)
+
+    def _relink(self, mask: torch.Tensor, values) -> None:
+        """Make the vertices of mask active, with values(vertices) -> the new _opt_arrays."""
+        links, vertices = vg.build_links(mask)
+        dens, sh, *carry = values(vertices)
+        # Rows new to the optimiser (dilation) start from the mean of the others' mean
+        # squares: from their own first gradient (svox2's rule for a fresh grid) a vertex
+        # next to a surface jumps by the full lr, tens in raw density, and floats there.
+        self._carry = [torch.where(sq > 0, sq, sq.sum(0) / (sq > 0).sum(0).clamp(min=1)) for sq in carry]
+        self.links = links
+        self.density_data = nn.Parameter(dens.contiguous())
+        self.sh_data = nn.Parameter(sh.contiguous())
+        self._refresh()
+
+    @torch.no_grad()
+    def prune(self, rays=None) -> dict:
+        """Keep the vertices that pass _keep, dilated by ``dilation``. rays: (rays_o, rays_d,
+        near, far) of training rays for weight pruning (without: density pruning)."""
+        before = self.n_active
+        keep = self._keep(self.links, self.density_data, rays)
+        mask = torch.zeros(self.links.numel(), dtype=torch.bool, device=self.links.device)
+        mask[self._row_vertex[keep]] = True
+        mask = vg.dilate(mask.view_as(self.links), self.config["dilation"])
+        old_links, arrays = self.links.reshape(-1), self._opt_arrays()
+
+        def values(vertices):
+            rows = old_links[vertices].long()
+            have = (rows >= 0)[:, None]
+            return [torch.where(have, a[rows.clamp(min=0)], 0.0) for a in arrays]
+
+        self._relink(mask, values)
+        return {"before": before, "after": self.n_active}
+
+    @torch.no_grad()
+    def upsample(self, rays=None) -> None:
+        """Double the cells per axis, exactly (the field is unchanged), then keep what _keep
+        keeps on the new grid (svox2 thresholds the upsampled grid too), dilated."""
+        n2 = 2 * self.resolution + 1
+        cand_links, cand = vg.build_links(vg.upsample_support(self.links >= 0))
+        cand_dens = vg.resample(self.links, [self.density_data.detach()], cand, n2)[0]
+        keep = self._keep(cand_links, cand_dens, rays)
+        mask = torch.zeros(n2 ** 3, dtype=torch.bool, device=self.links.device)
+        mask[cand[keep]] = True
+        del cand_links, cand_dens, cand
+        old_links, data = self.links, self._opt_arrays()
+        self._relink(vg.dilate(mask.view(n2, n2, n2), self.config["dilation"]),
+                     lambda vertices: vg.resample(old_links, data, vertices, n2))
+
     def _training_rays(self, ctx: StepContext):
         n = self.config["prune_rays"]
         if n <= 0:
-            return None, None
-        os_, ds = [], []
-        for s in range(0, n, 16384):
-            o, d = ctx.training_rays(min(16384, n - s))
-            os_.append(o)
-            ds.append(d)
-        return torch.cat(os_), torch.cat(ds)
+            return None
+        parts = [ctx.training_rays(min(1 << 20, n - s)) for s in range(0, n, 1 << 20)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), ctx.near, ctx.far
 
     def step_hook(self, step: int, ctx: StepContext) -> StepRequests | None:
-        """Prune at prune_steps; prune then upsample at upsample_steps (within the cap)."""
+        """Upsample (and prune the new grid) at upsample_steps, prune at prune_steps."""
         c = self.config
         if not ctx.owns(self.density_data):
-            # Our parameters were replaced behind the optimiser's back (a rollback that
-            # loaded a snapshot of another grid size): optimise the current ones.
+            # Our parameters were replaced behind the optimiser's back (a rollback that loaded
+            # a snapshot of another grid size): optimise the current ones.
             return StepRequests(rebuild_optimizer=True)
-        if step not in c["prune_steps"] and step not in c["upsample_steps"]:
+        up = step in c["upsample_steps"] and 2 * self.resolution <= self.resolution_cap()
+        if not up and step not in c["prune_steps"] and step not in c["upsample_steps"]:
             return None
-        rays_o, rays_d = self._training_rays(ctx)
-        stats = self.prune(rays_o, rays_d, ctx.near, ctx.far)
-        msg = (f"step {step}: plenoxels pruned {stats['before']} -> {stats['after']} active vertices "
-               f"at {self.resolution}^3")
-        if step in c["upsample_steps"]:
-            new = 2 * self.resolution
-            if new <= self.resolution_cap():
-                self.upsample()
-                up = self.n_active
-                # Most new vertices between a surface and pruned space interpolate a
-                # density below the threshold; dropping them at once (no rays: cheap)
-                # is what Plenoxels' resample does with its sigma threshold.
-                self.prune()
-                msg += f", upsampled to {new}^3 ({up} -> {self.n_active} active)"
-            else:
-                msg += (f", upsampling to {new}^3 skipped (limit {self.resolution_cap()} on "
-                        f"{self.density_data.device.type})")
+        before, res = self.n_active, self.resolution
+        rays = self._training_rays(ctx) if c["prune_by"] == "weight" else None
+        if up:
+            self.upsample(rays)
+            msg = f"step {step}: plenoxels upsampled {res}^3 -> {self.resolution}^3 ({before} -> {self.n_active} active)"
+        else:
+            self.prune(rays)
+            msg = f"step {step}: plenoxels pruned {before} -> {self.n_active} active vertices at {res}^3"
+            if step in c["upsample_steps"]:
+                msg += f"; upsampling skipped (limit {self.resolution_cap()}^3 on {self.links.device.type})"
         return StepRequests(rebuild_optimizer=True, events=[msg])
 
-    # -- checkpoints ------------------------------------------------------------------------
+    # -- checkpoints --------------------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # The number of active vertices is data, not configuration: resize the
-        # parameters to the checkpoint's before the strict shape check. Tensors
-        # whose shape already fits are loaded in place, so an optimiser holding
-        # them stays valid.
+        # The number of active vertices is data, not configuration: resize the parameters to
+        # the checkpoint's before the strict shape check. Tensors whose shape already fits are
+        # loaded in place, so an optimiser holding them stays valid.
         links = state_dict.get(prefix + "links")
         if links is not None and links.dim() == 3:
             dev = self.links.device
@@ -603,3 +466,4 @@ class Plenoxels(Field):
                     setattr(self, name, nn.Parameter(torch.empty(src.shape, device=dev)))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._refresh()
+

@@ -91,8 +91,9 @@ def configure(p) -> None:
     p.add_argument("--options", default=None, help="extra model options as JSON, e.g. '{\"resolution\": 128}'")
 
 
-def model_options(args, cuda: bool) -> dict:
-    """The model's options from the flags; each model reads the knobs it has."""
+def model_options(args, cuda: bool, ndc: bool = False) -> dict:
+    """The model's options from the flags (and whether the scene is in NDC); each model reads
+    the knobs it has."""
     from app.engine.presets import model_options as build
 
     if not (0 <= args.L_xyz <= 24 and 0 <= args.L_dir <= 24):
@@ -111,7 +112,7 @@ def model_options(args, cuda: bool) -> dict:
             raise UserError("--options must be a JSON object")
     knobs = dict(preset=args.preset, pos_encoding=args.encoding or ("none" if args.no_pe else "pe"),
                  L_xyz=args.L_xyz, L_dir=args.L_dir, sigma_scale=args.sigma, n_coarse=args.n_coarse,
-                 n_fine=args.n_fine, width=args.width)
+                 n_fine=args.n_fine, width=args.width, ndc=ndc)
     return build(args.model, cuda, knobs, extra)
 
 
@@ -154,7 +155,8 @@ def run(args) -> int:
         import models
 
         args.model = models.default_model(cuda, scene)
-    opts = model_options(args, cuda)
+    # Forward-facing scenes: models that place a grid put it over the NDC cube.
+    opts = model_options(args, cuda, ndc=scene.ndc)
     for note in scene.notes:
         print(f"note: {note}")
     if args.bf16 and not cuda:

@@ -105,6 +105,11 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
     0 * x is 0 for finite x and NaN otherwise, so the summed norms are finite iff all are."""
     if not tensors:
         return True
+    # Usually one read of the gradients: their norms are finite when every value is. Only
+    # a non-finite sum (NaN or inf somewhere, or finite values whose squares overflow) pays
+    # for the exact test, which copies them.
+    if bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors)).sum()).item()):
+        return True
     zeros = torch._foreach_mul(tensors, 0.0)
     return bool(torch.isfinite(torch.stack(torch._foreach_norm(zeros)).sum()).item())
 
@@ -153,8 +158,8 @@ class Trainer:
         self.model.to(self.device)
         if self.config.compile and self.device.type == "cuda":
             self.model.compile_fields()
-        self.optimizer = self._make_optimizer()
         self.step_count = 0
+        self.optimizer = self._make_optimizer()
         self.batch_rays = self.config.batch_rays
         self.events: list[str] = []  # human-readable recoveries, drained by the GUI
         self.fault_hook = None  # tests inject faults (e.g. a simulated OOM) here
@@ -175,12 +180,9 @@ class Trainer:
         groups = self.model.param_groups(self.config.lr)
         for g in groups:
             g.setdefault("initial_lr", g["lr"])
-        fused = self.device.type == "cuda"
-        # eps 1e-7 is the NeRF paper's; far smaller values (instant-ngp's 1e-15, which the
-        # hash model sets in its own groups) turn Adam into sign descent for a wide MLP's
-        # tiny early gradients and can kill its ReLU density (seen on the H100).
-        return torch.optim.Adam(groups, betas=(0.9, 0.999), eps=1e-7,
-                                **({"fused": True} if fused else {}))
+        # The model picks its optimiser (Adam unless its paper uses another).
+        return self.model.make_optimizer(groups, step=self.step_count,
+                                         cuda=self.device.type == "cuda")
 
     def rebuild_optimizer(self) -> None:
         """Called by models whose parameter tensors change shape (grid upsampling)."""
