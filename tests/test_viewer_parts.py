@@ -307,3 +307,18 @@ def test_process_job_cancel_leaves_nothing(tmp_path):
     job = run_fake(tmp_path, "slow", cancel_after=0.3)
     assert job.state == "cancelled"
     assert not os.path.exists(job.out) and not [p for p in os.listdir(tmp_path) if ".partial-" in p]
+
+
+def test_view_bounds_follow_the_camera_distance():
+    """A view farther out than the training cameras sees the scene as far behind its near
+    plane as they did; closer in, near shrinks and far stays; NDC keeps its bounds."""
+    from app.gui.render_schedule import view_bounds
+
+    scene = types.SimpleNamespace(near=2.0, far=6.0, scene_radius=4.0, ndc=False)
+    at = lambda d: look_at((0.0, -d, 0.0))  # noqa: E731
+    assert view_bounds(scene, at(4.0)) == pytest.approx((2.0, 6.0))
+    assert view_bounds(scene, at(10.0)) == pytest.approx((8.0, 12.0))
+    assert view_bounds(scene, at(3.0)) == pytest.approx((1.0, 6.0))
+    assert view_bounds(scene, at(0.5)) == pytest.approx((0.1, 6.0))
+    scene.ndc = True
+    assert view_bounds(scene, at(10.0)) == (2.0, 6.0)

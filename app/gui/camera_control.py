@@ -26,15 +26,16 @@ class Interaction:
         self.button = None
         self.last = None
         self.moved = False
+        self.source = "mouse"  # who drives the drag in progress: the mouse, or automation
 
     @property
     def dragging(self) -> bool:
         return self.button is not None
 
-    def press(self, button: str, pos) -> bool:
+    def press(self, button: str, pos, source: str = "mouse") -> bool:
         if self.button is not None or not self.hit(pos):
             return False
-        self.button, self.last, self.moved = button, tuple(pos), False
+        self.button, self.last, self.moved, self.source = button, tuple(pos), False, source
         return True
 
     def move(self, pos) -> None:
@@ -165,7 +166,9 @@ class CameraControl:
         if it is None:
             return pos, False
         over_view = self.viewport.hovered()
-        if it.dragging:
+        if it.dragging and it.source != "mouse":
+            pass  # an automated drag (--control): the real mouse does not end or move it
+        elif it.dragging:
             it.move(pos)
             if not dpg.is_mouse_button_down(codes[it.button]):
                 it.release()

@@ -126,7 +126,7 @@ class ControlChannel:
         x, y, w, h = self.viewport.rects_screen()[0]
         start = (x + w / 2, y + h / 2)
         n = self.clock.frames
-        self.pending.append((n + 1, lambda: it.press(button, start)))
+        self.pending.append((n + 1, lambda: it.press(button, start, source="control")))
         for k in range(1, frames + 1):
             p = (start[0] + dx * k / frames, start[1] + dy * k / frames)
             self.pending.append((n + 1 + k, lambda p=p: it.move(p)))

@@ -57,7 +57,8 @@ class SidePanel:
 
     # -- construction -------------------------------------------------------------------------
     def _header(self, label: str, open_: bool = True):
-        return self.dpg.collapsing_header(label=label, default_open=open_)
+        """A section, tagged hdr_<first word> (automation opens and closes them)."""
+        return self.dpg.collapsing_header(label=label, default_open=open_, tag=f"hdr_{label.split()[0].lower()}")
 
     def build(self, top=(), view_extra=None, middle=()) -> None:
         """The sections, with other parts' sections (objects with build()) at the ``top``

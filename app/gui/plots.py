@@ -142,8 +142,8 @@ class WeightsPlot:
         else:  # a model with one pass (or another model now): no stale fine curve
             dpg.set_value("w_fine", [[], []])
         # Fixed ranges: the whole ray segment, and the tallest weight (auto-fit lags a frame).
-        info = self.viewport.info
-        dpg.set_axis_limits("w_x", float(info["near"]), float(info["far"]))
+        near, far = r["bounds"]
+        dpg.set_axis_limits("w_x", float(near), float(far))
         dpg.set_axis_limits("w_y", 0.0, max(top * 1.15, 1e-3))
         which = "AB"[r["index"]] if self.viewport.compare_on else ""
         dpg.set_value("probe_line", f"{which} pixel ({r['u']:.2f}, {r['v']:.2f}): depth {r['depth']:.2f}, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from app.gui.channels import Outbox
-from app.gui.render_schedule import focal_for, render_eval
+from app.gui.render_schedule import focal_for, render_eval, view_bounds
 
 
 def ray_through_pixel(c2w: np.ndarray, u: float, v: float, width: int, height: int,
@@ -45,8 +45,10 @@ class RayProbe:
             from renderer.rays import ndc_rays
 
             o, d = ndc_rays(t.height, t.width, t.focal, 1.0, o, d)
-        out = render_eval(t, scene, o, d, autocast=False)
-        res = {"index": index, "u": u, "v": v, "depth": float(out["depth"][0]), "acc": float(out["acc"][0]),
+        bounds = view_bounds(scene, c2w)
+        out = render_eval(t, scene, o, d, autocast=False, bounds=bounds)
+        res = {"index": index, "u": u, "v": v, "bounds": bounds, "depth": float(out["depth"][0]),
+               "acc": float(out["acc"][0]),
                "rgb": out["rgb"][0].float().cpu().numpy()}
         if "weights_coarse" in out:
             res.update(t_coarse=out["t_coarse"][0].float().cpu().numpy(),

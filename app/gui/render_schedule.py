@@ -43,6 +43,18 @@ def focal_for(width: int, fov_deg: float) -> float:
     return 0.5 * width / math.tan(0.5 * math.radians(fov_deg))
 
 
+def view_bounds(scene, c2w) -> tuple[float, float]:
+    """near, far for a view from c2w: the scene's, moved by how much farther from the origin
+    the view is than the farthest training camera (so zooming out past ``far`` does not
+    clip the scene away, nor zooming in cut it at ``near``); forward-facing (NDC) scenes
+    keep theirs, which are NDC's."""
+    if scene.ndc:
+        return scene.near, scene.far
+    shift = float(np.linalg.norm(np.asarray(c2w, np.float64)[:3, 3])) - scene.scene_radius
+    near = max(scene.near + shift, 0.05 * scene.near)
+    return near, max(scene.far + max(shift, 0.0), near + 1e-3)
+
+
 def fov_for(width: int, focal: float) -> float:
     """Horizontal fov (degrees) of a pinhole ``width`` pixels wide with this focal length."""
     return math.degrees(2 * math.atan(0.5 * width / focal))
@@ -67,6 +79,7 @@ class Frame:
     render_s: float = 0.0
     ready_time: float = field(default_factory=time.perf_counter)
     info: dict = field(default_factory=dict)
+    bounds: tuple | None = None  # (near, far) the view was rendered between (view_bounds)
 
     @property
     def final(self) -> bool:
@@ -84,6 +97,7 @@ class RenderJob:
         self.model_idx = 0
         self.pos = 0
         self.rays = None  # (rays_o, rays_d) on the device for the current level
+        self.bounds = None  # (near, far) of this view (view_bounds)
         self.outs: list[dict] = []
         self.spent = 0.0
 
@@ -201,13 +215,14 @@ class RenderScheduler:
         h, w = job.sizes[job.level]
         if job.rays is None:
             job.rays = self._rays(job, trainers[0].device)
+            job.bounds = view_bounds(self.scene, job.c2w)
             job.outs = [{"rgb": torch.empty(h * w, 3), "depth": torch.empty(h * w),
                          "acc": torch.empty(h * w)} for _ in trainers]
             job.model_idx, job.pos = 0, 0
         n = h * w
         s, e = job.pos, min(job.pos + self._chunk_rays(), n)
         t0 = time.perf_counter()
-        out = render_eval(trainers[job.model_idx], self.scene, job.rays[0][s:e], job.rays[1][s:e])
+        out = render_eval(trainers[job.model_idx], self.scene, job.rays[0][s:e], job.rays[1][s:e], bounds=job.bounds)
         for k in ("rgb", "depth", "acc"):
             job.outs[job.model_idx][k][s:e] = out[k].float().cpu()
         rate = (e - s) / max(time.perf_counter() - t0, 1e-6)
@@ -249,7 +264,7 @@ class RenderScheduler:
         f = Frame(images=images, labels=labels or list(self.fields.labels), level=job.level,
                   n_levels=len(job.sizes), size=(h, w), version=job.version, c2w=job.c2w, fov=job.fov,
                   step=self.fields.trainers[0].step_count, run_id=self.fields.run_id, kind=kind or job.kind,
-                  render_s=job.spent, info=info or {})
+                  render_s=job.spent, info=info or {}, bounds=job.bounds)
         job.spent = 0.0
         self.out.frames.put(f)
         self._last_publish = time.perf_counter()
@@ -259,9 +274,11 @@ class RenderScheduler:
                             rays_per_s=self._rays_per_s)
 
 
-def render_eval(trainer, scene, rays_o, rays_d, autocast: bool = True) -> dict:
+def render_eval(trainer, scene, rays_o, rays_d, autocast: bool = True, bounds=None) -> dict:
     """render_rays in eval mode without gradients, with the weights evaluation and export use
-    (trainer.averaged()), in the trainer's precision unless ``autocast`` is False."""
+    (trainer.averaged()), in the trainer's precision unless ``autocast`` is False; between
+    ``bounds`` (near, far), default the scene's."""
+    near, far = bounds or (scene.near, scene.far)
     import torch
 
     model = trainer.model
@@ -270,7 +287,6 @@ def render_eval(trainer, scene, rays_o, rays_d, autocast: bool = True) -> dict:
     try:
         with trainer.averaged(), torch.no_grad(), \
                 torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=autocast and trainer.config.autocast):
-            return model.render_rays(rays_o, rays_d, scene.near, scene.far, background=trainer.background,
-                                     train=False)
+            return model.render_rays(rays_o, rays_d, near, far, background=trainer.background, train=False)
     finally:
         model.train(was)

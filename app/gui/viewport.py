@@ -102,7 +102,8 @@ class Viewport:
             self._dirty = True
         if self._dirty and self.frame is not None and self.info is not None:
             self._dirty = False
-            f, near, far = self.frame, self.info["near"], self.info["far"]
+            f = self.frame
+            near, far = f.bounds or (self.info["near"], self.info["far"])
             if f.kind == "inerf":  # the target image is a photo: no depth or opacity to show
                 imgs = [f.images[0]["rgb"], colorize(f.images[1], self.view_mode, near, far)]
             else:
