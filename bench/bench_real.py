@@ -155,7 +155,8 @@ def run_variant(scene_name: str, scene, var_name: str, keys: dict, args, device:
     row = {"scene": scene_name, "variant": var_name, "keys": keys, "train_s": train_time, "steps": steps,
            "steps_per_s": steps / max(train_time, 1e-9), "rays_per_s": rays / max(train_time, 1e-9),
            "batch_rays": trainer.batch_rays, "field_samples_per_step": fs, "proposal_samples_per_step": ps,
-           "peak_train_gib": peak, "psnr": res, "skipped_steps": skipped, "decay_steps": decay, "lr_end": trainer.lr_at(trainer.step_count),
+           "peak_train_gib": peak, "psnr": res, "skipped_steps": skipped, "decay_steps": decay,
+           "lr_end": trainer.lr_at(trainer.step_count),
            "bf16": trainer.config.autocast, "events": trainer.events[-5:],
            "pose_delta_deg_max": float(pose[:, :3].norm(dim=-1).max() * 180 / np.pi) if len(pose) else 0.0}
     c2w = scene.split("test").c2w[0]

@@ -442,7 +442,8 @@ class Plenoxels(Field):
         rays = self._training_rays(ctx) if c["prune_by"] == "weight" else None
         if up:
             self.upsample(rays)
-            msg = f"step {step}: plenoxels upsampled {res}^3 -> {self.resolution}^3 ({before} -> {self.n_active} active)"
+            msg = (f"step {step}: plenoxels upsampled {res}^3 -> {self.resolution}^3 "
+                   f"({before} -> {self.n_active} active)")
         else:
             self.prune(rays)
             msg = f"step {step}: plenoxels pruned {before} -> {self.n_active} active vertices at {res}^3"

@@ -42,7 +42,8 @@ def test_open_keyframes_play_video_and_frusta(xvfb, scene, tmp_path):  # noqa: F
             if k:
                 before = s["camera"]["azimuth"]
                 app.send(cmd="drag", dx=90, dy=-20)
-                s = stat(app, lambda o: not o["dragging"] and abs(o["camera"]["azimuth"] - before) > 10, 60,
+                moved = lambda o, before=before: not o["dragging"] and abs(o["camera"]["azimuth"] - before) > 10  # noqa: E731
+                s = stat(app, moved, 60,
                          f"drag {k}")
             app.send(cmd="click", tag="path_add")
             s = stat(app, lambda o, n=k + 1: o["path_keys"] == n, 30, f"keyframe {k + 1}")

@@ -36,7 +36,7 @@ class CropPanel:
         with dpg.collapsing_header(label="Crop box", default_open=False, tag="crop_header"):
             dpg.add_checkbox(label="crop to the box (renders, mesh and point-cloud export)", tag="crop_on",
                              callback=lambda: self.apply())
-            for i, a in enumerate(AXES):
+            for a in AXES:
                 with dpg.group(horizontal=True):
                     for end, default in (("min", -LIMIT), ("max", LIMIT)):
                         tag = f"crop_{end}_{a}"

@@ -68,7 +68,8 @@ class Viewport:
             dpg.draw_circle((0, 0), 7, tag="probe_ring", color=(255, 255, 255, 230), thickness=2, show=False)
             dpg.draw_line((0, 0), (0, 0), tag="probe_h", color=(255, 255, 255, 200), show=False)
             dpg.draw_line((0, 0), (0, 0), tag="probe_v", color=(255, 255, 255, 200), show=False)
-        dpg.add_text("Left-drag: orbit    Right/middle-drag: pan    Wheel: zoom    Click a camera: fly to it", tag="hint",
+        hint = "Left-drag: orbit    Right/middle-drag: pan    Wheel: zoom    Click a camera: fly to it"
+        dpg.add_text(hint, tag="hint",
                      color=(130, 136, 146))
 
     def resize(self, size: int) -> None:
