@@ -96,7 +96,8 @@ def test_every_registered_field_renders_nothing_outside_the_box(name):
     # All the weight lies in the box, which is convex: so does the expected termination point.
     hit = half["acc"] > 1e-3
     assert hit.any()
-    p = o[hit] + half["depth"][hit, None] * d[hit]
+    # depth is sum(w t): the expected termination point is at depth / acc.
+    p = o[hit] + (half["depth"][hit] / half["acc"][hit])[:, None] * d[hit]
     assert p[:, 0].max() <= 1e-4, p[:, 0].max()
 
 
