@@ -331,6 +331,7 @@ def test_inerf_demo_plumbing(worker, monkeypatch):
     class FakeInvert:
         def __init__(self, trainer, target_image, init_c2w, camera=None):
             assert target_image.shape == (16, 16, 3) and init_c2w.shape == (4, 4)
+            assert len(camera) == 1 and int(camera.width[0]) == 16  # the view's own camera
             self.c2w = np.array(init_c2w, dtype=np.float64)
             self.n = 0
 
