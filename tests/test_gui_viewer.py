@@ -19,6 +19,39 @@ VIDEO_W, VIDEO_H = 96, 64
 TRAIN_RGB = np.array([1.0, 0.66, 0.24])  # app.gui.scene_overlay.TRAIN_COLOR
 
 
+def train_centres() -> np.ndarray:
+    with open(os.path.join(SCENE_DIR, "transforms_train.json"), encoding="utf-8") as f:
+        return np.array([fr["transform_matrix"] for fr in json.load(f)["frames"]])[:, :3, 3]
+
+
+def orbit_eye(state: dict) -> np.ndarray:
+    from app.gui.orbit import OrbitCamera
+
+    cam = OrbitCamera(radius=state["radius"], target=state["target"], azimuth=state["azimuth"],
+                      elevation=state["elevation"], fov=state["fov"], up=(0.0, 0.0, 1.0))
+    return cam.eye
+
+
+def clickable_camera(s: dict):
+    """(index, u, v): the training camera whose centre is shown farthest from any other
+    camera's, in the middle of the view, as fractions of the image (the stats' camera)."""
+    from app.gui.orbit import OrbitCamera
+    from app.gui.overlay import ViewCamera, project
+
+    st = s["camera"]
+    cam = OrbitCamera(radius=st["radius"], target=st["target"], azimuth=st["azimuth"], elevation=st["elevation"],
+                      fov=st["fov"], up=(0.0, 0.0, 1.0))
+    h, w = s["frame_size"]
+    c = train_centres()
+    u, v, z = project(c, ViewCamera(cam.c2w64(), st["fov"], w, h))
+    uv = np.stack([u, v], 1)
+    gap = np.linalg.norm(uv[:, None] - uv[None], axis=-1) + np.eye(len(c)) * 1e9
+    ok = (z > 0) & (u > 0.15 * w) & (u < 0.85 * w) & (v > 0.15 * h) & (v < 0.85 * h)
+    i = int(np.argmax(np.where(ok, gap.min(1), -1)))
+    assert ok[i] and gap[i].min() > 0.05 * w, "no training camera stands alone in the view"
+    return i, float(u[i] / w), float(v[i] / h)
+
+
 def stat(app, pred, timeout, what):
     return app.wait(lambda o: "step" in o and pred(o), timeout, what)
 
@@ -73,6 +106,15 @@ def test_open_keyframes_play_video_and_frusta(xvfb, scene, tmp_path):  # noqa: F
         s = stat(app, lambda o: o["uploads"] > s["uploads"], 30, "the view composed again")
         app.send(cmd="screenshot", path=str(tmp_path / "no_frusta.png"))
         app.wait(lambda o: o.get("event") == "screenshot", 30, "screenshot without frusta")
+        # Click a training camera: the view flies there.
+        app.send(cmd="set", tag="ov_cameras", value=True)
+        s = stat(app, lambda o: o["frame_version"] == o["cam_version"], 60, "a frame")
+        i, u, v = clickable_camera(s)
+        flights = s["flights"]
+        app.send(cmd="click_view", u=u, v=v)
+        s = stat(app, lambda o: o["flights"] > flights and not o["playing"], 60, "the flight to the clicked camera")
+        eye = orbit_eye(s["camera"])
+        assert np.abs(eye - train_centres()[i]).max() < 1e-3, (eye, train_centres()[i])
         app.send(cmd="quit")
         app.wait(lambda o: o.get("event") == "exit", 30, "clean exit")
         assert app.proc.wait(30) == 0

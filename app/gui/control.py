@@ -1,5 +1,5 @@
 """Automation for tests, benchmarks and screenshots: ``--control`` reads JSON commands from
-stdin (screenshot, drag, wheel, set, click, quit), ``--stats`` prints the GUI's state as JSON
+stdin (screenshot, drag, wheel, click_view, set, click, quit), ``--stats`` prints the GUI's state as JSON
 lines. Commands act through the same paths as the user: widget callbacks, the mouse
 interaction, dearpygui's framebuffer."""
 from __future__ import annotations
@@ -77,6 +77,8 @@ class ControlChannel:
                                     int(c.get("frames", 12)))
             elif cmd == "wheel":
                 self.wheel(float(c.get("clicks", 1)))
+            elif cmd == "click_view":
+                self.click_view(float(c["u"]), float(c["v"]))
             elif cmd in ("set", "click"):
                 self._invoke(c["tag"], c.get("value"), set_value=cmd == "set")
             elif cmd != "eof":
@@ -143,6 +145,19 @@ class ControlChannel:
         it.wheel(clicks, (x + w / 2, y + h / 2))
         self.camera.changed(False)
         self.emit({"event": "wheel_done", "camera": self.camera.camera.state()})
+
+    def click_view(self, u: float, v: float) -> None:
+        """A left click (press and release, no motion) at (u, v), fractions of the first
+        image's width and height, through the mouse's Interaction path."""
+        it = self.camera.interaction
+        if it is None:
+            self.emit({"event": "click_error", "error": "camera not ready"})
+            return
+        x, y, w, h = self.viewport.rects_screen()[0]
+        pos = (x + u * w, y + v * h)
+        n = self.clock.frames
+        self.pending.append((n + 1, lambda: it.press("left", pos, source="control")))
+        self.pending.append((n + 2, lambda: (it.release(), self.emit({"event": "clicked", "pos": list(pos)}))))
 
     def _run_pending(self) -> None:
         n = self.clock.frames

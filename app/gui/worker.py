@@ -289,18 +289,19 @@ class Worker:
         self.data = path
 
     def _use_scene(self, scene, first: bool) -> None:
-        before = (self.scene, self.render.scene, self.fields.crop)
+        before = (self.scene, self.render.scene, self.fields.crop, self.settings.values)
         self.scene = self.render.scene = scene
         self.settings.bind(scene, self.device)
         self.fields.crop = None  # a box belongs to the scene it was drawn in
         self.inerf.cancel()
         self.render.cancel()
         try:
-            if not self.settings.values:  # the first scene: the defaults under the app's settings
-                self.settings.start(self._settings_override)
+            # Each scene starts from the defaults for it (a capture gets its own field) under
+            # the settings the app was started with.
+            self.settings.start(self._settings_override)
             self.settings.build("start")
         except BaseException:
-            self.scene, self.render.scene, self.fields.crop = before
+            self.scene, self.render.scene, self.fields.crop, self.settings.values = before
             if before[0] is not None:
                 self.settings.bind(before[0], self.device)
             raise
