@@ -222,9 +222,23 @@ class Field(nn.Module):
         """torch.compile what pays (CUDA); the default compiles nothing."""
 
     def render_rays_static(self, rays_o, rays_d, near: float, far: float, background,
-                           active: torch.Tensor, capacity: int) -> dict:
-        """Fixed-shape training render for the CUDA-graph step (policy().cuda_graph)."""
+                           active: torch.Tensor, capacity: int, image: torch.Tensor | None = None) -> dict:
+        """Fixed-shape training render for the CUDA-graph step (policy().cuda_graph): the
+        training render with no host sync, returning rgb (R, 3), valid (R,) float (the rays
+        that count in the loss), marched and kept (0-dim: samples asked for and evaluated)
+        beside the field's loss inputs. image (R,) is passed to TAKES_IMAGE fields."""
         raise NotImplementedError(f"{type(self).__name__} has no fixed-shape step")
+
+    def static_shape(self, batch_rays: int) -> tuple[int, int]:
+        """(sample capacity, ray buffer size) of the fixed-shape step; the step steers its
+        active rays so that the samples marched fill the capacity."""
+        raise NotImplementedError(f"{type(self).__name__} has no fixed-shape step")
+
+    def graph_key(self) -> object:
+        """Which kind of step the next training step is, for a field whose steps differ in
+        the kernels they run (nerfacto trains its proposal nets only on some steps): the
+        CUDA-graph step captures one graph per key. None: every step is the same."""
+        return None
 
 
 def apply_sample_counts(config: dict, n_coarse: int | None, n_fine: int | None) -> None:

@@ -348,8 +348,14 @@ class HashGridModel(Field):
         return {"rgb": color, "depth": depth, "acc": acc, "valid": valid,
                 "samples": torch.tensor(float(n_samples), device=dev)}
 
+    def static_shape(self, batch_rays: int) -> tuple[int, int]:
+        """The sample budget, and rays for 4 samples each (the eager path's cap)."""
+        cap = int(self.config["sample_budget"])
+        return cap, max(64, cap // 4)
+
     def render_rays_static(self, rays_o: torch.Tensor, rays_d: torch.Tensor, near: float, far: float,
-                           background, active: torch.Tensor, capacity: int) -> dict[str, torch.Tensor]:
+                           background, active: torch.Tensor, capacity: int,
+                           image: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The training render of ``render_rays(train=True)`` with fixed shapes and no host
         sync, so that a whole step can be captured as one CUDA graph (app/engine/graph_step.py).
 

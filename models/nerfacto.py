@@ -88,7 +88,7 @@ class NerfactoField(Field):
     TAKES_IMAGE = True
     POLICY = TrainPolicy(
         lr=1e-2, lr_final_ratio=0.1, batch_rays_cpu=512, batch_rays_cuda=4096, gui_batch_rays_cpu=256,
-        bf16="cuda", cuda_graph=False, default_rank_capture=3,
+        bf16="cuda", cuda_graph=True, default_rank_capture=3,
         cpu_note="nerfacto is built for CUDA; on a CPU its torch hash-encoding path takes about a "
                  "second per step and a real capture needs thousands of steps")
     DEFAULTS = dict(
@@ -130,6 +130,9 @@ class NerfactoField(Field):
         # Steps trained, saved so that a restored field samples with the same anneal power.
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
         self.register_buffer("sh_C", sh_basis_matrix().float(), persistent=False)
+        # The proposal weights' anneal power as a device scalar: a CUDA graph captured once
+        # reads the current value on every replay (a Python float would be baked in).
+        self.register_buffer("anneal", torch.zeros(()), persistent=False)
         self.ndc = False
         self._scene_far = None  # the scene's far bound (bind_scene): rays asked to reach it go on
         self._scale = 1.0  # host copies of the frame (a Python float needs no device sync)
@@ -184,7 +187,11 @@ class NerfactoField(Field):
 
     def _sync_host_copies(self) -> None:
         self._scale = float(self.scale)
-        self._step = int(self.steps)
+        self._set_step(int(self.steps))
+
+    def _set_step(self, step: int) -> None:
+        self._step = step
+        self.anneal.fill_(prop.anneal_power(step, steps=self.config["anneal_steps"]))
 
     def refine_rays(self, rays_o, rays_d, image):
         """Rotate each ray's direction about its camera centre and shift the centre by the
@@ -272,7 +279,7 @@ class NerfactoField(Field):
         n_rays = rays_o.shape[0]
         o, dirs, dnorm, t0, t1 = self._ray_bounds(rays_o, rays_d, near, far)
         jitter = (lambda: torch.rand(n_rays, 1, device=o.device)) if train else (lambda: None)  # noqa: E731
-        anneal = prop.anneal_power(self._step, steps=c["anneal_steps"])
+        anneal = self.anneal
         train_props = train and self.trains_proposals(self._step)
         u = prop.uniform_edges(n_rays, c["n_proposal"][0], jitter(), o.device)
         levels = []
@@ -304,18 +311,40 @@ class NerfactoField(Field):
                 fill = last_kept[:, None] * fill + (1.0 - last_kept[:, None]) * bg
             color = color + (1.0 - acc)[:, None] * fill
         depth = (w * mid).sum(-1) / acc.clamp(min=1e-10) / (self._scale * dnorm[:, 0])
+        # torch.full, not torch.tensor: a fill kernel, which a CUDA graph can capture.
         out = {"rgb": color, "depth": depth, "acc": acc,
-               "samples": torch.tensor(float(n_rays * (S + sum(c["n_proposal"]))), device=o.device)}
+               "samples": torch.full((), float(n_rays * (S + sum(c["n_proposal"]))), device=o.device)}
         if train:
             out["distortion"] = prop.distortion_loss(u, w)
             out["interlevel"] = (sum(prop.interlevel_loss(u, w, pu, pw) for pu, pw in levels)
                                  if train_props else torch.zeros((), device=o.device))
         return out
 
+    def render_rays_static(self, rays_o, rays_d, near: float, far: float, background,
+                           active: torch.Tensor, capacity: int, image: torch.Tensor | None = None) -> dict:
+        """The training render, whose shapes are fixed already (R rays x n intervals), for
+        the CUDA-graph step. The whole buffer is rendered; ``active`` rays count in the
+        loss (``valid``)."""
+        out = self.render_rays(rays_o, rays_d, near, far, background, train=True, image=image)
+        n = active.sum().float() * self.config["n_samples"]
+        return {**out, "valid": active.float(), "marched": n, "kept": n}
+
+    def static_shape(self, batch_rays: int) -> tuple[int, int]:
+        """The batch's radiance-field samples, and the batch."""
+        return batch_rays * int(self.config["n_samples"]), batch_rays
+
+    def graph_key(self) -> bool:
+        """Steps that train the proposal nets run more kernels than those that do not."""
+        return self.trains_proposals(self._step)
+
     def loss_terms(self, out: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """MSE, the weighted interlevel and distortion losses, and the pose deltas' penalty."""
+        """MSE (over the ``valid`` rays when given), the weighted interlevel and distortion
+        losses, and the pose deltas' penalty."""
         c = self.config
-        terms = {"mse": ((out["rgb"] - target) ** 2).mean()}
+        se = ((out["rgb"] - target) ** 2).mean(-1)
+        valid = out.get("valid")
+        mse = se.mean() if valid is None else (se * valid).sum() / valid.sum().clamp(min=1.0)
+        terms = {"mse": mse}
         if "interlevel" in out:
             terms["interlevel"] = c["interlevel_weight"] * out["interlevel"]
             terms["distortion"] = c["distortion_weight"] * out["distortion"]
@@ -339,7 +368,7 @@ class NerfactoField(Field):
 
     def step_hook(self, step: int, ctx: StepContext) -> StepRequests | None:
         """Count steps: the anneal power and the proposals' training steps follow them."""
-        self._step = int(step)
+        self._set_step(int(step))
         self.steps.fill_(self._step)
         return None
 

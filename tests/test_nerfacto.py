@@ -26,10 +26,10 @@ TINY = dict(n_levels=4, log2_hashmap_size=12, max_res=64, hidden=16, color_hidde
             n_proposal=[16, 8], n_samples=8)
 
 
-def _trainer(scene=None, steps=1000, batch=128, **opts):
+def _trainer(scene=None, steps=1000, batch=128, cuda_graph=False, **opts):
     from app.engine.trainer import TrainConfig, Trainer
     cfg = TrainConfig(model="nerfacto", model_options={**TINY, **opts}, batch_rays=batch, lr=1e-2,
-                      lr_final=1e-3, lr_decay_steps=steps, device="cpu")
+                      lr_final=1e-3, lr_decay_steps=steps, device="cpu", cuda_graph=cuda_graph)
     return Trainer(scene if scene is not None else make_sphere_scene(n_views=8), cfg)
 
 
@@ -295,6 +295,38 @@ def test_short_training_fits_the_sphere_and_checkpoints_round_trip(tmp_path):
     c2w = tr.scene.split("test").c2w[0]
     torch.testing.assert_close(tr.render(c2w, 8, 8)["rgb"], tr2.render(c2w, 8, 8)["rgb"], rtol=0, atol=0)
     assert not tr2.step().get("skipped")
+
+
+def test_graphed_step_body_trains_and_its_kinds_follow_the_proposal_schedule():
+    """The CUDA-graph step (app/engine/graph_step.py) run eagerly on a CPU: fixed shapes,
+    the whole batch valid, every loss term, and it learns as the eager step does. Its
+    graph key is whether the step trains the proposals; the anneal power is a buffer
+    that follows the step count (a captured graph reads it on every replay)."""
+    from renderer.proposal import anneal_power
+
+    torch.manual_seed(0)
+    tr = _trainer(steps=200, cuda_graph=True, proposal_update_every=5, proposal_warmup=20, anneal_steps=40)
+    tr.static_on_cpu = True
+    seen = []
+    real = tr.model.render_rays_static
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        seen.append((tr.model.graph_key(), sorted(out), float(out["valid"].sum()), float(out["kept"])))
+        return out
+    tr.model.render_rays_static = spy
+    first = [tr.step()["psnr"] for _ in range(5)]
+    for _ in range(75):
+        m = tr.step()
+        assert abs(float(tr.model.anneal) - anneal_power(tr.step_count, steps=40)) < 1e-6
+    assert tr._static is not None and tr._static.steps_run == 80 and tr.step_count == 80 and tr.events == []
+    assert m["psnr"] > np.mean(first) + 4, (first, m["psnr"])
+    keys, outs, valid, kept = zip(*seen)
+    assert list(keys) == [tr.model.trains_proposals(s) for s in range(80)]
+    assert keys[40:50] == (True, False, False, False, False) * 2  # every 5th after the warm-up
+    assert {"distortion", "interlevel", "rgb", "valid", "marched", "kept"} <= set(outs[0])
+    assert set(valid) == {128.0} and set(kept) == {128.0 * TINY["n_samples"]}
+    assert tr.model.static_shape(128) == (128 * TINY["n_samples"], 128)
 
 
 def test_mesh_export_and_inerf_run_with_it(tmp_path):

@@ -90,3 +90,10 @@ def render_batch(model, batch: RayBatch, near, far, background) -> dict:
     rays_o, rays_d = model.refine_rays(batch.rays_o, batch.rays_d, batch.image)
     extra = {"image": batch.image} if model.TAKES_IMAGE else {}
     return model.render_rays(rays_o, rays_d, near, far, background=background, train=True, **extra)
+
+
+def render_batch_static(model, batch: RayBatch, near, far, background, active, capacity: int) -> dict:
+    """``render_batch`` through the field's fixed-shape render (the CUDA-graph step)."""
+    rays_o, rays_d = model.refine_rays(batch.rays_o, batch.rays_d, batch.image)
+    extra = {"image": batch.image} if model.TAKES_IMAGE else {}
+    return model.render_rays_static(rays_o, rays_d, near, far, background, active, capacity, **extra)

@@ -16,6 +16,10 @@ from ``Trainer.step`` in three ways, all of them instant-ngp's own choices:
   parameters, moments and step count untouched. The host reads the flag with the
   loss in the step's single sync and applies the trainer's usual recovery rules.
 
+The field states the shapes (``Field.static_shape``); a field whose steps are of
+several kinds (``Field.graph_key``: nerfacto trains its proposal nets on some steps
+only) gets one graph per kind, each replayed on the steps of its kind.
+
 ``StaticStep.run`` without CUDA runs the same computation eagerly: the tests use
 that to check it against the eager step on a CPU.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from app.engine.batches import render_batch_static
 from app.engine.trainer import loss_and_mse
 
 STATS = ("loss", "mse", "found_inf", "rays", "marched", "kept", "n_active")
@@ -52,9 +57,9 @@ class StaticStep:
         self.trainer = trainer
         model = trainer.model
         self.device = trainer.device
-        self.capacity = int(capacity or model.config["sample_budget"])
-        # The eager path's cap on rays (a quarter of the budget: 4 samples per ray).
-        self.max_rays = int(max_rays or max(64, self.capacity // 4))
+        cap, rays = model.static_shape(trainer.batch_rays)
+        self.capacity = int(capacity or cap)
+        self.max_rays = int(max_rays or rays)
         self.use_graph = self.device.type == "cuda"
         opt = trainer.optimizer
         # The fused Adam kernel (CUDA; on a CPU when a test builds one) skips a step itself
@@ -74,7 +79,8 @@ class StaticStep:
                 g["capturable"] = self.use_graph
             opt.found_inf = self.found_inf
         self.stats = None
-        self.graph = None
+        self.graph = None  # the graph replayed last
+        self.graphs = {}  # Field.graph_key() -> (graph, its STATS tensor)
         self.steps_run = 0
         self._ring = None  # two host copies of the STATS: a step is read while the next runs
         self._events = None
@@ -98,6 +104,7 @@ class StaticStep:
         if getattr(opt, "found_inf", None) is self.found_inf:
             del opt.found_inf
         self.graph = None
+        self.graphs = {}
         self.stats = None
 
     def set_lr(self, factor: float) -> None:
@@ -115,15 +122,14 @@ class StaticStep:
         model = tr.model
         gen = None if self.use_graph else tr.rng  # graphs replay the default generator's stream
         batch = tr.sample_batch(self.max_rays, generator=gen)
-        rays_o, rays_d, target = batch.rays_o, batch.rays_d, batch.target
-        target, background = tr._swap_background(target, generator=gen)
+        target, background = tr._swap_background(batch.target, generator=gen)
         active = self.ray_index < self.n_active
         # Autocast's weight cache must be off while capturing (PyTorch's CUDA-graph notes).
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tr.config.autocast,
                             cache_enabled=False):
-            out = model.render_rays_static(rays_o, rays_d, tr.scene.near, tr.scene.far, background,
-                                           active, self.capacity)
-        terms = model.loss_terms({"rgb": out["rgb"].float(), "valid": out["valid"]}, target)
+            out = render_batch_static(model, batch, tr.scene.near, tr.scene.far, background,
+                                      active, self.capacity)
+        terms = model.loss_terms({k: v.float() for k, v in out.items()}, target)
         loss, mse = loss_and_mse(terms)
         loss.backward()
         grads = [p.grad for g in tr.optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -144,7 +150,8 @@ class StaticStep:
         self.n_active.copy_((self.n_active * ratio).round().clamp(64.0, float(self.max_rays)))
         return stats
 
-    def _capture(self) -> None:
+    def _capture(self) -> tuple:
+        """Capture the step as a graph (after the warm-up steps); returns (graph, STATS)."""
         opt = self.trainer.optimizer
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -159,8 +166,8 @@ class StaticStep:
         graph = torch.cuda.CUDAGraph()
         # thread_local: the GUI's other threads may use CUDA while the worker captures.
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self.stats = self._body()
-        self.graph = graph
+            stats = self._body()
+        return graph, stats
 
     def launch(self) -> dict:
         """Queue one training step without waiting for it. Returns its token for ``collect``:
@@ -171,11 +178,13 @@ class StaticStep:
             self.trainer.optimizer.zero_grad(set_to_none=True)
             self.stats = self._body()
         else:
-            if self.graph is None:
+            key = self.trainer.model.graph_key()
+            if key not in self.graphs:
                 # Capture does not run the kernels; the warm-up steps before it do, and are
                 # real training steps, so this call reports them in "steps".
-                self._capture()
+                self.graphs[key] = self._capture()
                 steps += self.WARMUP
+            self.graph, self.stats = self.graphs[key]
             self.graph.replay()
         slot = self.steps_run % 2  # the next replay overwrites self.stats: keep a copy
         if self._ring is None:
