@@ -11,8 +11,12 @@ from photo to photo, and poses that are a little off. This field answers each:
   multiresolution hash encoding (models/hashgrid.py's HashEncoding and its kernel).
 - Sampling that reaches far: rays that are asked to reach the scene's far bound run on
   to ``far`` normalised units (1000 by default, which the contraction puts at 1.999),
-  because a capture's bounds come from the sparse points and the sky lies beyond them; a
-  shorter segment (mesh vertex colours) is rendered as asked. Rays are cut uniformly in
+  because a capture's bounds come from the sparse points and the sky lies beyond them;
+  with ``near`` set (normalised units; nerfstudio's is 0.05), rays asked to start at the
+  scene's near bound start there instead, since sparse points can miss close content (a
+  table edge, the floor at the bottom of a frame) that a percentile of their depths then
+  cuts away; None keeps the scene's near. A shorter segment
+  (mesh vertex colours) is rendered as asked. Rays are cut uniformly in
   the lindisp spacing;
   two small hash-grid proposal density nets resample them (``n_proposal`` intervals per
   ray each), and the radiance field is evaluated on ``n_samples`` intervals drawn from
@@ -41,7 +45,7 @@ n_proposal (intervals per ray, one per proposal net), n_samples (radiance-field
 intervals per ray); proposal_update_every, proposal_warmup (the proposals are trained
 every step at first, then every proposal_update_every steps, ramping over
 proposal_warmup steps, as nerfstudio); anneal_steps; interlevel_weight,
-distortion_weight; contraction ("inf" or 2); far; refine_poses, pose_lr,
+distortion_weight; contraction ("inf" or 2); near, far; refine_poses, pose_lr,
 pose_penalty_trans, pose_penalty_rot; seed.
 """
 from __future__ import annotations
@@ -96,7 +100,7 @@ class NerfactoField(Field):
         hidden=64, geo_features=15, color_hidden=64, appearance_dim=32,
         proposal_levels=5, proposal_log2_hashmap_size=17, proposal_max_res=[64, 256], proposal_hidden=16,
         n_proposal=[256, 96], n_samples=48, proposal_update_every=5, proposal_warmup=5000,
-        anneal_steps=1000, interlevel_weight=1.0, distortion_weight=0.002, contraction="inf", far=1000.0,
+        anneal_steps=1000, interlevel_weight=1.0, distortion_weight=0.002, contraction="inf", near=None, far=1000.0,
         refine_poses=True, pose_lr=1e-3, pose_penalty_trans=1e-2, pose_penalty_rot=1e-3, seed=0)
     # A CPU cannot afford the full grid and sample counts (the torch hash encoding costs
     # ~30 us per point and level there): fewer levels, a smaller table, fewer samples.
@@ -134,7 +138,8 @@ class NerfactoField(Field):
         # reads the current value on every replay (a Python float would be baked in).
         self.register_buffer("anneal", torch.zeros(()), persistent=False)
         self.ndc = False
-        self._scene_far = None  # the scene's far bound (bind_scene): rays asked to reach it go on
+        # The scene's near and far bounds (bind_scene): rays asked for them take the field's.
+        self._scene_near = self._scene_far = None
         self._scale = 1.0  # host copies of the frame (a Python float needs no device sync)
         self._step = 0
         self.register_load_state_dict_post_hook(lambda module, keys: module._sync_host_copies())
@@ -150,6 +155,8 @@ class NerfactoField(Field):
             raise ValueError(f"n_proposal and n_samples must be >= 2, got {c['n_proposal']}, {c['n_samples']}")
         if not (c["far"] > 1.0 and math.isfinite(c["far"])):
             raise ValueError(f"far must be a finite number > 1 (normalised units), got {c['far']}")
+        if c["near"] is not None and not 0.0 <= c["near"] < 1.0:
+            raise ValueError(f"near must be in [0, 1) (normalised units), got {c['near']}")
         if c["appearance_dim"] < 0 or c["proposal_update_every"] < 1 or c["anneal_steps"] < 1:
             raise ValueError("need appearance_dim >= 0, proposal_update_every >= 1 and anneal_steps >= 1")
         if not (c["pose_lr"] >= 0 and math.isfinite(c["pose_lr"])):
@@ -178,7 +185,7 @@ class NerfactoField(Field):
         self.center.copy_(torch.as_tensor(center, dtype=torch.float32, device=dev))
         self.scale.fill_(float(scale))
         self.ndc = bool(ndc)
-        self._scene_far = None if ndc else float(far)
+        self._scene_near, self._scene_far = (None, None) if ndc else (float(near), float(far))
         n, a = len(c2w), self.config["appearance_dim"]
         if self.appearance.shape[0] != n:
             self.appearance = nn.Parameter(torch.zeros(n, a, device=dev))
@@ -255,8 +262,12 @@ class NerfactoField(Field):
         far_n = float(self.config["far"])
         t0 = (per_ray(near) * dnorm * self._scale).clamp(min=0.0)
         t1 = (per_ray(far) * dnorm * self._scale).clamp(max=far_n)
-        if self._scene_far is not None:  # the scene's far: on to the field's
-            t1 = torch.where(per_ray(far) * torch.ones_like(dnorm) >= self._scene_far * (1 - 1e-6), far_n, t1)
+        if self._scene_far is not None:  # the scene's bounds: the field's instead
+            ones = torch.ones_like(dnorm)
+            if self.config["near"] is not None:
+                t0 = torch.where(per_ray(near) * ones <= self._scene_near * (1 + 1e-6),
+                                 torch.minimum(t0, torch.full_like(t0, self.config["near"])), t0)
+            t1 = torch.where(per_ray(far) * ones >= self._scene_far * (1 - 1e-6), far_n, t1)
         return o, dirs, dnorm, t0, torch.maximum(t1, t0 + 1e-4)
 
     def _proposal_weights(self, net, o, dirs, t, grad: bool):
