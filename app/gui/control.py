@@ -1,7 +1,8 @@
 """Automation for tests, benchmarks and screenshots: ``--control`` reads JSON commands from
-stdin (screenshot, drag, wheel, click_view, set, click, quit), ``--stats`` prints the GUI's state as JSON
-lines. Commands act through the same paths as the user: widget callbacks, the mouse
-interaction, dearpygui's framebuffer."""
+stdin (screenshot, drag, wheel, click_view, set, click, quit), ``--stats`` prints the GUI's
+state as JSON lines, and each note the status line shows as a "note" event. Commands act
+through the same paths as the user: widget callbacks, the mouse interaction, dearpygui's
+framebuffer."""
 from __future__ import annotations
 
 import inspect

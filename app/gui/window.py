@@ -128,6 +128,8 @@ class App:
     def note(self, level: str, text: str) -> None:
         self.status_line.set_note(level, text)
         self.panel.log.add(level, text)
+        if self.args.stats:  # what the status line and the log were told, for tests and scripts
+            self.control.emit({"event": "note", "level": level, "text": text})
 
     def request_quit(self) -> None:
         self.quit = True
@@ -292,4 +294,6 @@ class App:
                 "path_keys": len(self.path.keys), "playing": self.player.playing,
                 "flights": self.player.finished, "job": st.get("job"), "last_video": st.get("last_video"),
                 "process": self.opener.status(), "overlay_version": self.overlay.version,
+                "views": {k: len(c["c2w"]) for k, c in self.info["cameras"].items()} if self.info else None,
+                "overlay_segments": len(self.overlay.layer().segments),
                 "crop": st["crop"].to_json() if st.get("crop") is not None else None}
