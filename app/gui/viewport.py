@@ -181,6 +181,13 @@ class Viewport:
                 return i, (pos[0] - x) / w, (pos[1] - y) / h
         return None
 
+    def image_px(self, pos, i: int = 0):
+        """Viewport position -> continuous pixel (u, v) of image ``i`` of the frame shown
+        (beyond its edges too: a drag may leave the image)."""
+        x, y, w, h = self.rects_screen()[i]
+        fh, fw = self.frame.size
+        return (pos[0] - x) / w * fw, (pos[1] - y) / h * fh
+
     def hit(self, pos) -> bool:
         return self.pick(pos) is not None
 
