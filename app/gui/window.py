@@ -295,7 +295,7 @@ class App:
             return None
         i = hit[0]
         scale = self.viewport.rects_screen()[i][2] / f.size[1]
-        return self.crop.grab(frame_camera(f), pos, lambda p: self.viewport.image_px(p, i), scale)
+        return self.crop.grab(frame_camera(f), pos, self.viewport.to_image_px(i), scale)
 
     def _stats(self) -> dict:
         """The viewer's state for the --stats lines."""
