@@ -19,6 +19,7 @@ import re
 import numpy as np
 import pytest
 
+from tests.test_gui_viewer import stat
 from tests.test_gui_xvfb import TINY, App, scene, xvfb  # noqa: F401 - fixtures
 
 pytest.importorskip("pycolmap")
@@ -59,10 +60,6 @@ def write_mp4(path: str, images: list[str], fps: float = 10.0) -> None:
     for f in frames:
         writer.send(np.ascontiguousarray(f))
     writer.close()
-
-
-def stat(app, pred, timeout, what):
-    return app.wait(lambda o: "step" in o and pred(o), timeout, what)
 
 
 def notes(app) -> list[str]:
