@@ -32,24 +32,39 @@ def orbit_eye(state: dict) -> np.ndarray:
     return cam.eye
 
 
-def clickable_camera(s: dict):
-    """(index, u, v): the training camera whose centre is shown farthest from any other
-    camera's, in the middle of the view, as fractions of the image (the stats' camera)."""
+def stats_view(s: dict):
+    """The pinhole of the frame a stats line reports (its orbit camera and frame size)."""
     from app.gui.orbit import OrbitCamera
-    from app.gui.overlay import ViewCamera, project
+    from app.gui.overlay import ViewCamera
 
     st = s["camera"]
     cam = OrbitCamera(radius=st["radius"], target=st["target"], azimuth=st["azimuth"], elevation=st["elevation"],
                       fov=st["fov"], up=(0.0, 0.0, 1.0))
     h, w = s["frame_size"]
-    c = train_centres()
-    u, v, z = project(c, ViewCamera(cam.c2w64(), st["fov"], w, h))
+    return ViewCamera(cam.c2w64(), st["fov"], w, h)
+
+
+def standing_alone(points: np.ndarray, cam, what: str, margin: float = 0.15, gap_min: float = 0.05):
+    """(index, u, v pixels): of ``points`` seen in the middle of the view, the one shown
+    farthest from any other."""
+    from app.gui.overlay import project
+
+    w, h = cam.width, cam.height
+    u, v, z = project(points, cam)
     uv = np.stack([u, v], 1)
-    gap = np.linalg.norm(uv[:, None] - uv[None], axis=-1) + np.eye(len(c)) * 1e9
-    ok = (z > 0) & (u > 0.15 * w) & (u < 0.85 * w) & (v > 0.15 * h) & (v < 0.85 * h)
+    gap = np.linalg.norm(uv[:, None] - uv[None], axis=-1) + np.eye(len(points)) * 1e9
+    ok = (z > 0) & (u > margin * w) & (u < (1 - margin) * w) & (v > margin * h) & (v < (1 - margin) * h)
     i = int(np.argmax(np.where(ok, gap.min(1), -1)))
-    assert ok[i] and gap[i].min() > 0.05 * w, "no training camera stands alone in the view"
-    return i, float(u[i] / w), float(v[i] / h)
+    assert ok[i] and gap[i].min() > gap_min * w, f"no {what} stands alone in the view"
+    return i, float(u[i]), float(v[i])
+
+
+def clickable_camera(s: dict):
+    """(index, u, v): the training camera whose centre is shown farthest from any other
+    camera's, in the middle of the view, as fractions of the image (the stats' camera)."""
+    cam = stats_view(s)
+    i, u, v = standing_alone(train_centres(), cam, "training camera")
+    return i, u / cam.width, v / cam.height
 
 
 def stat(app, pred, timeout, what):
@@ -138,3 +153,62 @@ def test_open_keyframes_play_video_and_frusta(xvfb, scene, tmp_path):  # noqa: F
     assert orange > 300 and orange > 10 * max(orange_bare, 1)
     if os.environ.get("NERFLAB_KEEP_SHOTS"):
         shutil.copy(tmp_path / "viewer.png", os.path.join(os.environ["NERFLAB_KEEP_SHOTS"], "viewer.png"))
+
+
+def test_dragging_a_crop_handle_moves_its_face(xvfb, scene):  # noqa: F811
+    """The crop box on, a drag from one of its face handles moves that face along its axis
+    by what the projection says (the sliders, hence the worker's box, follow) and leaves
+    the camera; a drag anywhere else still orbits and leaves the box."""
+    from app.gui.crop_handles import FACES, drag_along_axis, face_centres
+
+    app = App(xvfb, ["--data", scene, "--settings", json.dumps(TINY), "--seconds", "300",
+                     "--width", "1280", "--height", "800"])
+    try:
+        app.wait(lambda o: o.get("event") == "start", 60, "app start")
+        stat(app, lambda o: o["scene_seq"] == 1 and o["uploads"] >= 1, 120, "the scene on screen")
+        app.send(cmd="set", tag="crop_on", value=True)
+        for a in "xyz":
+            app.send(cmd="set", tag=f"crop_min_{a}", value=-1.0)
+            app.send(cmd="set", tag=f"crop_max_{a}", value=1.0)
+        box = {"min": [-1.0] * 3, "max": [1.0] * 3}
+        s = stat(app, lambda o: o["crop"] == box, 30, "the crop box set")
+        s = stat(app, lambda o: o["frame_version"] == o["cam_version"] and o["uploads"] > s["uploads"], 60,
+                 "the box drawn over a frame")
+        cam = stats_view(s)
+        lo, hi = np.array(box["min"]), np.array(box["max"])
+        k, u, v = standing_alone(face_centres(lo, hi), cam, "crop handle", margin=0.1, gap_min=0.08)
+        axis_i, end = FACES[k]
+        axis = np.eye(3)[axis_i]
+        # Drag along the axis as it runs on screen, 15 % of the image's width.
+        from app.gui.overlay import project
+        u1, v1, _ = project(face_centres(lo, hi)[k] + 0.1 * axis, cam)
+        direction = np.array([u1 - u, v1 - v]) / np.hypot(u1 - u, v1 - v)
+        d_img = 0.15 * cam.width * direction
+        per_px = s["image_rect"][2] / cam.width  # screen pixels per image pixel
+        want = (hi if end else lo)[axis_i] + drag_along_axis(cam, face_centres(lo, hi)[k], axis, (u, v),
+                                                              (u + d_img[0], v + d_img[1]))
+        want = float(np.clip(want, -1.5, 1.5))
+        camera = s["camera"]
+        app.send(cmd="drag", u=u / cam.width, v=v / cam.height, dx=d_img[0] * per_px, dy=d_img[1] * per_px)
+        app.wait(lambda o: o.get("event") == "drag_done", 30, "the handle dragged")
+        # The worker takes the newest box between steps: wait for the last one of the drag.
+        side = "max" if end else "min"
+        s = stat(app, lambda o: not o["dragging"] and abs(o["crop"][side][axis_i] - want) < 0.01, 30,
+                 f"the {side} {'xyz'[axis_i]} face at {want:.4f}")
+        got = s["crop"][side][axis_i]
+        print(f"face {'xyz'[axis_i]} {side}: {(hi if end else lo)[axis_i]} -> {got:.4f} (projection says {want:.4f})")
+        assert abs(got - (hi if end else lo)[axis_i]) > 0.1
+        moved = {"min": list(lo), "max": list(hi)}
+        moved[side][axis_i] = got
+        assert s["crop"] == moved  # the other five faces stayed
+        assert s["camera"] == camera  # the camera did not orbit
+        # Elsewhere (the view's centre is the box's centre, no handle there) a drag orbits.
+        app.send(cmd="drag", dx=80, dy=0)
+        s = stat(app, lambda o: not o["dragging"] and abs(o["camera"]["azimuth"] - camera["azimuth"]) > 10, 30,
+                 "an orbit")
+        assert s["crop"] == moved
+        app.send(cmd="quit")
+        app.wait(lambda o: o.get("event") == "exit", 30, "clean exit")
+        assert app.proc.wait(30) == 0
+    finally:
+        app.kill()

@@ -17,12 +17,15 @@ class Interaction:
     press(button, pos) starts a drag if pos is inside ``hit(pos)``; move(pos) orbits
     (left) or pans (right/middle); release() ends it. ``on_change(moving)`` is called
     whenever the camera changed (moving=False when a gesture ends); ``on_click(button, pos)``
-    when a button was pressed and released without moving.
+    when a button was pressed and released without moving. ``grab(pos)`` is asked on a
+    left press: an object it returns (a crop-box handle under the mouse) takes the drag's
+    moves, ``grabbed.move(pos)``, and the camera stays put; None lets the camera orbit.
     """
 
-    def __init__(self, camera: OrbitCamera, on_change, hit, view_height, on_click=None):
+    def __init__(self, camera: OrbitCamera, on_change, hit, view_height, on_click=None, grab=None):
         self.camera, self.on_change, self.hit, self.view_height = camera, on_change, hit, view_height
-        self.on_click = on_click
+        self.on_click, self.grab = on_click, grab
+        self.grabbed = None
         self.button = None
         self.last = None
         self.moved = False
@@ -36,6 +39,7 @@ class Interaction:
         if self.button is not None or not self.hit(pos):
             return False
         self.button, self.last, self.moved, self.source = button, tuple(pos), False, source
+        self.grabbed = self.grab(pos) if button == "left" and self.grab is not None else None
         return True
 
     def move(self, pos) -> None:
@@ -45,18 +49,23 @@ class Interaction:
         self.last = tuple(pos)
         if dx == 0 and dy == 0:
             return
+        self.moved = True
+        if self.grabbed is not None:
+            self.grabbed.move(pos)
+            return
         if self.button == "left":
             self.camera.orbit(dx, dy)
         else:
             self.camera.pan(dx, dy, self.view_height())
-        self.moved = True
         self.on_change(True)
 
     def release(self) -> None:
         if self.button is None:
             return
-        moved, button = self.moved, self.button
-        self.button = None
+        moved, button, grabbed = self.moved, self.button, self.grabbed
+        self.button = self.grabbed = None
+        if grabbed is not None and moved:
+            return  # a handle was dragged; the camera did not move
         if moved:
             self.on_change(False)
         elif self.on_click is not None:
@@ -94,6 +103,7 @@ class CameraControl:
         self._wheel_time = 0.0
         self._last_mouse = None
         self.on_click = None  # (button, pos) of a click on the view without a drag
+        self.grab = None  # pos -> an object that takes a left drag (a crop-box handle), or None
 
     @property
     def dragging(self) -> bool:
@@ -109,7 +119,8 @@ class CameraControl:
             self.camera = cam
             self.interaction = Interaction(cam, self.changed, self.viewport.hit,
                                            lambda: self.viewport.rects_screen()[0][3],
-                                           on_click=lambda b, p: self.on_click and self.on_click(b, p))
+                                           on_click=lambda b, p: self.on_click and self.on_click(b, p),
+                                           grab=lambda p: self.grab(p) if self.grab else None)
         else:
             self.camera.__dict__.update(cam.__dict__)
         self.changed(False)

@@ -1,7 +1,8 @@
 """Automation for tests, benchmarks and screenshots: ``--control`` reads JSON commands from
-stdin (screenshot, drag, wheel, click_view, set, click, quit), ``--stats`` prints the GUI's state as JSON
-lines. Commands act through the same paths as the user: widget callbacks, the mouse
-interaction, dearpygui's framebuffer."""
+stdin (screenshot, drag, wheel, click_view, set, click, quit), ``--stats`` prints the GUI's
+state as JSON lines, and each note the status line shows as a "note" event. Commands act
+through the same paths as the user: widget callbacks, the mouse interaction, dearpygui's
+framebuffer."""
 from __future__ import annotations
 
 import inspect
@@ -73,8 +74,9 @@ class ControlChannel:
             elif cmd == "screenshot":
                 self.screenshot(c["path"])
             elif cmd == "drag":
+                start = (float(c["u"]), float(c["v"])) if "u" in c else None
                 self.synthetic_drag(float(c.get("dx", 200)), float(c.get("dy", 0)), c.get("button", "left"),
-                                    int(c.get("frames", 12)))
+                                    int(c.get("frames", 12)), start)
             elif cmd == "wheel":
                 self.wheel(float(c.get("clicks", 1)))
             elif cmd == "click_view":
@@ -119,21 +121,24 @@ class ControlChannel:
 
         self.dpg.output_frame_buffer(callback=done)
 
-    def synthetic_drag(self, dx, dy, button="left", frames=12) -> None:
-        """A drag through the same Interaction path the mouse uses, spread over GUI frames."""
+    def synthetic_drag(self, dx, dy, button="left", frames=12, start=None) -> None:
+        """A drag through the same Interaction path the mouse uses, spread over GUI frames,
+        by (dx, dy) screen pixels from ``start`` (u, v), fractions of the first image's width
+        and height (its centre if None)."""
         it = self.camera.interaction
         if it is None:
             self.emit({"event": "drag_error", "error": "camera not ready"})
             return
         x, y, w, h = self.viewport.rects_screen()[0]
-        start = (x + w / 2, y + h / 2)
+        u, v = start or (0.5, 0.5)
+        start = (x + u * w, y + v * h)
         n = self.clock.frames
         self.pending.append((n + 1, lambda: it.press(button, start, source="control")))
         for k in range(1, frames + 1):
             p = (start[0] + dx * k / frames, start[1] + dy * k / frames)
             self.pending.append((n + 1 + k, lambda p=p: it.move(p)))
         self.pending.append((n + frames + 2, lambda: (it.release(), self.emit(
-            {"event": "drag_done", "camera": self.camera.camera.state()}))))
+            {"event": "drag_done", "camera": self.camera.camera.state(), "start": list(start)}))))
 
     def wheel(self, clicks: float) -> None:
         """Mouse-wheel clicks over the view's centre (positive zooms in), then the pose settles."""

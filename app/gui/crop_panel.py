@@ -1,8 +1,11 @@
 """The Crop box section: an axis-aligned box (min and max per axis) outside which the field
 renders empty; it also limits mesh and point-cloud export, and is saved with snapshots.
-Its edges and corners are drawn over the view (app.gui.scene_overlay)."""
+Its edges and corners are drawn over the view (app.gui.scene_overlay), with a handle on
+each face that can be dragged there (app.gui.crop_handles); the sliders follow."""
 from __future__ import annotations
 
+from app.gui.crop_handles import FACES, HANDLE_RADIUS_PX, HandleDrag, face_centres
+from app.gui.scene_overlay import pick_camera
 from app.gui.theme import MUTED
 
 LIMIT = 1.5  # the fields' box is [-1.5, 1.5]^3 in the scene's frame (loaders/normalize.py)
@@ -44,6 +47,8 @@ class CropPanel:
                                              default_value=default, width=170, format="%.2f",
                                              callback=lambda: self.apply())
             dpg.add_button(label="Reset box", tag="crop_reset", callback=lambda: self.reset())
+            dpg.add_text("or drag the dots on the box's faces in the view (red x, green y, blue z)", color=MUTED,
+                         wrap=440)
             dpg.add_text("", tag="crop_line", color=MUTED, wrap=440)
 
     def values(self):
@@ -62,6 +67,24 @@ class CropPanel:
         self.overlay.set_crop(box)
         self.worker.send("crop", box=box)
         self._line(box)
+
+    def grab(self, cam, pos, to_px, scale: float):
+        """A HandleDrag for the face handle under screen position ``pos`` in the view
+        ``cam`` (to_px: screen -> its pixels; scale: screen pixels per image pixel), or None."""
+        box = self.box
+        if box is None or self.ndc or not self.overlay.on["crop"]:
+            return None
+        u, v = to_px(pos)
+        k = pick_camera(face_centres(box.lo, box.hi), cam, u, v, HANDLE_RADIUS_PX / max(scale, 1e-6))
+        if k is None:
+            return None
+        return HandleDrag(cam, k, box.lo, box.hi, pos, to_px, self.set_face, LIMIT, MIN_SIZE)
+
+    def set_face(self, k: int, value: float) -> None:
+        """A face moved in the view: its slider follows, and the box is applied."""
+        axis, end = FACES[k]
+        self.dpg.set_value(f"crop_{('min', 'max')[end]}_{AXES[axis]}", value)
+        self.apply()
 
     def reset(self) -> None:
         for a in AXES:

@@ -150,5 +150,8 @@ class OpenPanel:
         if job is None:
             return None
         stage, done, total = job.progress()
-        return {"state": job.state, "stage": stage, "done": done, "total": total, "out": job.out}
+        dpg = self.dpg
+        return {"state": job.state, "stage": stage, "done": done, "total": total, "out": job.out,
+                "shown": dpg.is_item_shown("process_group"), "text": dpg.get_value("process_stage"),
+                "bar": dpg.get_value("process_bar")}
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from app.gui.crop_handles import FACES, face_centres
 from app.gui.overlay import Layer, ViewCamera, box_segments, frustum_segments, lines, project
 
 TRAIN_COLOR = (1.0, 0.66, 0.24, 1.0)
 HELD_OUT_COLOR = (0.35, 0.78, 1.0, 1.0)
 CROP_COLOR = (1.0, 0.9, 0.3, 1.0)
+AXIS_COLORS = np.array([(1.0, 0.35, 0.3, 1.0), (0.35, 0.9, 0.4, 1.0), (0.4, 0.6, 1.0, 1.0)], np.float32)  # x, y, z
 FRUSTUM_DEPTH = 0.08  # of the scene radius (the farthest training camera from the origin)
 PICK_RADIUS_PX = 14.0  # screen pixels around a camera's centre that pick it
 TOGGLES = {"cameras": "training cameras", "points": "SfM points", "crop": "crop box", "path": "camera path"}
@@ -23,9 +25,16 @@ def camera_layer(cams: dict, color, depth: float) -> Layer:
     return lines(seg, color)
 
 
+def frame_camera(frame) -> ViewCamera:
+    """The pinhole a GUI frame was rendered with."""
+    h, w = frame.size
+    return ViewCamera(np.asarray(frame.c2w, np.float64), float(frame.fov), w, h)
+
+
 def pick_camera(centres: np.ndarray, cam: ViewCamera, u: float, v: float, radius: float):
-    """Index of the camera centre (N, 3) whose image under ``cam`` is nearest to pixel
-    (u, v) and within ``radius`` image pixels, in front of the camera; None if none is."""
+    """Index of the point (N, 3) (a camera centre, a crop-box handle) whose image under
+    ``cam`` is nearest to pixel (u, v) and within ``radius`` image pixels, in front of
+    the camera; None if none is."""
     if not len(centres):
         return None
     pu, pv, z = project(centres, cam)
@@ -102,9 +111,12 @@ class SceneOverlay:
             rgba = np.concatenate([info["point_colors"] / 255.0, np.ones((len(info["points"]), 1))], 1)
             out.append(Layer(points=info["points"], point_colors=rgba.astype(np.float32), point_size=2))
         if self.on["crop"] and self.crop is not None:
+            # The corners, and a handle on each face in its axis's colour (drag it to move the face).
             box = lines(box_segments(self.crop.lo, self.crop.hi), CROP_COLOR)
-            box.points, box.point_size = self.crop.corners(), 5
-            box.point_colors = np.tile(np.asarray(CROP_COLOR, np.float32), (8, 1))
+            box.points = np.concatenate([self.crop.corners(), face_centres(self.crop.lo, self.crop.hi)])
+            box.point_colors = np.concatenate([np.tile(np.asarray(CROP_COLOR, np.float32), (8, 1)),
+                                               AXIS_COLORS[[axis for axis, _ in FACES]]])
+            box.point_size = 6
             out.append(box)
         if self.on["path"] and self.path_layer is not None:
             out.append(self.path_layer)
@@ -115,8 +127,7 @@ class SceneOverlay:
         layer = self.layer()
         if not len(layer) or frame.kind == "inerf":
             return None
-        h, w = frame.size
-        cam = ViewCamera(np.asarray(frame.c2w, np.float64), float(frame.fov), w, h)
+        cam = frame_camera(frame)
         ndc = self.info is not None and self.info.get("ndc")
         return [(layer, cam, None if ndc else im["depth"], None if ndc else im["acc"]) for im in frame.images]
 
@@ -126,7 +137,7 @@ class SceneOverlay:
         if self.info is None or frame is None or not self.on["cameras"]:
             return None
         h, w = frame.size
-        cam = ViewCamera(np.asarray(frame.c2w, np.float64), float(frame.fov), w, h)
+        cam = frame_camera(frame)
         best = None
         for split, cams in self.info["cameras"].items():
             centres = np.asarray(cams["c2w"])[:, :3, 3]

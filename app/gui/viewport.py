@@ -181,6 +181,15 @@ class Viewport:
                 return i, (pos[0] - x) / w, (pos[1] - y) / h
         return None
 
+    def to_image_px(self, i: int = 0):
+        """A function: viewport position -> continuous pixel (u, v) of image ``i`` of the
+        frame shown now (beyond its edges too: a drag may leave the image). Fixed at this
+        call, as the camera of a handle drag is: the progressive renders that follow change
+        the frame's size."""
+        x, y, w, h = self.rects_screen()[i]
+        fh, fw = self.frame.size
+        return lambda pos: ((pos[0] - x) / w * fw, (pos[1] - y) / h * fh)
+
     def hit(self, pos) -> bool:
         return self.pick(pos) is not None
 

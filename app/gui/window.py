@@ -30,7 +30,7 @@ from app.gui.path_editor import PathEditor
 from app.gui.path_player import PathPlayer
 from app.gui.plots import TrainingPlots, WeightsPlot
 from app.gui.render_schedule import fov_for
-from app.gui.scene_overlay import SceneOverlay
+from app.gui.scene_overlay import SceneOverlay, frame_camera
 from app.gui.status_line import StatusLine
 from app.gui.theme import BG, PANEL_W, STATUS_H, TEX, Theme
 from app.gui.viewport import Viewport
@@ -81,6 +81,7 @@ class App:
         self.player = PathPlayer(self.camera, lambda: (self.info["width"], self.info["height"]) if self.info
                                  else (1, 1))
         self.camera.on_click = self._on_click
+        self.camera.grab = self._grab
         self.opener = OpenPanel(dpg, self.worker, self.note)
         self.path = PathEditor(dpg, self.worker, self.camera, self.player, self.overlay, self.note,
                                self.panel.out_dir)
@@ -128,6 +129,8 @@ class App:
     def note(self, level: str, text: str) -> None:
         self.status_line.set_note(level, text)
         self.panel.log.add(level, text)
+        if self.args.stats:  # what the status line and the log were told, for tests and scripts
+            self.control.emit({"event": "note", "level": level, "text": text})
 
     def request_quit(self) -> None:
         self.quit = True
@@ -285,6 +288,15 @@ class App:
         self.player.fly_to(cams["c2w"][k], fov_for(cams["width"][k], cams["fx"][k]))
         self.note("info", f"flying to {'training' if split == 'train' else 'held-out'} view {k}")
 
+    def _grab(self, pos):
+        """A left press on the view: the crop-box handle under it, if any, takes the drag."""
+        f, hit = self.viewport.frame, self.viewport.pick(pos)
+        if hit is None or f is None or f.kind == "inerf":
+            return None
+        i = hit[0]
+        scale = self.viewport.rects_screen()[i][2] / f.size[1]
+        return self.crop.grab(frame_camera(f), pos, self.viewport.to_image_px(i), scale)
+
     def _stats(self) -> dict:
         """The viewer's state for the --stats lines."""
         st = self.worker.status()
@@ -292,4 +304,6 @@ class App:
                 "path_keys": len(self.path.keys), "playing": self.player.playing,
                 "flights": self.player.finished, "job": st.get("job"), "last_video": st.get("last_video"),
                 "process": self.opener.status(), "overlay_version": self.overlay.version,
+                "views": {k: len(c["c2w"]) for k, c in self.info["cameras"].items()} if self.info else None,
+                "overlay_segments": len(self.overlay.layer().segments),
                 "crop": st["crop"].to_json() if st.get("crop") is not None else None}
