@@ -145,6 +145,12 @@ class Field(nn.Module):
         None for none. ``train`` turns on jitter and whatever the loss needs."""
         raise NotImplementedError
 
+    def render_chunk(self, cuda: bool) -> int:
+        """Rays per render_rays call when whole views are rendered (app/engine/views.py): it
+        bounds a render's memory. A field whose renderer holds little per ray may ask for
+        more (fewer, fuller launches)."""
+        return 65536 if cuda else 4096
+
     def loss_terms(self, out: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Scalar losses from render_rays(train=True)'s output; their sum is minimised.
         "mse" is reported as PSNR; a model whose photometric loss is not the MSE also

@@ -20,8 +20,10 @@ What follows the paper and its code (svox2: opt/opt.py, opt/configs/syn.json, ll
 
 On CUDA rays go through the Triton kernels (models/kernels/plenoxel_render.py), which
 march the grid itself (empty blocks skipped in one stride, early termination) and fuse the
-trilinear SH gather, compositing and their backward; elsewhere the torch reference
-(voxel_grid.render_reference) renders the same samples.
+trilinear SH gather, compositing and their backward; renders without gradients use the
+frame kernel (whole views in one launch, empty space skipped by the cells that can have
+positive density). Elsewhere the torch reference (voxel_grid.render_reference) renders the
+same samples.
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ from models.sh import num_coeffs, sh_basis
 CPU_MAX_RESOLUTION = 128
 CUDA_MAX_RESOLUTION = 512
 COARSE_BLOCKS = 64  # blocks per axis of the kernels' empty-space map
+FRAME_BLOCK_CELLS = 4  # cells per side of a block in the frame kernel's coarse map
+FRAME_RAYS = 1 << 21  # rays per render_rays call when whole views are rendered on CUDA
 _POSITIVE = ("step_ratio", "density_lr_scale", "sh_lr_scale", "density_lr_final", "sh_lr_final",
              "decay_steps", "rms_beta", "tv_fraction")
 _NON_NEGATIVE = ("tv_density", "tv_sh", "sparsity", "weight_threshold", "density_threshold",
@@ -85,6 +89,48 @@ def _validate(c: dict) -> None:
         raise ValueError("tv_fraction must be in (0, 1] and rms_beta in (0, 1)")
     if c["n_coarse"] is not None and c["n_coarse"] < 2:
         raise ValueError(f"n_coarse must be >= 2, got {c['n_coarse']}")
+
+
+class FrameRenderer:
+    """Renders without gradients through the frame kernel, with its empty-space maps of the
+    model's grid: the cells that can have positive density (voxel_grid.positive_cells) as
+    bits, and their coarse blocks. The maps are rebuilt when the links or the densities
+    change (a step, pruning, a checkpoint) and held through weak references, so a replaced
+    grid is not kept alive. If the kernel fails, renders go back to the training kernels'
+    forward (the same samples) and ``error`` says why; the training kernels stay on."""
+
+    def __init__(self):
+        self._key, self._maps, self.error = None, None, None
+
+    def grid(self, model: "Plenoxels") -> dict:
+        """The kernels' grid dict of the model with the maps (render_frame's argument)."""
+        links, dens = model.links, model.density_data
+        key = (links._version, dens._version, FRAME_BLOCK_CELLS)
+        same = self._key is not None and self._key[0]() is links and self._key[1]() is dens
+        if not (same and self._key[2:] == key):
+            cells = vg.positive_cells(links, model._row_vertex, dens.detach())
+            self._maps = (vg.pack_bits(cells), vg.coarse_occupancy(cells, FRAME_BLOCK_CELLS))
+            self._key = (weakref.ref(links), weakref.ref(dens)) + key
+        g = model._grid()
+        g.update(bits=self._maps[0], occ=self._maps[1], block=FRAME_BLOCK_CELLS)
+        return g
+
+    def render(self, model: "Plenoxels", packed, basis, bg, step: float, stop_t: float) -> torch.Tensor | None:
+        """render_frame's (R, 6) output, or None once the kernel has failed."""
+        if self.error is not None:
+            return None
+        try:
+            from models.kernels.plenoxel_render import render_frame
+            return render_frame(self.grid(model), packed, basis, bg, step, stop_t)
+        except Exception as exc:  # noqa: BLE001 - a render that fails must not stop training
+            import os
+            import sys
+            if os.environ.get("NERFLAB_KERNELS") == "triton":
+                raise
+            self.error = repr(exc)[:300]
+            print(f"warning: plenoxels frame kernel failed, rendering through the training kernels ({self.error})",
+                  file=sys.stderr)
+            return None
 
 
 class Plenoxels(Field):
@@ -156,6 +202,7 @@ class Plenoxels(Field):
         for name in ("_cells", "_occ", "_row_vertex"):
             self.register_buffer(name, None, persistent=False)
         self._optimizer = None  # weakref to the GridRMSprop make_optimizer built last
+        self._frame = FrameRenderer()
         self._carry = None  # running mean squares remapped by the last pruning / upsampling
         self._refresh()
 
@@ -273,6 +320,11 @@ class Plenoxels(Field):
         return F.relu(vg.interpolate(self.density_data, rows, w)[:, 0]), rgb
 
     # -- rendering --------------------------------------------------------------------------------
+    def render_chunk(self, cuda: bool) -> int:
+        # The kernels keep no per-sample buffers (~0.3 kB a ray in all): a whole frame is one
+        # launch, which also balances its rays' very unequal work over the GPU.
+        return FRAME_RAYS if cuda else super().render_chunk(cuda)
+
     def _use_kernels(self, x: torch.Tensor) -> bool:
         from renderer.occupancy import _use_triton
         return _use_triton(x)
@@ -299,7 +351,9 @@ class Plenoxels(Field):
         step, stop_t = self.step_size(), self.config["stop_t"]
         out = None
         if self._use_kernels(rays["o"]) and (train or n > 16):
-            out = self._render_kernel(rays, offset, basis, bg, step, stop_t)
+            # Without gradients (views, evaluation) through the frame kernel: the same samples.
+            out = self._render_kernel(rays, offset, basis, bg, step, stop_t,
+                                      frame=not train and not torch.is_grad_enabled())
         if out is None:
             ref = vg.render_reference(self.links, self.density_data, self.sh_data, self._cells, rays, offset,
                                       step, stop_t, basis, bg)
@@ -311,12 +365,16 @@ class Plenoxels(Field):
             out["rgb"] = out["rgb"].clamp(0.0, 1.0)
         return out
 
-    def _render_kernel(self, rays, offset, basis, bg, step, stop_t) -> dict | None:
+    def _render_kernel(self, rays, offset, basis, bg, step, stop_t, frame: bool) -> dict | None:
         try:
             from models.kernels.plenoxel_render import GridRender, pack_rays
             packed = pack_rays(rays, offset, step)
-            rgb, depth, acc, cauchy = GridRender.apply(self.density_data, self.sh_data, packed, basis, bg,
-                                                       self._grid(), step, stop_t)
+            o = self._frame.render(self, packed, basis, bg, step, stop_t) if frame else None
+            if o is not None:
+                rgb, depth, acc, cauchy = o[:, :3], o[:, 3], o[:, 4], o[:, 5]
+            else:
+                rgb, depth, acc, cauchy = GridRender.apply(self.density_data, self.sh_data, packed, basis, bg,
+                                                           self._grid(), step, stop_t)
         except Exception as exc:  # noqa: BLE001 - a kernel that fails must not stop training
             import os
             from renderer import kernels

@@ -119,13 +119,42 @@ def dilate(mask: torch.Tensor, iterations: int = 1) -> torch.Tensor:
     return mask
 
 
-def cell_occupancy(links: torch.Tensor) -> torch.Tensor:
-    """(n-1)^3 bool: a cell can hold density only if one of its 8 corners is active."""
-    a = links >= 0
+def cells_touching(vertices: torch.Tensor) -> torch.Tensor:
+    """(n-1)^3 bool for a vertex mask (n, n, n): the cells with one of their 8 corners set."""
+    a = vertices
     for dim in range(3):
         n = a.shape[dim]
         a = a.narrow(dim, 0, n - 1) | a.narrow(dim, 1, n - 1)
     return a
+
+
+def cell_occupancy(links: torch.Tensor) -> torch.Tensor:
+    """(n-1)^3 bool: a cell can hold density only if one of its 8 corners is active."""
+    return cells_touching(links >= 0)
+
+
+def positive_cells(links: torch.Tensor, row_vertex: torch.Tensor, density: torch.Tensor) -> torch.Tensor:
+    """(n-1)^3 bool: the cells with a corner of positive raw density (row_vertex from
+    row_vertices(links), density (M,) or (M, 1)). Elsewhere the trilinear density is a
+    non-negative mix of values <= 0, so sigma = ReLU is 0 at every point of the cell: a
+    render may skip such cells without changing a pixel (the frame kernel does)."""
+    mask = torch.zeros(links.numel(), dtype=torch.bool, device=links.device)
+    mask[row_vertex[density.reshape(-1) > 0]] = True
+    return cells_touching(mask.view(links.shape))
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as uint8 bits in flat order: bit i % 8 of byte i // 8 is element i (a
+    512^3 cell mask in 16 MB, small enough to stay in a GPU's L2 cache)."""
+    flat = mask.reshape(-1)
+    pad = -flat.numel() % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    b = flat.view(-1, 8).to(torch.uint8)
+    out = b[:, 0].clone()
+    for i in range(1, 8):
+        out |= b[:, i] << i
+    return out
 
 
 def coarse_occupancy(cells: torch.Tensor, block: int) -> torch.Tensor:

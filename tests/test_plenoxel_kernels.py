@@ -56,6 +56,33 @@ print("OK")
 
 
 @needs_triton
+def test_frame_kernel_matches_forward_and_reference():
+    """The gradient-free frame kernel (one ray per thread, the positive-density cell mask and
+    its coarse blocks, cell skipping) composites the same samples as the training forward."""
+    code = SETUP + r"""
+for k, stop, block, neg in ((9, 0.0, 3, 0.0), (9, 1e-3, 2, 0.6), (4, 1e-3, 4, 0.0), (1, 0.0, 1, 0.6)):
+    grid, links, density, sh, cells, rays, basis, offset, bg = make(k=k, seed=k)
+    # Rows made non-positive in place (grid["density"] shares them): whole cells drop out.
+    drop = torch.rand(density.shape[0], generator=torch.Generator().manual_seed(k)) < neg
+    density[drop] = -density[drop].abs()
+    pos = vg.positive_cells(links, vg.row_vertices(links), density)
+    assert 0 < pos.sum() < cells.sum()                 # cells skipped that the training kernels visit
+    frame = dict(grid, bits=vg.pack_bits(pos), occ=vg.coarse_occupancy(pos, block).contiguous(), block=block)
+    packed = pr.pack_rays(rays, offset, 0.5)
+    out = pr.render_frame(frame, packed, basis, bg, 0.5, stop)
+    fwd = pr.render_forward(grid, packed, basis, bg, 0.5, stop)
+    ref = vg.render_reference(links, density, sh, cells, rays, offset, 0.5, stop, basis, bg)
+    assert ref["acc"].max() > 0.9 and ref["acc"].min() < 0.05, (ref["acc"].min(), ref["acc"].max())
+    torch.testing.assert_close(out, fwd, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(out[:, :3], ref["rgb"], atol=2e-4, rtol=0)
+    torch.testing.assert_close(out[:, 3], ref["depth"], atol=2e-4, rtol=0)
+    torch.testing.assert_close(out[:, 4], ref["acc"], atol=2e-5, rtol=0)
+print("OK")
+"""
+    run_in_triton_interpreter(code)
+
+
+@needs_triton
 def test_backward_matches_reference_autograd():
     code = SETUP + r"""
 grid, links, density, sh, cells, rays, basis, offset, bg = make(seed=3)
@@ -112,6 +139,10 @@ def test_kernels_match_reference_on_cuda():
     out = pr.render_forward(g, pr.pack_rays(cr, offset.to(dev), 0.5), basis.to(dev), bg.to(dev), 0.5, 1e-3).cpu()
     torch.testing.assert_close(out[:, :3], ref["rgb"], atol=2e-4, rtol=0)
     torch.testing.assert_close(out[:, 4], ref["acc"], atol=2e-5, rtol=0)
+    pos = vg.positive_cells(links, vg.row_vertices(links), density)
+    frame = dict(g, bits=vg.pack_bits(pos).to(dev), occ=vg.coarse_occupancy(pos, 2).to(dev), block=2)
+    fr = pr.render_frame(frame, pr.pack_rays(cr, offset.to(dev), 0.5), basis.to(dev), bg.to(dev), 0.5, 1e-3).cpu()
+    torch.testing.assert_close(fr, out, atol=2e-5, rtol=1e-5)
     wref = vg.max_weights_reference(links, density, cells, rays, 0.5, 0.2)
     wmax = torch.zeros(density.shape[0], device=dev)
     pr.max_weights(g, pr.pack_rays(cr, torch.full_like(offset, 0.5).to(dev), 0.5), 0.5, 0.2, wmax)

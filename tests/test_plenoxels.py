@@ -9,7 +9,7 @@ import torch
 
 from models import build_model
 from models.plenoxels import Plenoxels
-from tests.conftest import make_sphere_scene
+from tests.conftest import make_sphere_scene, needs_triton, run_in_triton_interpreter
 
 
 def _gen(seed):
@@ -111,6 +111,70 @@ def test_ray_scale_does_not_change_rgb_and_depth_is_in_ray_units():
     torch.testing.assert_close(a["depth"], 2 * b["depth"], atol=1e-4, rtol=0)
     assert a["depth"].min() > 1.5  # the box begins 2 units from the origins
     assert a["weights"].shape == a["t"].shape  # the GUI's per-sample inspector
+
+
+def test_render_chunk_is_whole_frames_on_cuda():
+    from models.plenoxels import FRAME_RAYS
+    m = _random_model(res=4)
+    assert m.render_chunk(True) == FRAME_RAYS >= 1920 * 1080 and m.render_chunk(False) == 4096
+
+
+@needs_triton
+def test_frame_path_matches_the_training_kernels_whole_or_chunked():
+    """Renders without gradients go through the frame kernel and its cached maps: one call
+    for all rays equals small chunks and the training kernels' forward (taken with
+    gradients on), also after the densities change in place (the maps are rebuilt)."""
+    code = r"""
+import torch
+from models.plenoxels import Plenoxels
+from renderer.render import render_rays_chunked
+torch.manual_seed(0)
+m = Plenoxels(resolution=8, bbox=1.0, init_radius=None, sh_degree=0, prune_by="density", density_threshold=0.0,
+              dilation=0)
+with torch.no_grad():
+    m.density_data.uniform_(-6.0, 8.0)
+    m.sh_data.normal_(0.0, 0.5)
+m.prune()                                   # inactive vertices
+with torch.no_grad():
+    m.density_data.sub_(3.0)                # and active ones of density <= 0
+assert m.n_active < 9 ** 3 and (m.density_data <= 0).any()
+g = torch.Generator().manual_seed(1)
+o = torch.randn(100, 3, generator=g) * 0.3 + torch.tensor([0.0, 0.0, 3.0])
+d = torch.nn.functional.normalize(torch.randn(100, 3, generator=g) * 0.3 + torch.tensor([0, 0, -1.0]), dim=-1)
+for _ in range(2):
+    whole = render_rays_chunked(m, o, d, 0.5, 6.0, 0.3, chunk=100)
+    parts = render_rays_chunked(m, o, d, 0.5, 6.0, 0.3, chunk=40)
+    m.eval()
+    with torch.enable_grad():
+        train_fwd = m.render_rays(o, d, 0.5, 6.0, background=0.3, train=False)
+    assert train_fwd["rgb"].requires_grad   # this one did go through the training kernels
+    assert whole["acc"].max() > 0.9 and whole["acc"].min() < 0.1
+    for key in ("rgb", "depth", "acc"):
+        torch.testing.assert_close(whole[key], parts[key], atol=1e-6, rtol=0)
+        torch.testing.assert_close(whole[key], train_fwd[key].detach(), atol=2e-5, rtol=1e-5)
+    with torch.no_grad():
+        m.density_data.mul_(-1.0).add_(2.0)  # in place: the cached cell maps are stale now
+print("OK")
+"""
+    run_in_triton_interpreter(code)
+
+
+@needs_triton
+def test_a_failing_frame_kernel_leaves_renders_to_the_training_kernels(monkeypatch, capsys):
+    from models.kernels import plenoxel_render as pr
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel image")
+
+    monkeypatch.setattr(pr, "render_frame", broken)
+    monkeypatch.delenv("NERFLAB_KERNELS", raising=False)
+    m = _random_model(res=4)
+    assert m._frame.render(m, None, None, None, 0.5, 1e-4) is None
+    assert "no kernel image" in m._frame.error and "frame kernel failed" in capsys.readouterr().err
+    monkeypatch.setattr(pr, "render_frame", lambda *a, **k: pytest.fail("retried after failing"))
+    assert m._frame.render(m, None, None, None, 0.5, 1e-4) is None
+    from renderer import kernels
+    assert not kernels._STATE["disabled"]  # training keeps its kernels
 
 
 def test_prune_by_density_keeps_dense_vertices_and_dilates():

@@ -88,6 +88,24 @@ def test_links_dilate_occupancy_and_coarse_blocks():
     torch.testing.assert_close(vg.row_vertices(links), vertices)
 
 
+def test_positive_cells_and_bit_packing_match_loops():
+    """positive_cells against a loop over each cell's corners; pack_bits against numpy's
+    little-endian packbits (sizes that are and are not a multiple of 8)."""
+    n = 6
+    links, vertices = _random_links(n, 0.6, 7)
+    density = torch.randn(vertices.numel(), 1, generator=_gen(8))
+    got = vg.positive_cells(links, vg.row_vertices(links), density)
+    want = torch.zeros(n - 1, n - 1, n - 1, dtype=torch.bool)
+    for i, j, k in itertools.product(range(n - 1), repeat=3):
+        rows = [int(links[i + a, j + b, k + c]) for a, b, c in itertools.product((0, 1), repeat=3)]
+        want[i, j, k] = any(r >= 0 and float(density[r, 0]) > 0 for r in rows)
+    assert 0 < want.sum() < vg.cell_occupancy(links).sum()
+    assert torch.equal(got, want)
+    for size in (125, 128, 3):
+        m = torch.rand(size, generator=_gen(size)) < 0.4
+        np.testing.assert_array_equal(vg.pack_bits(m).numpy(), np.packbits(m.numpy(), bitorder="little"))
+
+
 def test_upsample_support_and_resample_are_exact():
     """The doubled grid interpolates the same field: at random points, and zero outside the
     support (so dropping those vertices loses nothing)."""

@@ -23,7 +23,7 @@ def render_view(trainer, c2w, height: int | None = None, width: int | None = Non
         camera = Cameras.pinhole(1, w, h, f)
     c2w = torch.as_tensor(np.asarray(c2w, dtype=np.float32))
     if chunk is None:
-        chunk = 65536 if trainer.device.type == "cuda" else 4096
+        chunk = trainer.model.render_chunk(trainer.device.type == "cuda")
     scene = trainer.scene
     with trainer.averaged():
         return render_image(trainer.model, c2w, camera, scene.near, scene.far, background=trainer.background,

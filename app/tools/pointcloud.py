@@ -100,7 +100,7 @@ def export_points(trainer, path: str, points: int = 200_000, min_opacity: float 
             cam = sp.cameras[i]
             p, c = view_points(model, sp.c2w[i], cam, scene.near, scene.far,
                                pick_pixels(int(cam.height[0]), int(cam.width[0]), per_view, g), min_opacity,
-                               ndc_frame, 65536 if trainer.device.type == "cuda" else 4096, trainer.config.autocast)
+                               ndc_frame, model.render_chunk(trainer.device.type == "cuda"), trainer.config.autocast)
             xyz.append(p)
             rgb.append(c)
             if progress is not None and progress(i + 1, len(sp)) is False:

@@ -19,6 +19,13 @@ No per-sample buffer is ever written: the backward pass marches the rays again (
 dC/dsigma_i = delta * (T_{i+1} c_i.g - sum_{j>i} w_j c_j.g - T_N bg.g), where the sum is
 C.g minus what the march has composited so far. Gradients are added with atomics into the
 parameters' .grad buffers.
+
+Renders without gradients (views, evaluation) go through a third kernel, _frame_kernel:
+the same samples composited in the same order, but written for throughput. Every value is
+a per-ray scalar, one ray per thread (in the tiles above each thread repeats the per-ray
+arithmetic of its rays); lanes run through empty space in a loop of their own, which reads
+only a coarse map and a bit per cell of the cells that can have positive density, before
+any gather; the SH gather runs only when some lane's density is positive.
 """
 from __future__ import annotations
 
@@ -31,6 +38,11 @@ import triton.language as tl
 # benchmark may change these before the first launch.
 BLOCK = 8
 NUM_WARPS = 4
+# The same for the frame kernel (renders without gradients), one ray per thread, and its
+# register cap (None: the compiler's choice).
+FRAME_BLOCK = 64
+FRAME_WARPS = 2
+FRAME_MAXNREG = None
 
 
 @triton.jit
@@ -174,14 +186,7 @@ def _fwd_kernel(ray_ptr, basis_ptr, bg_ptr, links_ptr, dens_ptr, sh_ptr, occ_ptr
         t = ts + k * step
         active = active & (t < te) & (trans >= stop_t)
         it += 1
-    bg_base = bg_ptr + ray.to(tl.int64) * 3
-    out = out_ptr + ray.to(tl.int64) * 6
-    tl.store(out + 0, acc_r + trans * tl.load(bg_base + 0, mask=rmask, other=0.0), mask=rmask)
-    tl.store(out + 1, acc_g + trans * tl.load(bg_base + 1, mask=rmask, other=0.0), mask=rmask)
-    tl.store(out + 2, acc_b + trans * tl.load(bg_base + 2, mask=rmask, other=0.0), mask=rmask)
-    tl.store(out + 3, depth, mask=rmask)
-    tl.store(out + 4, 1.0 - trans, mask=rmask)
-    tl.store(out + 5, cauchy, mask=rmask)
+    _store_out(out_ptr, bg_ptr, ray, rmask, acc_r, acc_g, acc_b, trans, depth, cauchy)
 
 
 @triton.jit
@@ -270,6 +275,160 @@ def _weights_kernel(ray_ptr, links_ptr, dens_ptr, occ_ptr, wmax_ptr, n_rays, R, 
         it += 1
 
 
+@triton.jit
+def _probe(ox, oy, oz, dx, dy, dz, t, active, occ_ptr, bits_ptr, R, RC, step, BS: tl.constexpr):
+    """The frame kernel's look at lattice position t: cell coords and fractions, whether the
+    cell can hold density (go: its coarse block and then its own bit in the cell mask), and
+    for the other lanes the lattice increment past the empty block, or the empty cell, that
+    t is in (the rule of _step: the first lattice point past it)."""
+    px, cx, fx = _axis(ox, dx, t, R)
+    py, cy, fy = _axis(oy, dy, t, R)
+    pz, cz, fz = _axis(oz, dz, t, R)
+    ix = cx.to(tl.int32)
+    iy = cy.to(tl.int32)
+    iz = cz.to(tl.int32)
+    occ = tl.load(occ_ptr + ((ix // BS) * RC + iy // BS) * RC + iz // BS, mask=active, other=0)
+    blk = active & (occ != 0)
+    cell = (ix.to(tl.int64) * R + iy) * R + iz
+    byte = tl.load(bits_ptr + (cell >> 3), mask=blk, other=0).to(tl.int32)
+    go = blk & (((byte >> (cell & 7).to(tl.int32)) & 1) != 0)
+    size = tl.where(blk, 1.0, BS * 1.0)
+    dist = tl.minimum(tl.minimum(_exit_of(px, cx, dx, size), _exit_of(py, cy, dy, size)), _exit_of(pz, cz, dz, size))
+    skip = tl.maximum(tl.ceil(dist / step - 0.01), 1.0)
+    return ix, iy, iz, fx, fy, fz, go, skip
+
+
+@triton.jit
+def _exit_of(p, c, d, size):
+    """_exit with the box size a per-lane value (a coarse block or a single cell)."""
+    b0 = tl.floor(c / size) * size
+    far = tl.where(d > 0, b0 + size, b0)
+    safe = tl.where(d == 0, 1.0, d)
+    return tl.where(d == 0, 1e30, (far - p) / safe)
+
+
+@triton.jit
+def _lane_corner(links_ptr, dens_ptr, idx, wx, wy, wz, go):
+    """One corner for a lane's cell: its row (-1 inactive), trilinear weight, weighted density."""
+    lk = tl.load(links_ptr + idx, mask=go, other=-1)
+    w = wx * wy * wz
+    return lk, w, w * tl.load(dens_ptr + lk.to(tl.int64), mask=go & (lk >= 0), other=0.0)
+
+
+@triton.jit
+def _lane_sh(cr, cg, cb, sh_ptr, lk, w, live, j, K: tl.constexpr):
+    """Adds corner lk's weighted SH coefficient j of each colour to (cr, cg, cb)."""
+    m = live & (lk >= 0)
+    row = sh_ptr + lk.to(tl.int64) * (3 * K) + j
+    cr += w * tl.load(row, mask=m, other=0.0)
+    cg += w * tl.load(row + K, mask=m, other=0.0)
+    cb += w * tl.load(row + 2 * K, mask=m, other=0.0)
+    return cr, cg, cb
+
+
+@triton.jit
+def _frame_kernel(ray_ptr, basis_ptr, bg_ptr, links_ptr, dens_ptr, sh_ptr, occ_ptr, bits_ptr, out_ptr,
+                  n_rays, R, RC, step, stop_t, max_iter,
+                  BS: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr):
+    """_fwd_kernel for renders without gradients: the same samples composited in the same
+    order, one ray per thread with every value a per-lane scalar (the tiles of the training
+    kernels make each thread repeat the per-ray arithmetic of its rays), lanes first running
+    through empty space in a cheap loop (coarse blocks, then single cells of the cell mask,
+    which holds the cells that can have positive density), the gathers only where a lane
+    sits in such a cell, and the colour gather only when a density is positive. A lane
+    stops after max_iter lattice moves of its own (_fwd_kernel's cap counts the program's
+    moves; neither is ever reached)."""
+    ray = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    rmask = ray < n_rays
+    ox, oy, oz, dx, dy, dz, ts, te, wps = _load_ray(ray_ptr, ray, rmask)
+    n = R + 1
+    nn = n * n
+    delta = step * wps
+    trans = tl.full([BLOCK], 1.0, tl.float32)
+    acc_r = tl.zeros([BLOCK], dtype=tl.float32)
+    acc_g = tl.zeros([BLOCK], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK], dtype=tl.float32)
+    depth = tl.zeros([BLOCK], dtype=tl.float32)
+    cauchy = tl.zeros([BLOCK], dtype=tl.float32)
+    k = tl.zeros([BLOCK], dtype=tl.float32)
+    moves = tl.zeros([BLOCK], dtype=tl.int32)
+    t = ts
+    active = rmask & (t < te)
+    while tl.max(active.to(tl.int32), axis=0) > 0:
+        ix, iy, iz, fx, fy, fz, go, skip = _probe(ox, oy, oz, dx, dy, dz, t, active, occ_ptr, bits_ptr, R, RC,
+                                                  step, BS)
+        empty = active & ~go
+        while tl.max(empty.to(tl.int32), axis=0) > 0:
+            k += tl.where(empty, skip, 0.0)
+            moves += empty.to(tl.int32)
+            t = ts + k * step
+            active = active & (t < te) & (moves < max_iter)
+            ix, iy, iz, fx, fy, fz, go, skip = _probe(ox, oy, oz, dx, dy, dz, t, active, occ_ptr, bits_ptr, R,
+                                                      RC, step, BS)
+            empty = active & ~go
+        # Corner c = 4a + 2b + c' sits at (ix + a, iy + b, iz + c'), as in _density.
+        base = (ix.to(tl.int64) * n + iy) * n + iz
+        gx = 1.0 - fx
+        gy = 1.0 - fy
+        gz = 1.0 - fz
+        l0, w0, s0 = _lane_corner(links_ptr, dens_ptr, base, gx, gy, gz, go)
+        l1, w1, s1 = _lane_corner(links_ptr, dens_ptr, base + 1, gx, gy, fz, go)
+        l2, w2, s2 = _lane_corner(links_ptr, dens_ptr, base + n, gx, fy, gz, go)
+        l3, w3, s3 = _lane_corner(links_ptr, dens_ptr, base + n + 1, gx, fy, fz, go)
+        l4, w4, s4 = _lane_corner(links_ptr, dens_ptr, base + nn, fx, gy, gz, go)
+        l5, w5, s5 = _lane_corner(links_ptr, dens_ptr, base + nn + 1, fx, gy, fz, go)
+        l6, w6, s6 = _lane_corner(links_ptr, dens_ptr, base + nn + n, fx, fy, gz, go)
+        l7, w7, s7 = _lane_corner(links_ptr, dens_ptr, base + nn + n + 1, fx, fy, fz, go)
+        sraw = s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7
+        live = go & (sraw > 0)
+        if tl.max(live.to(tl.int32), axis=0) > 0:
+            r = tl.zeros([BLOCK], dtype=tl.float32)
+            g = tl.zeros([BLOCK], dtype=tl.float32)
+            b = tl.zeros([BLOCK], dtype=tl.float32)
+            for j in range(K):
+                cr = tl.zeros([BLOCK], dtype=tl.float32)
+                cg = tl.zeros([BLOCK], dtype=tl.float32)
+                cb = tl.zeros([BLOCK], dtype=tl.float32)
+                cr, cg, cb = _lane_sh(cr, cg, cb, sh_ptr, l0, w0, live, j, K)
+                cr, cg, cb = _lane_sh(cr, cg, cb, sh_ptr, l1, w1, live, j, K)
+                cr, cg, cb = _lane_sh(cr, cg, cb, sh_ptr, l2, w2, live, j, K)
+                cr, cg, cb = _lane_sh(cr, cg, cb, sh_ptr, l3, w3, live, j, K)
+                cr, cg, cb = _lane_sh(cr, cg, cb, sh_ptr, l4, w4, live, j, K)
+                cr, cg, cb = _lane_sh(cr, cg, cb, sh_ptr, l5, w5, live, j, K)
+                cr, cg, cb = _lane_sh(cr, cg, cb, sh_ptr, l6, w6, live, j, K)
+                cr, cg, cb = _lane_sh(cr, cg, cb, sh_ptr, l7, w7, live, j, K)
+                bj = tl.load(basis_ptr + ray.to(tl.int64) * K + j, mask=live, other=0.0)
+                r += cr * bj
+                g += cg * bj
+                b += cb * bj
+            sigma = tl.maximum(sraw, 0.0)
+            e = tl.exp(-sigma * delta)
+            wgt = tl.where(live, trans * (1.0 - e), 0.0)
+            acc_r += wgt * tl.maximum(r + 0.5, 0.0)
+            acc_g += wgt * tl.maximum(g + 0.5, 0.0)
+            acc_b += wgt * tl.maximum(b + 0.5, 0.0)
+            depth += wgt * t * wps
+            cauchy += tl.where(live, tl.log(1.0 + 2.0 * sigma * sigma), 0.0)
+            trans = tl.where(live, trans * e, trans)
+        k += tl.where(active, 1.0, 0.0)
+        moves += active.to(tl.int32)
+        t = ts + k * step
+        active = active & (t < te) & (trans >= stop_t) & (moves < max_iter)
+    _store_out(out_ptr, bg_ptr, ray, rmask, acc_r, acc_g, acc_b, trans, depth, cauchy)
+
+
+@triton.jit
+def _store_out(out_ptr, bg_ptr, ray, rmask, acc_r, acc_g, acc_b, trans, depth, cauchy):
+    bg_base = bg_ptr + ray.to(tl.int64) * 3
+    out = out_ptr + ray.to(tl.int64) * 6
+    tl.store(out + 0, acc_r + trans * tl.load(bg_base + 0, mask=rmask, other=0.0), mask=rmask)
+    tl.store(out + 1, acc_g + trans * tl.load(bg_base + 1, mask=rmask, other=0.0), mask=rmask)
+    tl.store(out + 2, acc_b + trans * tl.load(bg_base + 2, mask=rmask, other=0.0), mask=rmask)
+    tl.store(out + 3, depth, mask=rmask)
+    tl.store(out + 4, 1.0 - trans, mask=rmask)
+    tl.store(out + 5, cauchy, mask=rmask)
+
+
 # -- launchers ----------------------------------------------------------------------------------
 def pack_rays(rays: dict, offset: torch.Tensor, step: float) -> torch.Tensor:
     """(R, 10) float32 rows for the kernels from models.voxel_grid.grid_rays' dict."""
@@ -300,6 +459,25 @@ def render_forward(grid: dict, packed: torch.Tensor, basis: torch.Tensor, backgr
         packed, basis.float().contiguous(), background.float().contiguous(), links, dens, sh, occ, out,
         n_rays, grid["res"], occ.shape[0], float(step), float(stop_t), _max_iter(grid["res"], step),
         BS=grid["block"], K=k, CH=triton.next_power_of_2(3 * k), BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return out
+
+
+def render_frame(grid: dict, packed: torch.Tensor, basis: torch.Tensor, background: torch.Tensor,
+                 step: float, stop_t: float) -> torch.Tensor:
+    """render_forward's output without gradients, through _frame_kernel. grid additionally
+    holds "bits" (pack_bits of voxel_grid.positive_cells), and its "occ" / "block" are the
+    coarse blocks of those cells (models.plenoxels builds and caches them per frame grid)."""
+    n_rays = packed.shape[0]
+    out = torch.empty(n_rays, 6, device=packed.device, dtype=torch.float32)
+    if n_rays == 0:
+        return out
+    links, dens, sh, occ = _grid_args(grid)
+    k = basis.shape[1]
+    _frame_kernel[(triton.cdiv(n_rays, FRAME_BLOCK),)](
+        packed, basis.float().contiguous(), background.float().contiguous(), links, dens, sh, occ, grid["bits"],
+        out, n_rays, grid["res"], occ.shape[0], float(step), float(stop_t), _max_iter(grid["res"], step),
+        BS=grid["block"], K=k, BLOCK=FRAME_BLOCK, num_warps=FRAME_WARPS,
+        **({"maxnreg": FRAME_MAXNREG} if FRAME_MAXNREG else {}))
     return out
 
 
