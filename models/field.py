@@ -174,12 +174,14 @@ class Field(nn.Module):
         raise NotImplementedError
 
     # -- the training cameras ---------------------------------------------------------------
-    def bind_scene(self, c2w, near: float, far: float, ndc: bool) -> None:
+    def bind_scene(self, c2w, near: float, far: float, ndc: bool, kind: str = "object") -> None:
         """The training cameras, c2w (N, 4, 4) numpy float32, and the scene's bounds, told
         before the optimiser is built: a field sizes its per-image parameters (one row per
         training image, in this order) and places its frame here. A trainer calls it on
         every construction, also before restoring a checkpoint, so the same cameras must
-        leave an already bound field as it is. The default needs nothing."""
+        leave an already bound field as it is. kind: the loader's Scene.kind ("object":
+        exact bounds; "capture": bounds estimated from sparse points). The default needs
+        nothing."""
 
     def refine_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor,
                     image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

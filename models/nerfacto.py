@@ -12,10 +12,11 @@ from photo to photo, and poses that are a little off. This field answers each:
 - Sampling that reaches far: rays that are asked to reach the scene's far bound run on
   to ``far`` normalised units (1000 by default, which the contraction puts at 1.999),
   because a capture's bounds come from the sparse points and the sky lies beyond them;
-  with ``near`` set (normalised units; nerfstudio's is 0.05), rays asked to start at the
-  scene's near bound start there instead, since sparse points can miss close content (a
-  table edge, the floor at the bottom of a frame) that a percentile of their depths then
-  cuts away; None keeps the scene's near. A shorter segment
+  on a capture (``bind_scene``'s kind), rays asked to start at the scene's near bound
+  start at ``near`` (normalised units, 0.05 as nerfstudio's) instead, since sparse points
+  miss close content (a table edge, the floor at the bottom of a frame) that a percentile
+  of their depths then cuts away (docs/real_scenes.md); None keeps the scene's near, and
+  an object scene's exact bounds are kept. A shorter segment
   (mesh vertex colours) is rendered as asked. Rays are cut uniformly in
   the lindisp spacing;
   two small hash-grid proposal density nets resample them (``n_proposal`` intervals per
@@ -100,7 +101,7 @@ class NerfactoField(Field):
         hidden=64, geo_features=15, color_hidden=64, appearance_dim=32,
         proposal_levels=5, proposal_log2_hashmap_size=17, proposal_max_res=[64, 256], proposal_hidden=16,
         n_proposal=[256, 96], n_samples=48, proposal_update_every=5, proposal_warmup=5000,
-        anneal_steps=1000, interlevel_weight=1.0, distortion_weight=0.002, contraction="inf", near=None, far=1000.0,
+        anneal_steps=1000, interlevel_weight=1.0, distortion_weight=0.002, contraction="inf", near=0.05, far=1000.0,
         refine_poses=True, pose_lr=1e-3, pose_penalty_trans=1e-2, pose_penalty_rot=1e-3, seed=0)
     # A CPU cannot afford the full grid and sample counts (the torch hash encoding costs
     # ~30 us per point and level there): fewer levels, a smaller table, fewer samples.
@@ -139,7 +140,7 @@ class NerfactoField(Field):
         self.register_buffer("anneal", torch.zeros(()), persistent=False)
         self.ndc = False
         # The scene's near and far bounds (bind_scene): rays asked for them take the field's.
-        self._scene_near = self._scene_far = None
+        self._scene_near = self._scene_far = self._near = None
         self._scale = 1.0  # host copies of the frame (a Python float needs no device sync)
         self._step = 0
         self.register_load_state_dict_post_hook(lambda module, keys: module._sync_host_copies())
@@ -178,7 +179,7 @@ class NerfactoField(Field):
         n_samples options (GUI_KNOBS is empty, so the GUI does not offer them)."""
 
     # -- the training cameras --------------------------------------------------------------
-    def bind_scene(self, c2w, near: float, far: float, ndc: bool) -> None:
+    def bind_scene(self, c2w, near: float, far: float, ndc: bool, kind: str = "object") -> None:
         c2w = np.asarray(c2w, np.float64)
         center, scale = (np.zeros(3), 1.0) if ndc else normalising_frame(c2w)
         dev = self.center.device
@@ -186,6 +187,8 @@ class NerfactoField(Field):
         self.scale.fill_(float(scale))
         self.ndc = bool(ndc)
         self._scene_near, self._scene_far = (None, None) if ndc else (float(near), float(far))
+        # A capture's near is a percentile of sparse-point depths: the field's own is used.
+        self._near = self.config["near"] if kind == "capture" else None
         n, a = len(c2w), self.config["appearance_dim"]
         if self.appearance.shape[0] != n:
             self.appearance = nn.Parameter(torch.zeros(n, a, device=dev))
@@ -264,9 +267,9 @@ class NerfactoField(Field):
         t1 = (per_ray(far) * dnorm * self._scale).clamp(max=far_n)
         if self._scene_far is not None:  # the scene's bounds: the field's instead
             ones = torch.ones_like(dnorm)
-            if self.config["near"] is not None:
+            if self._near is not None:
                 t0 = torch.where(per_ray(near) * ones <= self._scene_near * (1 + 1e-6),
-                                 torch.minimum(t0, torch.full_like(t0, self.config["near"])), t0)
+                                 torch.minimum(t0, torch.full_like(t0, self._near)), t0)
             t1 = torch.where(per_ray(far) * ones >= self._scene_far * (1 - 1e-6), far_n, t1)
         return o, dirs, dnorm, t0, torch.maximum(t1, t0 + 1e-4)
 

@@ -133,11 +133,11 @@ def test_background_is_the_fields_own_and_none_adds_nothing():
 
 
 def test_rays_from_the_scene_near_start_at_the_fields_near():
-    """Sparse points miss close content: with the ``near`` option, a ray asked to start at
-    the scene's near starts at the field's near (normalised units) instead; any other near
-    is kept; without it the scene's near stays."""
-    m = build_model("nerfacto", **TINY, near=0.05).eval()
-    m.bind_scene(orbit_poses(4).astype(np.float32), 2.0, 6.0, False)
+    """Sparse points miss close content: on a capture, a ray asked to start at the scene's
+    near starts at the field's near (normalised units) instead; any other near is kept;
+    an object scene's near, and any with near None, stays."""
+    m = build_model("nerfacto", **TINY).eval()
+    m.bind_scene(orbit_poses(4).astype(np.float32), 2.0, 6.0, False, kind="capture")
     o, d = _rays(8, seed=3)
     d = d * 2.0  # |d| != 1: bounds are along d, the field's near along the unit direction
     _, _, dnorm, t0, _ = m._ray_bounds(o, d, 2.0, 6.0)
@@ -149,10 +149,11 @@ def test_rays_from_the_scene_near_start_at_the_fields_near():
     _, _, _, t0, _ = m._ray_bounds(o, d, near, 6.0)
     torch.testing.assert_close(t0[1::2], 2.5 * dnorm[1::2] * m._scale)
     torch.testing.assert_close(t0[::2], torch.full_like(t0[::2], 0.05))
-    m = build_model("nerfacto", **TINY).eval()
-    m.bind_scene(orbit_poses(4).astype(np.float32), 2.0, 6.0, False)
-    _, _, dnorm, t0, _ = m._ray_bounds(o, d, 2.0, 6.0)
-    torch.testing.assert_close(t0, 2.0 * dnorm * m._scale)
+    for opts, kind in (({}, "object"), ({"near": None}, "capture")):
+        m = build_model("nerfacto", **TINY, **opts).eval()
+        m.bind_scene(orbit_poses(4).astype(np.float32), 2.0, 6.0, False, kind=kind)
+        _, _, dnorm, t0, _ = m._ray_bounds(o, d, 2.0, 6.0)
+        torch.testing.assert_close(t0, 2.0 * dnorm * m._scale)
 
 
 def test_appearance_embedding_changes_colour_and_renders_use_the_mean():

@@ -154,7 +154,7 @@ class Trainer:
         self.model = model if model is not None else build_model(self.config.model,
                                                                   **self.config.model_options)
         # Per-image parameters and a field's frame follow the training cameras (Field.bind_scene).
-        self.model.bind_scene(tr.c2w, scene.near, scene.far, scene.ndc)
+        self.model.bind_scene(tr.c2w, scene.near, scene.far, scene.ndc, kind=getattr(scene, "kind", "object"))
         self.model.to(self.device)
         if self.config.compile and self.device.type == "cuda":
             self.model.compile_fields()
