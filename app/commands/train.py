@@ -72,7 +72,7 @@ def configure(p) -> None:
                    help="torch.compile the NeRF networks on CUDA (20-25%% more steps/s on lego and less "
                         "memory, after ~20 s of compilation; ignored on CPU and by other models)")
     p.add_argument("--no-cuda-graph", action="store_true",
-                   help="models with a fixed-shape step (hash) on CUDA: run the eager step instead of "
+                   help="models with a fixed-shape step (hash, nerfacto) on CUDA: run the eager step instead of "
                         "replaying each training step as one CUDA graph")
     p.add_argument("--random-bkgd", action="store_true",
                    help="train with a random colour behind transparent pixels (scenes with alpha; "
