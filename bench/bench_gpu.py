@@ -121,6 +121,32 @@ def evaluate(trainer, views: int | None) -> float:
     return res["mean"]["psnr"]
 
 
+def budget_steps(trainer, budget: float, clock: dict, label: str, every: float = 10.0):
+    """The metrics of each applied training step until clock["train"] (seconds spent in
+    Trainer.step, a running total the caller keeps over successive budgets) reaches
+    ``budget``; the step still in flight then is waited for and counted (with the pipeline,
+    step() returns the step done on the GPU and queues the next). clock["skipped"] counts
+    skipped steps, clock["steps"] applied ones; a progress line every ``every`` seconds."""
+    clock.setdefault("log", (clock["train"], clock["steps"]))
+    while True:
+        t0 = time.perf_counter()
+        m = trainer.step() if clock["train"] < budget else trainer.finish_pending()
+        clock["train"] += time.perf_counter() - t0
+        if m is None:
+            return
+        if m.get("skipped"):
+            clock["skipped"] += 1
+            continue
+        clock["steps"] += 1
+        t_log, steps_log = clock["log"]
+        if clock["train"] - t_log > every:
+            rate = (clock["steps"] - steps_log) / (clock["train"] - t_log)
+            clock["log"] = (clock["train"], clock["steps"])
+            log(f"  {label}: {clock['train']:6.1f} s  step {clock['steps']} ({rate:.0f}/s lately)  "
+                f"loss {m['loss']:.5f}  train psnr {m['psnr']:.2f}  batch {trainer.batch_rays}")
+        yield m
+
+
 def bench_trainer_model(kind: str, scene, args, device: str, budgets: list[float]) -> dict:
     set_fast_math(kind != "nerf-plain")
     # Warm-up on a throw-away trainer: compiles Triton kernels, creates cuBLAS handles.
@@ -146,22 +172,11 @@ def bench_trainer_model(kind: str, scene, args, device: str, budgets: list[float
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     n_samples_per_ray = (PAPER["n_coarse"] * 2 + PAPER["n_fine"]) if kind != "hash" else None
-    train_time, steps, rays, samples, skipped, evaluated = 0.0, 0, 0, 0, 0, 0
+    clock = {"train": 0.0, "steps": 0, "skipped": 0}
+    rays, samples, evaluated = 0, 0, 0
     psnr = {}
-    t_log, steps_log = 0.0, 0
     for b in budgets:
-        while True:
-            t0 = time.perf_counter()
-            # step() returns with the step it reports done on the GPU (with the pipeline, the
-            # next one queued); at the budget the one in flight is waited for and counted.
-            m = trainer.step() if train_time < b else trainer.finish_pending()
-            train_time += time.perf_counter() - t0
-            if m is None:
-                break
-            if m.get("skipped"):
-                skipped += 1
-                continue
-            steps += 1
+        for _ in budget_steps(trainer, b, clock, kind, every=5.0):
             if kind == "hash":
                 r, s = trainer.model._last_batch
                 rays += r
@@ -170,11 +185,7 @@ def bench_trainer_model(kind: str, scene, args, device: str, budgets: list[float
                 rays += trainer.batch_rays
                 samples += trainer.batch_rays * n_samples_per_ray
                 evaluated += sum(e for e, _ in getattr(trainer.model, "last_evaluated", {}).values())
-            if train_time - t_log > 5.0:
-                rate = (steps - steps_log) / (train_time - t_log)
-                t_log, steps_log = train_time, steps
-                log(f"  {kind}: {train_time:6.1f} s  step {steps} ({rate:.0f}/s lately)  loss {m['loss']:.5f}  "
-                    f"train psnr {m['psnr']:.2f}  batch {trainer.batch_rays}")
+        train_time, steps, skipped = clock["train"], clock["steps"], clock["skipped"]
         sync()
         peak = torch.cuda.max_memory_allocated() / 2 ** 30 if device == "cuda" else float("nan")
         t0 = time.perf_counter()

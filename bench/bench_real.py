@@ -44,7 +44,7 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.bench_gpu import log, sync, time_render  # noqa: E402
+from bench.bench_gpu import budget_steps, log, sync, time_render  # noqa: E402
 
 MODEL = "nerfacto"
 TRAINER_KEYS = ("batch", "bf16")
@@ -121,26 +121,13 @@ def run_variant(scene_name: str, scene, var_name: str, keys: dict, args, device:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     fs, ps = per_step_samples(trainer)
-    train_time, steps, rays, skipped = 0.0, 0, 0, 0
-    res, t_log, steps_log = {}, 0.0, 0
+    clock = {"train": 0.0, "steps": 0, "skipped": 0}
+    rays, res = 0, {}
     peak = float("nan")
     for b in budgets:
-        while True:
-            t0 = time.perf_counter()
-            m = trainer.step() if train_time < b else trainer.finish_pending()
-            train_time += time.perf_counter() - t0
-            if m is None:
-                break
-            if m.get("skipped"):
-                skipped += 1
-                continue
-            steps += 1
+        for _ in budget_steps(trainer, b, clock, f"{scene_name}/{var_name}"):
             rays += trainer.batch_rays
-            if train_time - t_log > 10.0:
-                rate = (steps - steps_log) / (train_time - t_log)
-                t_log, steps_log = train_time, steps
-                log(f"  {scene_name}/{var_name}: {train_time:6.1f} s  step {steps} ({rate:.0f}/s lately)  "
-                    f"loss {m['loss']:.5f}  train psnr {m['psnr']:.2f}")
+        train_time, steps, skipped = clock["train"], clock["steps"], clock["skipped"]
         sync()
         if cuda:
             peak = torch.cuda.max_memory_allocated() / 2 ** 30

@@ -2,7 +2,9 @@
 or written to tmp_path, so no test depends on ../shared or on assets/scene."""
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 from types import SimpleNamespace
 
@@ -195,3 +197,51 @@ def run_in_triton_interpreter(code: str, kernels: str = "triton") -> None:
     r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+
+
+def gen(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed``."""
+    return torch.Generator().manual_seed(seed)
+
+
+def trilinear_reference(grid, p):
+    """float64 loop: grid (n, n, n, C) numpy, p (N, 3) grid coordinates in [0, n-1]."""
+    n = grid.shape[0]
+    out = np.zeros((len(p), grid.shape[3]))
+    for s, (x, y, z) in enumerate(p):
+        i, j, k = (min(int(math.floor(v)), n - 2) for v in (x, y, z))
+        fx, fy, fz = x - i, y - j, z - k
+        for a, b, c in itertools.product((0, 1), repeat=3):
+            wt = (fx if a else 1 - fx) * (fy if b else 1 - fy) * (fz if c else 1 - fz)
+            out[s] += wt * grid[i + a, j + b, k + c]
+    return out
+
+
+# A tiny NeRF for the GUI worker's tests: they test the worker, not the field.
+WORKER_SETTINGS = dict(arch={"nerf": dict(width=32, depth=2, skips=[], dir_width=16)}, L_xyz=4, L_dir=2,
+                       n_coarse=8, n_fine=8, batch_rays=128, model="nerf", preset="cpu")
+
+
+@pytest.fixture
+def worker():
+    """A started GUI worker (app/gui/worker.py) training WORKER_SETTINGS on the sphere scene;
+    stopped after the test."""
+    from app.gui.worker import Worker
+
+    w = Worker(scene=make_sphere_scene(), settings=dict(WORKER_SETTINGS), device="cpu", threads=1)
+    w.start()
+    yield w
+    w.stop(5.0)
+
+
+@pytest.fixture(scope="module")
+def gl_ctx():
+    """A standalone OpenGL context for assets/make_scene.py's renders; skips without one."""
+    from assets import make_scene as ms
+
+    try:
+        ctx = ms.create_context()
+    except Exception as e:  # noqa: BLE001 - any failure to make a context means: none here
+        pytest.skip(f"no standalone OpenGL context (install the Mesa EGL packages in assets/README.md): {e}")
+    yield ctx
+    ctx.release()

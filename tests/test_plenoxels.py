@@ -1,7 +1,5 @@
 """Plenoxels (models/plenoxels.py): the model's behaviour against independent references.
 The building blocks have their own tests (tests/test_voxel_grid.py, test_plenoxel_kernels.py)."""
-import itertools
-import math
 
 import numpy as np
 import pytest
@@ -9,24 +7,7 @@ import torch
 
 from models import build_model
 from models.plenoxels import Plenoxels
-from tests.conftest import make_sphere_scene, needs_triton, run_in_triton_interpreter
-
-
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
-def _trilinear_reference(grid, p):
-    """float64 loop: grid (n, n, n, C) numpy, p (N, 3) grid coordinates in [0, n-1]."""
-    n = grid.shape[0]
-    out = np.zeros((len(p), grid.shape[3]))
-    for s, (x, y, z) in enumerate(p):
-        i, j, k = (min(int(math.floor(v)), n - 2) for v in (x, y, z))
-        fx, fy, fz = x - i, y - j, z - k
-        for a, b, c in itertools.product((0, 1), repeat=3):
-            wt = (fx if a else 1 - fx) * (fy if b else 1 - fy) * (fz if c else 1 - fz)
-            out[s] += wt * grid[i + a, j + b, k + c]
-    return out
+from tests.conftest import gen, make_sphere_scene, needs_triton, run_in_triton_interpreter, trilinear_reference
 
 
 # -- the model -------------------------------------------------------------------------------------
@@ -40,11 +21,11 @@ def _random_model(res=4, seed=0, **kw):
 
 
 def _points(n, seed, r=1.0):
-    return (torch.rand(n, 3, generator=_gen(seed)) * 2 - 1) * r
+    return (torch.rand(n, 3, generator=gen(seed)) * 2 - 1) * r
 
 
 def _rays(n, seed):
-    g = _gen(seed)
+    g = gen(seed)
     o = torch.randn(n, 3, generator=g) * 0.2 + torch.tensor([0.0, 0.0, 3.0])
     d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g) * 0.3 + torch.tensor([0, 0, -1.0]), dim=-1)
     return o, d
@@ -95,7 +76,7 @@ def test_sparse_gather_matches_dense_reference():
     x = _points(100, 6)
     x[0] = torch.tensor([1.5, 0.0, 0.0])  # outside the bbox
     p = ((x.double() + 1) / 2 * 3).numpy()
-    ref = np.maximum(_trilinear_reference(dense.reshape(n, n, n, 1), p.clip(0, 3))[:, 0], 0)
+    ref = np.maximum(trilinear_reference(dense.reshape(n, n, n, 1), p.clip(0, 3))[:, 0], 0)
     ref[0] = 0.0
     assert m.n_active < n ** 3 and (ref == 0).sum() > 5
     np.testing.assert_allclose(m.density(x).detach().numpy(), ref, atol=1e-5)
@@ -237,7 +218,7 @@ def test_upsampling_preserves_the_rendered_image():
     # Without pruning the doubled grid is the same field.
     m2 = _random_model(res=4, seed=3, weight_threshold=0.0)
     x = _points(400, 8, r=0.999)
-    dirs = torch.nn.functional.normalize(torch.randn(400, 3, generator=_gen(9)), dim=-1)
+    dirs = torch.nn.functional.normalize(torch.randn(400, 3, generator=gen(9)), dim=-1)
     s0, c0 = m2.radiance(x, dirs)
     m2.upsample((o, d, 0.5, 6.0))
     s1, c1 = m2.radiance(x, dirs)

@@ -58,17 +58,6 @@ def test_matcher_choice_and_pairs():
 
 
 # -- end to end ------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def gl_ctx():
-    from assets import make_scene as ms
-
-    try:
-        ctx = ms.create_context()
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"no standalone OpenGL context to render the capture: {e}")
-    yield ctx
-    ctx.release()
-
 
 @pytest.fixture(scope="module")
 def capture(tmp_path_factory, gl_ctx):

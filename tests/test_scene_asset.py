@@ -143,15 +143,6 @@ def test_project_points_matches_convention():
 # Rendering (needs a headless GL context)
 # --------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def gl_ctx():
-    try:
-        ctx = ms.create_context()
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"no standalone OpenGL context (install the Mesa EGL packages in assets/README.md): {e}")
-    yield ctx
-    ctx.release()
-
 
 def marker_part(position, c2w, half=0.02):
     """A tiny unlit white square facing the camera, centred on `position`."""

@@ -10,34 +10,18 @@ import torch
 from models import voxel_grid as vg
 from models.grid_optim import GridRMSprop, schedule_factor
 from renderer.compositing import composite
-
-
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
+from tests.conftest import gen, trilinear_reference
 
 
 def _random_links(n, keep, seed):
-    active = torch.rand(n, n, n, generator=_gen(seed)) < keep
+    active = torch.rand(n, n, n, generator=gen(seed)) < keep
     return vg.build_links(active)
 
 
 # -- interpolation ---------------------------------------------------------------------------
-def _trilinear_reference(grid, p):
-    """float64 loop: grid (n, n, n, C) numpy, p (N, 3) grid coordinates in [0, n-1]."""
-    n = grid.shape[0]
-    out = np.zeros((len(p), grid.shape[3]))
-    for s, (x, y, z) in enumerate(p):
-        i, j, k = (min(int(math.floor(v)), n - 2) for v in (x, y, z))
-        fx, fy, fz = x - i, y - j, z - k
-        for a, b, c in itertools.product((0, 1), repeat=3):
-            wt = (fx if a else 1 - fx) * (fy if b else 1 - fy) * (fz if c else 1 - fz)
-            out[s] += wt * grid[i + a, j + b, k + c]
-    return out
-
-
 def test_trilinear_matches_float64_loop():
     n, C = 6, 4
-    g = _gen(1)
+    g = gen(1)
     grid = torch.randn(n, n, n, C, generator=g, dtype=torch.float64)
     p = torch.rand(120, 3, generator=g, dtype=torch.float64) * (n - 1)
     p[:5] = torch.tensor([[0, 0, 0], [n - 1, n - 1, n - 1], [2, 3, 4], [n - 1, 0, 2.5], [1.5, n - 1, 0]],
@@ -45,25 +29,25 @@ def test_trilinear_matches_float64_loop():
     idx, w = vg.trilinear_corners(p, n)
     torch.testing.assert_close(w.sum(-1), torch.ones(120, dtype=torch.float64))
     got = vg.interpolate(grid.reshape(-1, C), idx, w)
-    np.testing.assert_allclose(got.numpy(), _trilinear_reference(grid.numpy(), p.numpy()), atol=1e-12)
+    np.testing.assert_allclose(got.numpy(), trilinear_reference(grid.numpy(), p.numpy()), atol=1e-12)
 
 
 def test_sparse_gather_matches_dense_reference():
     """Links into packed rows read exactly what a dense grid with zeros at pruned vertices reads."""
     n, C = 7, 3
     links, vertices = _random_links(n, 0.6, 2)
-    data = torch.randn(vertices.numel(), C, generator=_gen(3), dtype=torch.float64)
+    data = torch.randn(vertices.numel(), C, generator=gen(3), dtype=torch.float64)
     dense = torch.zeros(n ** 3, C, dtype=torch.float64)
     dense[vertices] = data
-    p = torch.rand(300, 3, generator=_gen(4), dtype=torch.float64) * (n - 1)
+    p = torch.rand(300, 3, generator=gen(4), dtype=torch.float64) * (n - 1)
     rows, w = vg.corner_rows(links, p)
     got = vg.interpolate(data, rows, w)
-    ref = _trilinear_reference(dense.view(n, n, n, C).numpy(), p.numpy())
+    ref = trilinear_reference(dense.view(n, n, n, C).numpy(), p.numpy())
     np.testing.assert_allclose(got.numpy(), ref, atol=1e-12)
 
 
 def test_interpolate_gradient_matches_autograd_reference():
-    g = _gen(3)
+    g = gen(3)
     data = torch.randn(27, 3, generator=g, dtype=torch.float64, requires_grad=True)
     p = torch.rand(40, 3, generator=g, dtype=torch.float64) * 2
     idx, w = vg.trilinear_corners(p, 3)
@@ -93,7 +77,7 @@ def test_positive_cells_and_bit_packing_match_loops():
     little-endian packbits (sizes that are and are not a multiple of 8)."""
     n = 6
     links, vertices = _random_links(n, 0.6, 7)
-    density = torch.randn(vertices.numel(), 1, generator=_gen(8))
+    density = torch.randn(vertices.numel(), 1, generator=gen(8))
     got = vg.positive_cells(links, vg.row_vertices(links), density)
     want = torch.zeros(n - 1, n - 1, n - 1, dtype=torch.bool)
     for i, j, k in itertools.product(range(n - 1), repeat=3):
@@ -102,7 +86,7 @@ def test_positive_cells_and_bit_packing_match_loops():
     assert 0 < want.sum() < vg.cell_occupancy(links).sum()
     assert torch.equal(got, want)
     for size in (125, 128, 3):
-        m = torch.rand(size, generator=_gen(size)) < 0.4
+        m = torch.rand(size, generator=gen(size)) < 0.4
         np.testing.assert_array_equal(vg.pack_bits(m).numpy(), np.packbits(m.numpy(), bitorder="little"))
 
 
@@ -111,7 +95,7 @@ def test_upsample_support_and_resample_are_exact():
     support (so dropping those vertices loses nothing)."""
     n, C = 5, 2
     links, vertices = _random_links(n, 0.5, 5)
-    data = torch.randn(vertices.numel(), C, generator=_gen(6))
+    data = torch.randn(vertices.numel(), C, generator=gen(6))
     n2 = 2 * n - 1
     support = vg.upsample_support(links >= 0)
     all_v = torch.arange(n2 ** 3)
@@ -119,7 +103,7 @@ def test_upsample_support_and_resample_are_exact():
     assert (vals[~support.reshape(-1)] == 0).all()
     links2, verts2 = vg.build_links(support)
     data2 = vals[verts2]
-    p = torch.rand(500, 3, generator=_gen(7)) * (n - 1)
+    p = torch.rand(500, 3, generator=gen(7)) * (n - 1)
     before = vg.interpolate(data, *vg.corner_rows(links, p))
     after = vg.interpolate(data2, *vg.corner_rows(links2, p * 2))
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
@@ -146,8 +130,8 @@ def _tv_loop(data, links, rows, rv, scale, eps):
 def test_sparse_tv_value_and_gradient_match_a_loop():
     n = 5
     links, vertices = _random_links(n, 0.7, 8)
-    data = torch.randn(vertices.numel(), 3, generator=_gen(9), dtype=torch.float64)
-    rows = torch.randint(0, vertices.numel(), (40,), generator=_gen(10))
+    data = torch.randn(vertices.numel(), 3, generator=gen(9), dtype=torch.float64)
+    rows = torch.randint(0, vertices.numel(), (40,), generator=gen(10))
     rv = vg.row_vertices(links)
     p = torch.nn.Parameter(data.clone())
     val = vg.sparse_tv(p, links, rows, rv, scale=0.3, eps=1e-9)
@@ -176,7 +160,7 @@ def test_render_reference_matches_plain_compositing():
     res = 6
     links, vertices = _random_links(res + 1, 0.7, 11)
     m = vertices.numel()
-    g = _gen(12)
+    g = gen(12)
     density = torch.rand(m, 1, generator=g) * 8 - 2
     sh = torch.randn(m, 27, generator=g) * 0.5
     lo, hi = torch.tensor([-1.0, -1, -1]), torch.tensor([1.0, 1, 1])
@@ -213,7 +197,7 @@ def test_render_reference_matches_plain_compositing():
 
 # -- the optimiser -----------------------------------------------------------------------------------------
 def test_rmsprop_step_matches_torch():
-    g = _gen(13)
+    g = gen(13)
     init = torch.randn(50, 4, generator=g)
     grads = [torch.randn(50, 4, generator=g) for _ in range(4)]
     ours = torch.nn.Parameter(init.clone())

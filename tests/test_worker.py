@@ -16,19 +16,10 @@ from app.gui.training import Fields
 from app.gui.worker import Worker, coalesce, measure_camera_latency
 from app.gui.orbit import OrbitCamera
 from renderer.rays import get_rays, intrinsics
-from tests.conftest import make_sphere_scene
+from tests.conftest import WORKER_SETTINGS, make_sphere_scene
 
-TINY = dict(arch={"nerf": dict(width=32, depth=2, skips=[], dir_width=16)}, L_xyz=4, L_dir=2, n_coarse=8,
-            n_fine=8, batch_rays=128, model="nerf", preset="cpu")
+TINY = WORKER_SETTINGS
 WAIT = 60.0  # generous: the CPU is shared; tests wait for events, they never time them
-
-
-@pytest.fixture
-def worker():
-    w = Worker(scene=make_sphere_scene(), settings=dict(TINY), device="cpu", threads=1)
-    w.start()
-    yield w
-    w.stop(5.0)
 
 
 def camera(az=30.0):

@@ -7,20 +7,11 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pytest
 
 from app.gui.worker import Worker
 from renderer.crop import CropBox
-from tests.conftest import look_at, make_sphere_scene
+from tests.conftest import look_at
 from tests.test_worker import TINY, WAIT, notes_until, steps_after
-
-
-@pytest.fixture
-def worker():
-    w = Worker(scene=make_sphere_scene(), settings=dict(TINY), device="cpu", threads=1)
-    w.start()
-    yield w
-    w.stop(5.0)
 
 
 def test_load_scene_switches_and_a_bad_one_keeps_the_old(worker, blender_dir):
