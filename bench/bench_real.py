@@ -47,7 +47,7 @@ import torch  # noqa: E402
 from bench.bench_gpu import budget_steps, log, sync, time_render  # noqa: E402
 
 MODEL = "nerfacto"
-TRAINER_KEYS = ("batch", "bf16")
+TRAINER_KEYS = ("batch", "bf16", "lr", "lr_final")
 
 
 def parse_named(items, what: str) -> list[tuple[str, str]]:
@@ -87,7 +87,8 @@ def make_trainer(scene, keys: dict, cuda: bool, device: str, decay_steps: int, s
     extra = {k: v for k, v in keys.items() if k not in TRAINER_KEYS}
     opts = model_options(MODEL, cuda, extra=extra)
     cfg = train_config(MODEL, opts, cuda, steps=decay_steps, batch_rays=keys.get("batch"),
-                       autocast=keys.get("bf16"), seed=seed, device=device)
+                       autocast=keys.get("bf16"), lr=keys.get("lr"), lr_final=keys.get("lr_final"),
+                       seed=seed, device=device)
     return Trainer(scene, cfg)
 
 
@@ -125,8 +126,10 @@ def run_variant(scene_name: str, scene, var_name: str, keys: dict, args, device:
     rays, res = 0, {}
     peak = float("nan")
     for b in budgets:
-        for _ in budget_steps(trainer, b, clock, f"{scene_name}/{var_name}"):
+        recent = []  # the training PSNR of the last steps before each budget (one batch each)
+        for m in budget_steps(trainer, b, clock, f"{scene_name}/{var_name}"):
             rays += trainer.batch_rays
+            recent = (recent + [m["psnr"]])[-500:]
         train_time, steps, skipped = clock["train"], clock["steps"], clock["skipped"]
         sync()
         if cuda:
@@ -134,9 +137,12 @@ def run_variant(scene_name: str, scene, var_name: str, keys: dict, args, device:
         t0 = time.perf_counter()
         whole = trainer.evaluate("test", max_images=args.eval_views, ssim=False)["mean"]["psnr"]
         app = evaluate_appearance(trainer, "test", max_images=args.eval_views, steps=args.fit_steps)["mean"]
-        res[str(b)] = {"mean": whole, "mean_right": app["psnr_mean_right"], "fit_right": app["psnr_fitted_right"]}
+        train_psnr = float(np.mean(recent)) if recent else float("nan")
+        res[str(b)] = {"mean": whole, "mean_right": app["psnr_mean_right"], "fit_right": app["psnr_fitted_right"],
+                       "train": train_psnr}
         log(f"  {scene_name}/{var_name}: {b:g} s, {steps} steps -> held-out PSNR {whole:.2f} (mean emb.), "
-            f"right half {app['psnr_mean_right']:.2f} (mean) / {app['psnr_fitted_right']:.2f} (fitted) "
+            f"right half {app['psnr_mean_right']:.2f} (mean) / {app['psnr_fitted_right']:.2f} (fitted), "
+            f"training PSNR {train_psnr:.2f} (last {len(recent)} steps) "
             f"(eval {time.perf_counter() - t0:.1f} s)")
     pose = trainer.model.pose_delta.detach()
     row = {"scene": scene_name, "variant": var_name, "keys": keys, "train_s": train_time, "steps": steps,
@@ -191,7 +197,7 @@ def fmt(v, spec=".2f") -> str:
 def table(rows: list[dict], budgets: list[float]) -> str:
     head = ["scene", "variant", "steps/s", "rays/s", "rays/step", "field smp/step", "prop smp/step", "peak GiB"]
     for b in budgets:
-        head += [f"{b:g}s mean", f"{b:g}s mean R", f"{b:g}s fit R"]
+        head += [f"{b:g}s train", f"{b:g}s mean", f"{b:g}s mean R", f"{b:g}s fit R"]
     head += ["800² ms", "capture ms"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -200,7 +206,7 @@ def table(rows: list[dict], budgets: list[float]) -> str:
                  fmt(r["peak_train_gib"])]
         for b in budgets:
             p = r["psnr"].get(str(b), {})
-            cells += [fmt(p.get("mean")), fmt(p.get("mean_right")), fmt(p.get("fit_right"))]
+            cells += [fmt(p.get("train")), fmt(p.get("mean")), fmt(p.get("mean_right")), fmt(p.get("fit_right"))]
         cells += [fmt(r["frame_ms"], ".1f"), f"{fmt(r['capture_frame_ms'], '.1f')} ({r['capture_size']})"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

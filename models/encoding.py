@@ -66,9 +66,13 @@ class FourierFeatures(nn.Module):
         self.out_dim = 2 * B.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        proj = 2.0 * math.pi * (x @ self.B.T.to(x.dtype))
-        a = self.a.to(x.dtype)
-        return torch.cat([a * torch.cos(proj), a * torch.sin(proj)], -1)
+        # In float32 even inside autocast: b_j.v reaches tens of radians for a large sigma,
+        # where a bf16 product (8-bit mantissa) would be off by a sizeable fraction of a turn.
+        with torch.autocast(x.device.type, enabled=False):
+            dt = torch.promote_types(x.dtype, torch.float32)
+            proj = 2.0 * math.pi * (x.to(dt) @ self.B.T.to(dt))
+            a = self.a.to(dt)
+            return torch.cat([a * torch.cos(proj), a * torch.sin(proj)], -1)
 
 
 def gaussian_fourier_features(in_dim: int, n_features: int, sigma: float, seed: int = 0) -> FourierFeatures:

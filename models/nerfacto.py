@@ -64,7 +64,7 @@ from models.sh import sh_basis_matrix, sh_encode
 from renderer import proposal as prop
 from renderer.compositing import alpha_weights
 from renderer.contraction import ORDERS, contract, to_unit_cube
-from renderer.lie import so3_exp
+from renderer.lie import apply_rotation, so3_exp
 
 
 class HashDensity(nn.Module):
@@ -208,9 +208,8 @@ class NerfactoField(Field):
         image's learned delta (nerfstudio's SO(3) x R^3; the shift in normalised units)."""
         if not self.config["refine_poses"] or self.ndc or self.pose_delta.shape[0] == 0:
             return rays_o, rays_d
-        delta = self.pose_delta[image]  # (R, 6): rotation vector, shift
-        R = so3_exp(delta[:, :3])
-        rays_d = (R @ rays_d[..., None].to(R.dtype)).squeeze(-1)
+        delta = self.pose_delta[image].float()  # (R, 6): rotation vector, shift
+        rays_d = apply_rotation(so3_exp(delta[:, :3]), rays_d.float())
         return rays_o + delta[:, 3:] / self._scale, rays_d
 
     # -- the field -------------------------------------------------------------------------

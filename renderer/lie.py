@@ -2,7 +2,10 @@
 
 Shared by pose recovery (app/tools/inerf.py: one se(3) twist for one camera) and by
 fields that refine their training cameras (a batch of SO(3) x R^3 deltas, one per image).
-Everything is differentiable at the identity, where both optimisations start.
+Everything is differentiable at the identity, where both optimisations start. Nothing
+here is a matrix product: W^2 = w w^T - |w|^2 I and the rotations are applied as sums
+of products, so an autocast region around a caller (bf16 training steps) cannot round a
+camera's rotation to 8 bits, which on a photo is pixels of misaligned rays.
 """
 from __future__ import annotations
 
@@ -52,11 +55,12 @@ def se3_exp(xi: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"xi must have shape (6,), got {tuple(xi.shape)}")
     w, v = xi[:3], xi[3:]
     W = hat(w)
-    W2 = W @ W
-    a, b, c = _coefficients((w * w).sum())
+    theta2 = (w * w).sum()
+    W2 = _hat_squared(w, theta2)
+    a, b, c = _coefficients(theta2)
     eye = torch.eye(3, dtype=xi.dtype, device=xi.device)
     R = eye + a * W + b * W2
-    t = (eye + b * W + c * W2) @ v
+    t = apply_rotation(eye + b * W + c * W2, v)
     bottom = torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=xi.dtype, device=xi.device)
     return torch.cat([torch.cat([R, t[:, None]], 1), bottom], 0)
 
@@ -65,6 +69,19 @@ def so3_exp(w: torch.Tensor) -> torch.Tensor:
     """Rotations (..., 3, 3) from axis-angle vectors w (..., 3): R = I + A W + B W^2.
     Batched (one rotation per row); differentiable at w = 0."""
     W = hat(w)
-    a, b, _ = _coefficients((w * w).sum(-1))
+    theta2 = (w * w).sum(-1)
+    a, b, _ = _coefficients(theta2)
     eye = torch.eye(3, dtype=w.dtype, device=w.device)
-    return eye + a[..., None, None] * W + b[..., None, None] * (W @ W)
+    return eye + a[..., None, None] * W + b[..., None, None] * _hat_squared(w, theta2)
+
+
+def _hat_squared(w: torch.Tensor, theta2: torch.Tensor) -> torch.Tensor:
+    """hat(w) @ hat(w) = w w^T - |w|^2 I (..., 3, 3), without a matrix product."""
+    eye = torch.eye(3, dtype=w.dtype, device=w.device)
+    return w[..., :, None] * w[..., None, :] - theta2[..., None, None] * eye
+
+
+def apply_rotation(R: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """R @ x for matrices (..., 3, 3) and vectors (..., 3), as a sum of products in the
+    inputs' precision (a matmul under autocast would run in bf16)."""
+    return (R * x[..., None, :]).sum(-1)

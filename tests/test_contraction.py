@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from renderer.contraction import contract, to_unit_cube, uncontract
-from renderer.lie import so3_exp
+from renderer.lie import apply_rotation, so3_exp
 
 
 def closed_form(x: np.ndarray, order) -> np.ndarray:
@@ -76,3 +76,17 @@ def test_so3_exp_batched_is_rodrigues_and_orthonormal():
         theta = np.linalg.norm(v)
         assert math.degrees(math.acos(np.clip((np.trace(r) - 1) / 2, -1, 1))) == pytest.approx(
             math.degrees(theta), abs=1e-5)
+
+
+def test_apply_rotation_is_the_matrix_product_and_ignores_autocast():
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(20, 3, generator=g, dtype=torch.float64)
+    R = so3_exp(w)
+    x = torch.randn(20, 3, generator=g, dtype=torch.float64)
+    want = np.einsum("nij,nj->ni", R.numpy(), x.numpy())
+    np.testing.assert_allclose(apply_rotation(R, x).numpy(), want, atol=1e-14)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        R32 = so3_exp(w.float())
+        got = apply_rotation(R32, x.float())
+    assert R32.dtype == got.dtype == torch.float32
+    np.testing.assert_allclose(got.double().numpy(), want, atol=1e-5)

@@ -85,6 +85,17 @@ def test_fourier_feature_values():
                                                       np.sin(2 * np.pi * v.numpy())], -1), atol=1e-7)
 
 
+def test_fourier_features_stay_float32_under_autocast():
+    """A bf16 product b.v would put a sigma = 30 feature's phase off by radians."""
+    enc = gaussian_fourier_features(3, 64, 30.0, seed=2)
+    v = torch.rand(50, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ref = enc(v.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = enc(v)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), ref, atol=1e-4, rtol=0)
+
+
 def test_fourier_B_is_fixed_buffer():
     enc = gaussian_fourier_features(3, 16, 5.0, seed=1)
     assert list(enc.parameters()) == []

@@ -198,6 +198,13 @@ def test_refine_rays_is_the_corrected_camera():
     o3, d3 = get_rays(5, 6, K, torch.from_numpy(c2w))
     torch.testing.assert_close(o2.double(), o3.reshape(-1, 3).double(), atol=1e-5, rtol=0)
     torch.testing.assert_close(d2.double(), d3.reshape(-1, 3).double(), atol=1e-5, rtol=0)
+    # Training runs inside bf16 autocast: the corrected rays must stay float32-exact there
+    # (a bf16 matmul rounds a direction by ~3e-3, pixels on a photo).
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o4, d4 = m.refine_rays(o, d, img)
+    assert d4.dtype == torch.float32
+    torch.testing.assert_close(d4.double(), d3.reshape(-1, 3).double(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(o4.double(), o3.reshape(-1, 3).double(), atol=1e-5, rtol=0)
 
 
 def _blob_field():
