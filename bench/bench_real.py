@@ -159,6 +159,7 @@ def run_variant(scene_name: str, scene, var_name: str, keys: dict, args, device:
     row["capture_frame_ms"] = time_render(lambda: trainer.render(c2w, keys=("rgb",), chunk=args.render_chunk),
                                           args.render_repeats)
     row["capture_size"] = f"{trainer.width}x{trainer.height}"
+    row["render_sweep"] = render_sweep(trainer, args, c2w) if args.render_configs else []
     if args.save_heldout:
         os.makedirs(args.save_heldout, exist_ok=True)
         side_by_side(trainer, os.path.join(args.save_heldout, f"{scene_name}_{var_name}_heldout.png"),
@@ -169,6 +170,38 @@ def run_variant(scene_name: str, scene, var_name: str, keys: dict, args, device:
     if cuda:
         torch.cuda.empty_cache()
     return row
+
+
+def render_sweep(trainer, args, c2w) -> list[dict]:
+    """Held-out PSNR (mean embedding) and frame times of the trained field rendered with
+    each of --render-configs' sample counts (proposal nets', then the field's, per ray)."""
+    cfg = trainer.model.config
+    keep = cfg["render_proposal"], cfg["render_samples"]
+    out, n = [], args.render_size
+    try:
+        for spec in args.render_configs.split(";"):
+            counts = [int(v) for v in spec.split(",")]
+            cfg["render_proposal"], cfg["render_samples"] = counts[:-1], counts[-1]
+            psnr = trainer.evaluate("test", max_images=args.eval_views, ssim=False)["mean"]["psnr"]
+            ms = time_render(lambda: trainer.render(c2w, n, n, keys=("rgb",), chunk=args.render_chunk),
+                             args.render_repeats)
+            cap = time_render(lambda: trainer.render(c2w, keys=("rgb",), chunk=args.render_chunk),
+                              args.render_repeats)
+            out.append({"counts": spec, "psnr": psnr, "frame_ms": ms, "capture_frame_ms": cap})
+            log(f"  render {spec}: held-out PSNR {psnr:.2f}, {n}x{n} {ms:.1f} ms, capture size {cap:.1f} ms")
+    finally:
+        cfg["render_proposal"], cfg["render_samples"] = keep
+    return out
+
+
+def sweep_table(rows: list[dict]) -> str:
+    lines = ["| scene | variant | render samples (proposals, field) | held-out PSNR | 800² ms | capture ms |",
+             "|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        for e in r.get("render_sweep", []):
+            lines.append(f"| {r['scene']} | {r['variant']} | {e['counts']} | {fmt(e['psnr'])} | "
+                         f"{fmt(e['frame_ms'], '.1f')} | {fmt(e['capture_frame_ms'], '.1f')} |")
+    return "\n".join(lines)
 
 
 def warm_up(scene, keys: dict, args, device: str) -> float:
@@ -234,6 +267,9 @@ def main(argv=None) -> int:
     p.add_argument("--render-size", type=int, default=800)
     p.add_argument("--render-chunk", type=int, default=1 << 17)
     p.add_argument("--render-repeats", type=int, default=3)
+    p.add_argument("--render-configs", default=None,
+                   help="after training, render with these sample counts too, e.g. '256,96,48;128,64,32' "
+                        "(per ray: each proposal net's, then the field's)")
     p.add_argument("--save-heldout", default=None, help="folder for held-out render | photo PNGs")
     p.add_argument("--heldout-width", type=int, default=720, help="width of the side-by-side PNG")
     p.add_argument("--seed", type=int, default=0)
@@ -271,6 +307,10 @@ def main(argv=None) -> int:
     print(f"nerfacto on captures, {device}; mean = whole held-out views, MEAN appearance embedding; "
           f"mean R / fit R = right halves, mean embedding / embedding fitted on the left half")
     print(table(rows, budgets))
+    if args.render_configs:
+        print()
+        print("The trained fields rendered with other sample counts (held-out PSNR with the mean embedding):")
+        print(sweep_table(rows))
     return 0
 
 

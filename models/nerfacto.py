@@ -43,9 +43,10 @@ config keys: n_levels, n_features, log2_hashmap_size, base_res, max_res (main ha
 hidden, geo_features, color_hidden, appearance_dim; proposal_levels,
 proposal_log2_hashmap_size, proposal_max_res (one per proposal net), proposal_hidden;
 n_proposal (intervals per ray, one per proposal net), n_samples (radiance-field
-intervals per ray); proposal_update_every, proposal_warmup (the proposals are trained
-every step at first, then every proposal_update_every steps, ramping over
-proposal_warmup steps, as nerfstudio); anneal_steps; interlevel_weight,
+intervals per ray); render_proposal, render_samples (the same counts for renders, which
+may use fewer than training: None keeps the training counts); proposal_update_every,
+proposal_warmup (the proposals are trained every step at first, then every
+proposal_update_every steps, ramping over proposal_warmup steps, as nerfstudio); anneal_steps; interlevel_weight,
 distortion_weight; contraction ("inf" or 2); near, far; refine_poses, pose_lr,
 pose_penalty_trans, pose_penalty_rot; seed.
 """
@@ -99,8 +100,9 @@ class NerfactoField(Field):
     DEFAULTS = dict(
         n_levels=16, n_features=2, log2_hashmap_size=19, base_res=16, max_res=2048,
         hidden=64, geo_features=15, color_hidden=64, appearance_dim=32,
-        proposal_levels=5, proposal_log2_hashmap_size=17, proposal_max_res=[64, 256], proposal_hidden=16,
-        n_proposal=[256, 96], n_samples=48, proposal_update_every=5, proposal_warmup=5000,
+        proposal_levels=5, proposal_log2_hashmap_size=17, proposal_max_res=[128, 256], proposal_hidden=16,
+        n_proposal=[256, 96], n_samples=48, render_proposal=None, render_samples=None,
+        proposal_update_every=5, proposal_warmup=5000,
         anneal_steps=1000, interlevel_weight=1.0, distortion_weight=0.002, contraction="inf", near=0.05, far=1000.0,
         refine_poses=True, pose_lr=1e-3, pose_penalty_trans=1e-2, pose_penalty_rot=1e-3, seed=0)
     # A CPU cannot afford the full grid and sample counts (the torch hash encoding costs
@@ -113,6 +115,8 @@ class NerfactoField(Field):
         self._check(c)
         c["proposal_max_res"] = [int(v) for v in c["proposal_max_res"]]
         c["n_proposal"] = [int(v) for v in c["n_proposal"]]
+        if c["render_proposal"] is not None:
+            c["render_proposal"] = [int(v) for v in c["render_proposal"]]
         geo = 1 + c["geo_features"]
         self.field = HashDensity(c["n_levels"], c["n_features"], c["log2_hashmap_size"], c["base_res"],
                                  c["max_res"], c["hidden"], geo, c["seed"])
@@ -154,6 +158,11 @@ class NerfactoField(Field):
                              f"(got {c['n_proposal']} and {c['proposal_max_res']})")
         if min(c["n_proposal"]) < 2 or c["n_samples"] < 2:
             raise ValueError(f"n_proposal and n_samples must be >= 2, got {c['n_proposal']}, {c['n_samples']}")
+        rp, rs = c["render_proposal"], c["render_samples"]
+        if rp is not None and (len(rp) != len(c["n_proposal"]) or min(rp) < 2):
+            raise ValueError(f"render_proposal needs one count >= 2 per proposal net, got {rp}")
+        if rs is not None and rs < 2:
+            raise ValueError(f"render_samples must be >= 2, got {rs}")
         if not (c["far"] > 1.0 and math.isfinite(c["far"])):
             raise ValueError(f"far must be a finite number > 1 (normalised units), got {c['far']}")
         if c["near"] is not None and not 0.0 <= c["near"] < 1.0:
@@ -273,8 +282,10 @@ class NerfactoField(Field):
         return o, dirs, dnorm, t0, torch.maximum(t1, t0 + 1e-4)
 
     def _proposal_weights(self, net, o, dirs, t, grad: bool):
+        # Detached rays: the proposals' loss bounds the field's weights and is no evidence
+        # about where a camera is (and its gradient through the points would cost time).
         mid = 0.5 * (t[:, 1:] + t[:, :-1])
-        x = (o[:, None, :] + dirs[:, None, :] * mid[..., None]).reshape(-1, 3)
+        x = (o.detach()[:, None, :] + dirs.detach()[:, None, :] * mid[..., None]).reshape(-1, 3)
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             sigma = trunc_exp(net(self._x01(x))[:, 0].float()).reshape(mid.shape)
             return alpha_weights(sigma, t[:, 1:] - t[:, :-1])[0]
@@ -288,20 +299,20 @@ class NerfactoField(Field):
         None renders with the mean embedding, or with ``appearance`` (appearance_dim,) when
         given (a code fitted to a held-out view). background: None for none, anything else
         for the field's own (see the module doc)."""
-        c = self.config
         n_rays = rays_o.shape[0]
         o, dirs, dnorm, t0, t1 = self._ray_bounds(rays_o, rays_d, near, far)
         jitter = (lambda: torch.rand(n_rays, 1, device=o.device)) if train else (lambda: None)  # noqa: E731
         anneal = self.anneal
         train_props = train and self.trains_proposals(self._step)
-        u = prop.uniform_edges(n_rays, c["n_proposal"][0], jitter(), o.device)
+        n_prop, n_field = self.sample_counts(train)
+        u = prop.uniform_edges(n_rays, n_prop[0], jitter(), o.device)
         levels = []
         for i, net in enumerate(self.proposals):
             if i > 0:
-                u = prop.sample_histogram(u, levels[-1][1] ** anneal, c["n_proposal"][i], jitter())
+                u = prop.sample_histogram(u, levels[-1][1] ** anneal, n_prop[i], jitter())
             w = self._proposal_weights(net, o, dirs, prop.spacing_to_distance(u, t0, t1), train_props)
             levels.append((u, w))
-        u = prop.sample_histogram(u, levels[-1][1] ** anneal, c["n_samples"], jitter())
+        u = prop.sample_histogram(u, levels[-1][1] ** anneal, n_field, jitter())
         t = prop.spacing_to_distance(u, t0, t1)
         mid = 0.5 * (t[:, 1:] + t[:, :-1])
         S = mid.shape[1]
@@ -326,12 +337,20 @@ class NerfactoField(Field):
         depth = (w * mid).sum(-1) / acc.clamp(min=1e-10) / (self._scale * dnorm[:, 0])
         # torch.full, not torch.tensor: a fill kernel, which a CUDA graph can capture.
         out = {"rgb": color, "depth": depth, "acc": acc,
-               "samples": torch.full((), float(n_rays * (S + sum(c["n_proposal"]))), device=o.device)}
+               "samples": torch.full((), float(n_rays * (S + sum(n_prop))), device=o.device)}
         if train:
             out["distortion"] = prop.distortion_loss(u, w)
             out["interlevel"] = (sum(prop.interlevel_loss(u, w, pu, pw) for pu, pw in levels)
                                  if train_props else torch.zeros((), device=o.device))
         return out
+
+    def sample_counts(self, train: bool) -> tuple[list[int], int]:
+        """(intervals per ray of each proposal net, radiance-field intervals per ray) of a
+        training step or of a render."""
+        c = self.config
+        if train:
+            return c["n_proposal"], c["n_samples"]
+        return c["render_proposal"] or c["n_proposal"], c["render_samples"] or c["n_samples"]
 
     def render_rays_static(self, rays_o, rays_d, near: float, far: float, background,
                            active: torch.Tensor, capacity: int, image: torch.Tensor | None = None) -> dict:

@@ -116,6 +116,27 @@ def test_render_rays_shapes_and_which_loss_trains_what():
     assert "interlevel" not in ev and torch.isfinite(ev["rgb"]).all()
 
 
+def test_renders_use_their_own_sample_counts():
+    """render_proposal / render_samples change renders only; the training counts by default."""
+    m = build_model("nerfacto", **TINY).eval()
+    m.bind_scene(orbit_poses(4).astype(np.float32), 2.0, 6.0, False)
+    o, d = _rays(16, seed=3)
+    with torch.no_grad():
+        base = m.render_rays(o, d, 2.0, 6.0, background=1.0)
+        m.config.update(render_proposal=list(TINY["n_proposal"]), render_samples=TINY["n_samples"])
+        same = m.render_rays(o, d, 2.0, 6.0, background=1.0)
+        m.config.update(render_proposal=[8, 4], render_samples=4)
+        fewer = m.render_rays(o, d, 2.0, 6.0, background=1.0)
+        train = m.render_rays(o, d, 2.0, 6.0, background=1.0, train=True)
+    torch.testing.assert_close(same["rgb"], base["rgb"])
+    assert float(base["samples"]) == 16 * (16 + 8 + 8) and float(fewer["samples"]) == 16 * (8 + 4 + 4)
+    assert float(train["samples"]) == float(base["samples"])  # training keeps n_proposal / n_samples
+    assert (fewer["rgb"] - base["rgb"]).abs().max() > 0
+    for bad in ({"render_proposal": [8]}, {"render_samples": 1}):
+        with pytest.raises(ValueError, match="render_"):
+            build_model("nerfacto", **{**TINY, **bad})
+
+
 def test_background_is_the_fields_own_and_none_adds_nothing():
     m = build_model("nerfacto", **TINY).eval()
     m.bind_scene(orbit_poses(4).astype(np.float32), 2.0, 6.0, False)
