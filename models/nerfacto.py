@@ -48,7 +48,7 @@ may use fewer than training: None keeps the training counts); proposal_update_ev
 proposal_warmup (the proposals are trained every step at first, then every
 proposal_update_every steps, ramping over proposal_warmup steps, as nerfstudio); anneal_steps; interlevel_weight,
 distortion_weight; contraction ("inf" or 2); near, far; refine_poses, pose_lr,
-pose_penalty_trans, pose_penalty_rot; seed.
+pose_lr_final, pose_decay_steps (the deltas' own schedule), pose_penalty_trans, pose_penalty_rot; seed.
 """
 from __future__ import annotations
 
@@ -104,7 +104,8 @@ class NerfactoField(Field):
         n_proposal=[256, 96], n_samples=48, render_proposal=None, render_samples=None,
         proposal_update_every=5, proposal_warmup=5000,
         anneal_steps=1000, interlevel_weight=1.0, distortion_weight=0.002, contraction="inf", near=0.05, far=1000.0,
-        refine_poses=True, pose_lr=1e-3, pose_penalty_trans=1e-2, pose_penalty_rot=1e-3, seed=0)
+        refine_poses=True, pose_lr=1e-3, pose_lr_final=1e-4, pose_decay_steps=5000,
+        pose_penalty_trans=1e-2, pose_penalty_rot=1e-3, seed=0)
     # A CPU cannot afford the full grid and sample counts (the torch hash encoding costs
     # ~30 us per point and level there): fewer levels, a smaller table, fewer samples.
     CPU_OPTIONS = dict(n_levels=8, log2_hashmap_size=17, max_res=512, n_proposal=[64, 32], n_samples=24)
@@ -171,6 +172,9 @@ class NerfactoField(Field):
             raise ValueError("need appearance_dim >= 0, proposal_update_every >= 1 and anneal_steps >= 1")
         if not (c["pose_lr"] >= 0 and math.isfinite(c["pose_lr"])):
             raise ValueError(f"pose_lr must be a number >= 0, got {c['pose_lr']}")
+        if not (0 < c["pose_lr_final"] <= c["pose_lr"] or c["pose_lr"] == 0) or c["pose_decay_steps"] < 1:
+            raise ValueError("need 0 < pose_lr_final <= pose_lr and pose_decay_steps >= 1, got "
+                             f"{c['pose_lr_final']}, {c['pose_decay_steps']}")
 
     # -- policy ---------------------------------------------------------------------------
     @classmethod
@@ -389,13 +393,19 @@ class NerfactoField(Field):
     # -- training --------------------------------------------------------------------------
     def param_groups(self, lr: float) -> list[dict]:
         """nerfstudio's Adam (eps 1e-15) for the field, the proposals and the appearance;
-        the pose deltas in their own group at pose_lr (decayed with the same schedule)."""
+        the pose deltas in their own group with a schedule of their own on top of the
+        run's: pose_lr decaying to pose_lr_final over pose_decay_steps (a large lr for the first, coarse
+        correction; then a small one, since each image's delta sees only its few rays of a
+        batch and a large lr keeps the cameras jittering by pixels: docs/real_scenes.md)."""
         adam = dict(eps=1e-15)
         main = (list(self.field.parameters()) + list(self.color_net.parameters())
                 + list(self.proposals.parameters()) + [self.appearance])
         groups = [{"params": main, "lr": lr, **adam}]
         if self.config["refine_poses"] and not self.ndc:
-            groups.append({"params": [self.pose_delta], "lr": self.config["pose_lr"], **adam})
+            c = self.config
+            ratio = c["pose_lr_final"] / c["pose_lr"] if c["pose_lr"] > 0 else 1.0
+            groups.append({"params": [self.pose_delta], "lr": c["pose_lr"],
+                           "decay": (ratio, int(c["pose_decay_steps"])), **adam})
         return groups
 
     def step_hook(self, step: int, ctx: StepContext) -> StepRequests | None:

@@ -323,6 +323,23 @@ def test_trainer_passes_image_indices_and_trains_the_deltas():
     # Its own learning rate, and the deltas and embeddings moved.
     lrs = sorted(g["initial_lr"] for g in tr.optimizer.param_groups)
     assert lrs == [1e-3, 1e-2]
+    # ... and its own decay on top of the run's: after pose_decay_steps, pose_lr_final x the
+    # run's factor; the eager step and the graphed step's set_lr write the same rates.
+    from app.engine.graph_step import StaticStep
+    from app.engine.trainer import group_lr
+    pose = next(g for g in tr.optimizer.param_groups if g["initial_lr"] == 1e-3)
+    assert pose["decay"] == (0.1, 5000)
+    assert group_lr(pose, 2500, 0.5) == pytest.approx(1e-3 * 0.5 * 0.1 ** 0.5)
+    assert group_lr(pose, 10 ** 6, 0.5) == pytest.approx(1e-4 * 0.5)
+    main = next(g for g in tr.optimizer.param_groups if g["initial_lr"] == 1e-2)
+    assert group_lr(main, 10 ** 6, 0.5) == pytest.approx(5e-3)
+    tr.step_count = 4000
+    tr.step()
+    want = [group_lr(g, 4000, tr.lr_at(4000) / tr.config.lr) for g in tr.optimizer.param_groups]
+    assert [g["lr"] for g in tr.optimizer.param_groups] == pytest.approx(want)
+    StaticStep(tr).set_lr(0.25, 4000)
+    got = [float(g["lr"]) for g in tr.optimizer.param_groups]
+    assert got == pytest.approx([group_lr(g, 4000, 0.25) for g in tr.optimizer.param_groups])
     assert tr.model.pose_delta.abs().sum() > 0 and tr.model.appearance.abs().sum() > 0
     # A field without per-image parameters gets no image argument (the NeRF would refuse it).
     from tests.conftest import make_trainer

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from app.engine.batches import render_batch_static
-from app.engine.trainer import loss_and_mse
+from app.engine.trainer import group_lr, loss_and_mse
 
 STATS = ("loss", "mse", "found_inf", "rays", "marched", "kept", "n_active")
 
@@ -107,13 +107,15 @@ class StaticStep:
         self.graphs = {}
         self.stats = None
 
-    def set_lr(self, factor: float) -> None:
-        """lr of each group = its initial lr x factor, written into the tensors in place."""
+    def set_lr(self, factor: float, step: int) -> None:
+        """Each group's lr at ``step`` (trainer.group_lr: the schedule ``factor``, or the
+        group's own decay), written into the tensors in place."""
         for g in self.trainer.optimizer.param_groups:
+            lr = group_lr(g, step, factor)
             if torch.is_tensor(g["lr"]):
-                g["lr"].fill_(g["initial_lr"] * factor)
+                g["lr"].fill_(lr)
             else:
-                g["lr"] = g["initial_lr"] * factor
+                g["lr"] = lr
 
     # -- the step -------------------------------------------------------------------------
     def _body(self) -> torch.Tensor:

@@ -114,6 +114,20 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
     return bool(torch.isfinite(torch.stack(torch._foreach_norm(zeros)).sum()).item())
 
 
+def group_lr(group: dict, step: int, factor: float) -> float:
+    """The learning rate of an optimiser group at ``step``: its initial lr times the
+    trainer's schedule ``factor``, and for a group that carries its own ``decay`` (ratio,
+    steps) also times ratio^(step / steps), held at ratio after that many steps
+    (nerfacto's camera deltas: a large lr early, for the coarse correction, then a small
+    one, so that noisy per-image gradients do not keep the cameras jittering)."""
+    lr = group["initial_lr"] * factor
+    own = group.get("decay")
+    if own is not None:
+        ratio, steps = own
+        lr *= ratio ** min(step / max(steps, 1), 1.0)
+    return lr
+
+
 def loss_and_mse(terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """A model's loss terms -> (the loss to minimise: their sum, the MSE that PSNR reports).
     A model whose loss is not the MSE (a Huber loss) also returns "metric_mse", detached,
@@ -286,7 +300,7 @@ class Trainer:
             # optimiser back its float learning rates and found_inf-free state first.
             self._drop_static()
         for g in self.optimizer.param_groups:
-            g["lr"] = g["initial_lr"] * lr / self.config.lr
+            g["lr"] = group_lr(g, self.step_count, lr / self.config.lr)
         try:
             if self.fault_hook is not None:
                 self.fault_hook(self)
@@ -380,7 +394,7 @@ class Trainer:
             try:
                 if self._static is None:
                     self._static = StaticStep(self)
-                self._static.set_lr(lr / self.config.lr)
+                self._static.set_lr(lr / self.config.lr, upcoming)
                 tok = self._static.launch()
             except Exception as exc:  # noqa: BLE001 - capture problems must not stop training
                 return self._static_unavailable(exc)
