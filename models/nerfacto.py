@@ -22,7 +22,8 @@ from photo to photo, and poses that are a little off. This field answers each:
   two small hash-grid proposal density nets resample them (``n_proposal`` intervals per
   ray each), and the radiance field is evaluated on ``n_samples`` intervals drawn from
   the second proposal's histogram (renderer/proposal.py). The proposals learn from the
-  interlevel loss only; the distortion loss compacts each ray's weights.
+  interlevel loss only. mip-NeRF 360's distortion loss (``distortion_weight``) is off by
+  default: measured on a capture it did not pay (docs/real_scenes.md).
 - Background from the field: a real photo has no known background colour, so when the
   caller asks for one (any ``background`` but None) the transmittance left after the
   last interval takes the last sample's colour instead (nerfstudio's "last_sample"): the
@@ -103,7 +104,8 @@ class NerfactoField(Field):
         proposal_levels=5, proposal_log2_hashmap_size=17, proposal_max_res=[128, 256], proposal_hidden=16,
         n_proposal=[256, 96], n_samples=48, render_proposal=None, render_samples=None,
         proposal_update_every=5, proposal_warmup=5000,
-        anneal_steps=1000, interlevel_weight=1.0, distortion_weight=0.002, contraction="inf", near=0.05, far=1000.0,
+        anneal_steps=1000, interlevel_weight=1.0, distortion_weight=0.0, contraction="inf", near=0.05,
+        far=1000.0,
         refine_poses=True, pose_lr=1e-3, pose_lr_final=1e-4, pose_decay_steps=5000,
         pose_penalty_trans=1e-2, pose_penalty_rot=1e-3, seed=0)
     # A CPU cannot afford the full grid and sample counts (the torch hash encoding costs
@@ -343,7 +345,8 @@ class NerfactoField(Field):
         out = {"rgb": color, "depth": depth, "acc": acc,
                "samples": torch.full((), float(n_rays * (S + sum(n_prop))), device=o.device)}
         if train:
-            out["distortion"] = prop.distortion_loss(u, w)
+            if self.config["distortion_weight"] > 0:
+                out["distortion"] = prop.distortion_loss(u, w)
             out["interlevel"] = (sum(prop.interlevel_loss(u, w, pu, pw) for pu, pw in levels)
                                  if train_props else torch.zeros((), device=o.device))
         return out
@@ -383,7 +386,8 @@ class NerfactoField(Field):
         terms = {"mse": mse}
         if "interlevel" in out:
             terms["interlevel"] = c["interlevel_weight"] * out["interlevel"]
-            terms["distortion"] = c["distortion_weight"] * out["distortion"]
+            if "distortion" in out:
+                terms["distortion"] = c["distortion_weight"] * out["distortion"]
             if c["refine_poses"] and self.pose_delta.shape[0] > 0:
                 d = self.pose_delta
                 terms["pose"] = (c["pose_penalty_rot"] * d[:, :3].norm(dim=-1).mean()

@@ -255,6 +255,20 @@ def test_triton_hash_kernels_match_torch_in_interpreter():
             ga, = torch.autograd.grad((a * w).sum(), enc.table)
             gb, = torch.autograd.grad((b * w).sum(), enc.table)
             assert (ga - gb).abs().max() < 1e-4, (ga - gb).abs().max()
+            # The points' gradient (camera refinement moves them), outside [0, 1] zero too.
+            xg = x.clone().requires_grad_(True)
+            a = hash_encode_torch(xg, enc.table, enc.resolutions, enc.offsets, enc.dense, 11)
+            b = hash_encode_triton(xg, enc.table, enc.res_t, enc.off_t, enc.dense_t, 11)
+            xa, ta = torch.autograd.grad((a * w).sum(), (xg, enc.table))
+            xb, tb = torch.autograd.grad((b * w).sum(), (xg, enc.table))
+            scale = xa.abs().max()
+            assert scale > 1 and (xa - xb).abs().max() < 1e-4 * scale, ((xa - xb).abs().max(), scale)
+            assert (ta - tb).abs().max() < 1e-4
+            outside = ((x < 0) | (x > 1))
+            assert outside.any() and (xb[outside] == 0).all()
+            xb_only, = torch.autograd.grad((hash_encode_triton(xg, enc.table, enc.res_t, enc.off_t,
+                                                               enc.dense_t, 11) * w).sum(), xg)
+            assert torch.equal(xb_only, xb)
         print("OK")
     """)
     run_in_triton_interpreter(code)

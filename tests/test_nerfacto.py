@@ -91,7 +91,7 @@ def test_bind_scene_sizes_per_image_parameters_and_keeps_a_bound_field():
 
 def test_render_rays_shapes_and_which_loss_trains_what():
     torch.manual_seed(0)
-    m = build_model("nerfacto", **TINY)
+    m = build_model("nerfacto", **TINY, distortion_weight=0.002)
     m.bind_scene(orbit_poses(4).astype(np.float32), 2.0, 6.0, False)
     o, d = _rays(32, seed=1)
     image = torch.arange(32) % 4
@@ -114,6 +114,11 @@ def test_render_rays_shapes_and_which_loss_trains_what():
     # Rendering (no image): the mean embedding; no losses.
     ev = m.render_rays(o, d, 2.0, 6.0, background=1.0)
     assert "interlevel" not in ev and torch.isfinite(ev["rgb"]).all()
+    # Off by default (docs/real_scenes.md): then it is neither computed nor a term.
+    m0 = build_model("nerfacto", **TINY)
+    m0.bind_scene(orbit_poses(4).astype(np.float32), 2.0, 6.0, False)
+    out0 = m0.render_rays(o, d, 2.0, 6.0, background=1.0, train=True, image=image)
+    assert "distortion" not in out0 and "distortion" not in m0.loss_terms(out0, torch.rand(32, 3))
 
 
 def test_renders_use_their_own_sample_counts():
@@ -393,7 +398,7 @@ def test_graphed_step_body_trains_and_its_kinds_follow_the_proposal_schedule():
     keys, outs, valid, kept = zip(*seen)
     assert list(keys) == [tr.model.trains_proposals(s) for s in range(80)]
     assert keys[40:50] == (True, False, False, False, False) * 2  # every 5th after the warm-up
-    assert {"distortion", "interlevel", "rgb", "valid", "marched", "kept"} <= set(outs[0])
+    assert {"interlevel", "rgb", "valid", "marched", "kept"} <= set(outs[0])
     assert set(valid) == {128.0} and set(kept) == {128.0 * TINY["n_samples"]}
     assert tr.model.static_shape(128) == (128 * TINY["n_samples"], 128)
 

@@ -4,7 +4,11 @@ Reference: models.hashgrid.hash_encode_torch (same spec, plain torch autograd).
 One program handles BLOCK points at one level: it computes the 8 corner
 indices, gathers their F features as one vector load each, and interpolates.
 The backward scatters w * grad into the table with relaxed atomics (no fences:
-the adds commute and nothing reads the table until the kernel ends).
+the adds commute and nothing reads the table until the kernel ends). When the points
+need a gradient too (a field that refines its cameras moves the points through them),
+a second kernel differentiates the trilinear weights: per level, res_l * sum over
+corners of (grad . feature) * dw/dfrac, written per level and summed over the levels
+(no atomics: each point's level row is written once).
 """
 from __future__ import annotations
 
@@ -102,6 +106,56 @@ def _hash_bwd(x_ptr, gout_ptr, gtable_ptr, res_ptr, off_ptr, dense_ptr, N, mask_
                       sem="relaxed")
 
 
+@triton.jit
+def _hash_bwd_points(x_ptr, gout_ptr, table_ptr, gx_ptr, res_ptr, off_ptr, dense_ptr, N, mask_t,
+                     L: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr):
+    """d loss / d x of one level for BLOCK points, into gx (L, N, 3). Zero where the
+    encoding clamps x to [0, 1] (as torch.clamp's gradient, the bounds included)."""
+    pid = tl.program_id(0)
+    lvl = tl.program_id(1)
+    rows = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = rows < N
+    x = tl.load(x_ptr + rows * 3, mask=m, other=0.0)
+    y = tl.load(x_ptr + rows * 3 + 1, mask=m, other=0.0)
+    z = tl.load(x_ptr + rows * 3 + 2, mask=m, other=0.0)
+    res = tl.load(res_ptr + lvl)
+    off = tl.load(off_ptr + lvl).to(tl.int64)
+    dense = tl.load(dense_ptr + lvl)
+    V = res + 1
+    ix, iy, iz, fx, fy, fz = _cell(x, y, z, res)
+    f = tl.arange(0, F)
+    go = tl.load(gout_ptr + rows[:, None] * (L * F) + lvl * F + f[None, :], mask=m[:, None],
+                 other=0.0).to(tl.float32)
+    gx = tl.zeros((BLOCK,), dtype=tl.float32)
+    gy = tl.zeros((BLOCK,), dtype=tl.float32)
+    gz = tl.zeros((BLOCK,), dtype=tl.float32)
+    for c in tl.static_range(8):
+        bx: tl.constexpr = c & 1
+        by: tl.constexpr = (c >> 1) & 1
+        bz: tl.constexpr = (c >> 2) & 1
+        idx, _w = _corner(ix, iy, iz, fx, fy, fz, V, dense, mask_t, c)
+        vals = tl.load(table_ptr + (off + idx.to(tl.int64))[:, None] * F + f[None, :], mask=m[:, None],
+                       other=0.0).to(tl.float32)
+        d = tl.sum(vals * go, 1)  # grad . feature of this corner
+        wx = fx if bx else 1.0 - fx
+        wy = fy if by else 1.0 - fy
+        wz = fz if bz else 1.0 - fz
+        sx = 1.0 if bx else -1.0
+        sy = 1.0 if by else -1.0
+        sz = 1.0 if bz else -1.0
+        gx += d * (sx * wy * wz)
+        gy += d * (sy * wx * wz)
+        gz += d * (sz * wx * wy)
+    resf = res.to(tl.float32)
+    gx = tl.where((x >= 0.0) & (x <= 1.0), gx * resf, 0.0)
+    gy = tl.where((y >= 0.0) & (y <= 1.0), gy * resf, 0.0)
+    gz = tl.where((z >= 0.0) & (z <= 1.0), gz * resf, 0.0)
+    base = (lvl.to(tl.int64) * N + rows) * 3
+    tl.store(gx_ptr + base, gx, mask=m)
+    tl.store(gx_ptr + base + 1, gy, mask=m)
+    tl.store(gx_ptr + base + 2, gz, mask=m)
+
+
 class _HashEncodeFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x01, table, meta):
@@ -113,22 +167,31 @@ class _HashEncodeFn(torch.autograd.Function):
             grid = (triton.cdiv(n, BLOCK), n_levels)
             _hash_fwd[grid](x01, table, out, res_t, off_t, dense_t, n, mask_t,
                             L=n_levels, F=f, BLOCK=BLOCK, num_warps=4)
-        ctx.save_for_backward(x01)
+        ctx.save_for_backward(x01, table)
         ctx.meta = meta
         ctx.table_shape = table.shape
         return out
 
     @staticmethod
     def backward(ctx, gout):
-        (x01,) = ctx.saved_tensors
+        x01, table = ctx.saved_tensors
         res_t, off_t, dense_t, n_levels, mask_t = ctx.meta
         n = x01.shape[0]
-        gtable = torch.zeros(ctx.table_shape, device=gout.device, dtype=torch.float32)
-        if n > 0:
-            grid = (triton.cdiv(n, BLOCK), n_levels)
-            _hash_bwd[grid](x01, gout.contiguous(), gtable, res_t, off_t, dense_t, n, mask_t,
-                            L=n_levels, F=ctx.table_shape[1], BLOCK=BLOCK, num_warps=4)
-        return None, gtable, None
+        gout = gout.contiguous()
+        gtable = gx = None
+        grid = (triton.cdiv(n, BLOCK), n_levels)
+        if ctx.needs_input_grad[1]:
+            gtable = torch.zeros(ctx.table_shape, device=gout.device, dtype=torch.float32)
+            if n > 0:
+                _hash_bwd[grid](x01, gout, gtable, res_t, off_t, dense_t, n, mask_t,
+                                L=n_levels, F=ctx.table_shape[1], BLOCK=BLOCK, num_warps=4)
+        if ctx.needs_input_grad[0]:
+            per_level = torch.empty(n_levels, n, 3, device=gout.device, dtype=torch.float32)
+            if n > 0:
+                _hash_bwd_points[grid](x01, gout, table, per_level, res_t, off_t, dense_t, n, mask_t,
+                                       L=n_levels, F=ctx.table_shape[1], BLOCK=BLOCK, num_warps=4)
+            gx = per_level.sum(0)
+        return gx, gtable, None
 
 
 def hash_encode_triton(x01: torch.Tensor, table: torch.Tensor, res_t: torch.Tensor, off_t: torch.Tensor,
