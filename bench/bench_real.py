@@ -8,7 +8,8 @@ Each scene is loaded as the CLI loads it (every 8th image held out by the loader
 trained with the presets the CLI uses (app/engine/presets.train_config), once per
 variant. A variant is a name and a JSON object of model options (models/nerfacto.py's
 DEFAULTS: refine_poses, pose_lr, distortion_weight, n_proposal, n_samples,
-proposal_update_every, ...) plus the trainer keys "batch" (rays per step) and "bf16".
+proposal_update_every, ...) plus the trainer keys "batch" (rays per step), "bf16", "lr"
+and "lr_final".
 The flags --no-refine, --distortion, --batch, --proposal, --samples, --pose-lr set the
 same keys for every variant (a variant's own keys win).
 
@@ -19,7 +20,8 @@ or over --decay-steps; the JSON rows record the learning rate reached.
 Columns: steps/s and rays/s over the run (the clock counts Trainer.step() calls only,
 each of which syncs on its loss); field samples per step (rays x n_samples: what the
 radiance field evaluates) and proposal samples per step (rays x sum(n_proposal)); peak
-GPU memory while training; at each budget three held-out PSNRs: "mean" the whole view
+GPU memory while training; at each budget the training PSNR (mean over the last 500
+steps' batches) and three held-out PSNRs: "mean" the whole view
 rendered with the MEAN appearance embedding, "mean R" and "fit R" the right half of each
 view with the mean embedding and with an embedding FITTED on its left half
 (app/engine/appearance.py evaluate_appearance, NeRF-W's protocol); the time of one
