@@ -47,9 +47,10 @@ n_proposal (intervals per ray, one per proposal net), n_samples (radiance-field
 intervals per ray); render_proposal, render_samples (the same counts for renders, which
 may use fewer than training: None keeps the training counts); proposal_update_every,
 proposal_warmup (the proposals are trained every step at first, then every
-proposal_update_every steps, ramping over proposal_warmup steps, as nerfstudio); anneal_steps; interlevel_weight,
-distortion_weight; contraction ("inf" or 2); near, far; refine_poses, pose_lr,
-pose_lr_final, pose_decay_steps (the deltas' own schedule), pose_penalty_trans, pose_penalty_rot; seed.
+proposal_update_every steps, ramping over proposal_warmup steps, as nerfstudio);
+anneal_steps; interlevel_weight, distortion_weight; contraction ("inf" or 2); near, far;
+refine_poses, pose_lr, pose_lr_final, pose_decay_steps (the deltas' own schedule),
+pose_penalty_trans, pose_penalty_rot; seed.
 """
 from __future__ import annotations
 
@@ -103,10 +104,9 @@ class NerfactoField(Field):
         hidden=64, geo_features=15, color_hidden=64, appearance_dim=32,
         proposal_levels=5, proposal_log2_hashmap_size=17, proposal_max_res=[128, 256], proposal_hidden=16,
         n_proposal=[256, 96], n_samples=48, render_proposal=None, render_samples=None,
-        proposal_update_every=5, proposal_warmup=5000,
-        anneal_steps=1000, interlevel_weight=1.0, distortion_weight=0.0, contraction="inf", near=0.05,
-        far=1000.0,
-        refine_poses=True, pose_lr=1e-3, pose_lr_final=1e-4, pose_decay_steps=5000,
+        proposal_update_every=5, proposal_warmup=5000, anneal_steps=1000, interlevel_weight=1.0,
+        distortion_weight=0.0, contraction="inf", near=0.05, far=1000.0, refine_poses=True,
+        pose_lr=1e-3, pose_lr_final=1e-4, pose_decay_steps=5000,
         pose_penalty_trans=1e-2, pose_penalty_rot=1e-3, seed=0)
     # A CPU cannot afford the full grid and sample counts (the torch hash encoding costs
     # ~30 us per point and level there): fewer levels, a smaller table, fewer samples.
