@@ -52,21 +52,34 @@ def _corner(ix, iy, iz, fx, fy, fz, V, dense, mask_t, c: tl.constexpr):
 
 
 @triton.jit
-def _hash_fwd(x_ptr, table_ptr, out_ptr, res_ptr, off_ptr, dense_ptr, N, mask_t,
-              L: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
+def _block(x_ptr, res_ptr, off_ptr, dense_ptr, N, F: tl.constexpr, BLOCK: tl.constexpr):
+    """What every kernel here starts with: this program's BLOCK rows (program 0 axis),
+    their mask and points; the level (program 1 axis), its resolution, table offset,
+    dense flag and vertices per side; the feature lanes; the points' cells."""
     lvl = tl.program_id(1)
-    rows = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = rows < N
     x = tl.load(x_ptr + rows * 3, mask=m, other=0.0)
     y = tl.load(x_ptr + rows * 3 + 1, mask=m, other=0.0)
     z = tl.load(x_ptr + rows * 3 + 2, mask=m, other=0.0)
     res = tl.load(res_ptr + lvl)
-    off = tl.load(off_ptr + lvl).to(tl.int64)
-    dense = tl.load(dense_ptr + lvl)
-    V = res + 1
     ix, iy, iz, fx, fy, fz = _cell(x, y, z, res)
-    f = tl.arange(0, F)
+    return (rows, m, x, y, z, lvl, res, tl.load(off_ptr + lvl).to(tl.int64), tl.load(dense_ptr + lvl),
+            res + 1, tl.arange(0, F), ix, iy, iz, fx, fy, fz)
+
+
+@triton.jit
+def _grad_rows(gout_ptr, rows, m, lvl, f, L: tl.constexpr, F: tl.constexpr):
+    """The incoming gradient (BLOCK, F) of these rows' features at this level."""
+    return tl.load(gout_ptr + rows[:, None] * (L * F) + lvl * F + f[None, :], mask=m[:, None],
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _hash_fwd(x_ptr, table_ptr, out_ptr, res_ptr, off_ptr, dense_ptr, N, mask_t,
+              L: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr):
+    rows, m, x, y, z, lvl, res, off, dense, V, f, ix, iy, iz, fx, fy, fz = _block(
+        x_ptr, res_ptr, off_ptr, dense_ptr, N, F, BLOCK)
     acc = tl.zeros((BLOCK, F), dtype=tl.float32)
     for c in tl.static_range(8):
         idx, w = _corner(ix, iy, iz, fx, fy, fz, V, dense, mask_t, c)
@@ -79,21 +92,9 @@ def _hash_fwd(x_ptr, table_ptr, out_ptr, res_ptr, off_ptr, dense_ptr, N, mask_t,
 @triton.jit
 def _hash_bwd(x_ptr, gout_ptr, gtable_ptr, res_ptr, off_ptr, dense_ptr, N, mask_t,
               L: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    lvl = tl.program_id(1)
-    rows = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    m = rows < N
-    x = tl.load(x_ptr + rows * 3, mask=m, other=0.0)
-    y = tl.load(x_ptr + rows * 3 + 1, mask=m, other=0.0)
-    z = tl.load(x_ptr + rows * 3 + 2, mask=m, other=0.0)
-    res = tl.load(res_ptr + lvl)
-    off = tl.load(off_ptr + lvl).to(tl.int64)
-    dense = tl.load(dense_ptr + lvl)
-    V = res + 1
-    ix, iy, iz, fx, fy, fz = _cell(x, y, z, res)
-    f = tl.arange(0, F)
-    go = tl.load(gout_ptr + rows[:, None] * (L * F) + lvl * F + f[None, :], mask=m[:, None],
-                 other=0.0).to(tl.float32)
+    rows, m, x, y, z, lvl, res, off, dense, V, f, ix, iy, iz, fx, fy, fz = _block(
+        x_ptr, res_ptr, off_ptr, dense_ptr, N, F, BLOCK)
+    go = _grad_rows(gout_ptr, rows, m, lvl, f, L, F)
     # Zero gradients issue no atomics: the padding samples of a fixed-size step all sit at
     # one point, and 10^5 adds of 0 to the same entries serialised the whole backward.
     # Per row, not per entry: a row-uniform mask keeps the F-wide vector atomics (a
@@ -111,21 +112,9 @@ def _hash_bwd_points(x_ptr, gout_ptr, table_ptr, gx_ptr, res_ptr, off_ptr, dense
                      L: tl.constexpr, F: tl.constexpr, BLOCK: tl.constexpr):
     """d loss / d x of one level for BLOCK points, into gx (L, N, 3). Zero where the
     encoding clamps x to [0, 1] (as torch.clamp's gradient, the bounds included)."""
-    pid = tl.program_id(0)
-    lvl = tl.program_id(1)
-    rows = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    m = rows < N
-    x = tl.load(x_ptr + rows * 3, mask=m, other=0.0)
-    y = tl.load(x_ptr + rows * 3 + 1, mask=m, other=0.0)
-    z = tl.load(x_ptr + rows * 3 + 2, mask=m, other=0.0)
-    res = tl.load(res_ptr + lvl)
-    off = tl.load(off_ptr + lvl).to(tl.int64)
-    dense = tl.load(dense_ptr + lvl)
-    V = res + 1
-    ix, iy, iz, fx, fy, fz = _cell(x, y, z, res)
-    f = tl.arange(0, F)
-    go = tl.load(gout_ptr + rows[:, None] * (L * F) + lvl * F + f[None, :], mask=m[:, None],
-                 other=0.0).to(tl.float32)
+    rows, m, x, y, z, lvl, res, off, dense, V, f, ix, iy, iz, fx, fy, fz = _block(
+        x_ptr, res_ptr, off_ptr, dense_ptr, N, F, BLOCK)
+    go = _grad_rows(gout_ptr, rows, m, lvl, f, L, F)
     gx = tl.zeros((BLOCK,), dtype=tl.float32)
     gy = tl.zeros((BLOCK,), dtype=tl.float32)
     gz = tl.zeros((BLOCK,), dtype=tl.float32)
