@@ -61,6 +61,39 @@ def _load_ray(ray_ptr, ray, rmask):
 
 
 @triton.jit
+def _block_rays(ray_ptr, n_rays, BLOCK: tl.constexpr):
+    """This program's BLOCK rays, their mask and their packed parameters (_load_ray)."""
+    ray = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    rmask = ray < n_rays
+    ox, oy, oz, dx, dy, dz, ts, te, wps = _load_ray(ray_ptr, ray, rmask)
+    return ray, rmask, ox, oy, oz, dx, dy, dz, ts, te, wps
+
+
+@triton.jit
+def _accumulators(BLOCK: tl.constexpr):
+    """A forward render's running sums per ray: transmittance 1, then zero colour (r, g,
+    b), depth, Cauchy sparsity and sample count."""
+    z = tl.zeros([BLOCK], dtype=tl.float32)
+    return tl.full([BLOCK], 1.0, tl.float32), z, z, z, z, z, z
+
+
+@triton.jit
+def _composite(sraw, live, r, g, b, t, wps, delta, trans, acc_r, acc_g, acc_b, depth, cauchy):
+    """One sample into a forward render's sums: alpha from the density (clamped at 0)
+    over the step, colour with the +0.5 offset and ReLU, depth along the ray, the Cauchy
+    sparsity term; lanes that are not ``live`` change nothing."""
+    sigma = tl.maximum(sraw, 0.0)
+    e = tl.exp(-sigma * delta)
+    wgt = tl.where(live, trans * (1.0 - e), 0.0)
+    acc_r += wgt * tl.maximum(r + 0.5, 0.0)
+    acc_g += wgt * tl.maximum(g + 0.5, 0.0)
+    acc_b += wgt * tl.maximum(b + 0.5, 0.0)
+    depth += wgt * t * wps
+    cauchy += tl.where(live, tl.log(1.0 + 2.0 * sigma * sigma), 0.0)
+    return tl.where(live, trans * e, trans), acc_r, acc_g, acc_b, depth, cauchy
+
+
+@triton.jit
 def _axis(o, d, t, R):
     """Clamped position, cell (float) and in-cell fraction along one axis."""
     p = tl.minimum(tl.maximum(o + t * d, 0.0), R * 1.0)
@@ -151,20 +184,12 @@ def _basis_tile(basis_ptr, ray, rmask, ch, K: tl.constexpr):
 def _fwd_kernel(ray_ptr, basis_ptr, bg_ptr, links_ptr, dens_ptr, sh_ptr, occ_ptr, out_ptr,
                 n_rays, R, RC, step, stop_t, max_iter,
                 BS: tl.constexpr, K: tl.constexpr, CH: tl.constexpr, BLOCK: tl.constexpr):
-    ray = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    rmask = ray < n_rays
-    ox, oy, oz, dx, dy, dz, ts, te, wps = _load_ray(ray_ptr, ray, rmask)
+    ray, rmask, ox, oy, oz, dx, dy, dz, ts, te, wps = _block_rays(ray_ptr, n_rays, BLOCK)
     ch = tl.arange(0, CH)
     bt = _basis_tile(basis_ptr, ray, rmask, ch, K)
     n = R + 1
     delta = step * wps
-    trans = tl.full([BLOCK], 1.0, tl.float32)
-    acc_r = tl.zeros([BLOCK], dtype=tl.float32)
-    acc_g = tl.zeros([BLOCK], dtype=tl.float32)
-    acc_b = tl.zeros([BLOCK], dtype=tl.float32)
-    depth = tl.zeros([BLOCK], dtype=tl.float32)
-    cauchy = tl.zeros([BLOCK], dtype=tl.float32)
-    k = tl.zeros([BLOCK], dtype=tl.float32)
+    trans, acc_r, acc_g, acc_b, depth, cauchy, k = _accumulators(BLOCK)
     t = ts
     active = rmask & (t < te)
     it = 0
@@ -172,16 +197,9 @@ def _fwd_kernel(ray_ptr, basis_ptr, bg_ptr, links_ptr, dens_ptr, sh_ptr, occ_ptr
         cx, cy, cz, fx, fy, fz, go, inc = _step(ox, oy, oz, dx, dy, dz, t, active, occ_ptr, R, RC, step, BS)
         lk8, w8, sraw = _density(cx, cy, cz, fx, fy, fz, go, links_ptr, dens_ptr, n)
         live = go & (sraw > 0)
-        sigma = tl.maximum(sraw, 0.0)
         r, g, b = _colour_pre(lk8, w8, live, sh_ptr, bt, ch, K)
-        e = tl.exp(-sigma * delta)
-        wgt = tl.where(live, trans * (1.0 - e), 0.0)
-        acc_r += wgt * tl.maximum(r + 0.5, 0.0)
-        acc_g += wgt * tl.maximum(g + 0.5, 0.0)
-        acc_b += wgt * tl.maximum(b + 0.5, 0.0)
-        depth += wgt * t * wps
-        cauchy += tl.where(live, tl.log(1.0 + 2.0 * sigma * sigma), 0.0)
-        trans = tl.where(live, trans * e, trans)
+        trans, acc_r, acc_g, acc_b, depth, cauchy = _composite(sraw, live, r, g, b, t, wps, delta, trans,
+                                                               acc_r, acc_g, acc_b, depth, cauchy)
         k += tl.where(active, inc, 0.0)
         t = ts + k * step
         active = active & (t < te) & (trans >= stop_t)
@@ -193,9 +211,7 @@ def _fwd_kernel(ray_ptr, basis_ptr, bg_ptr, links_ptr, dens_ptr, sh_ptr, occ_ptr
 def _bwd_kernel(ray_ptr, basis_ptr, links_ptr, dens_ptr, sh_ptr, occ_ptr, out_ptr, grad_ptr,
                 dgrad_ptr, shgrad_ptr, n_rays, R, RC, step, stop_t, max_iter,
                 BS: tl.constexpr, K: tl.constexpr, CH: tl.constexpr, BLOCK: tl.constexpr):
-    ray = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    rmask = ray < n_rays
-    ox, oy, oz, dx, dy, dz, ts, te, wps = _load_ray(ray_ptr, ray, rmask)
+    ray, rmask, ox, oy, oz, dx, dy, dz, ts, te, wps = _block_rays(ray_ptr, n_rays, BLOCK)
     ch = tl.arange(0, CH)
     chm = ch < 3 * K
     bt = _basis_tile(basis_ptr, ray, rmask, ch, K)
@@ -250,9 +266,7 @@ def _bwd_kernel(ray_ptr, basis_ptr, links_ptr, dens_ptr, sh_ptr, occ_ptr, out_pt
 @triton.jit
 def _weights_kernel(ray_ptr, links_ptr, dens_ptr, occ_ptr, wmax_ptr, n_rays, R, RC, step, stop_t, max_iter,
                     BS: tl.constexpr, BLOCK: tl.constexpr):
-    ray = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    rmask = ray < n_rays
-    ox, oy, oz, dx, dy, dz, ts, te, wps = _load_ray(ray_ptr, ray, rmask)
+    ray, rmask, ox, oy, oz, dx, dy, dz, ts, te, wps = _block_rays(ray_ptr, n_rays, BLOCK)
     n = R + 1
     delta = step * wps
     trans = tl.full([BLOCK], 1.0, tl.float32)
@@ -338,19 +352,11 @@ def _frame_kernel(ray_ptr, basis_ptr, bg_ptr, links_ptr, dens_ptr, sh_ptr, occ_p
     sits in such a cell, and the colour gather only when a density is positive. A lane
     stops after max_iter lattice moves of its own (_fwd_kernel's cap counts the program's
     moves; neither is ever reached)."""
-    ray = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    rmask = ray < n_rays
-    ox, oy, oz, dx, dy, dz, ts, te, wps = _load_ray(ray_ptr, ray, rmask)
+    ray, rmask, ox, oy, oz, dx, dy, dz, ts, te, wps = _block_rays(ray_ptr, n_rays, BLOCK)
     n = R + 1
     nn = n * n
     delta = step * wps
-    trans = tl.full([BLOCK], 1.0, tl.float32)
-    acc_r = tl.zeros([BLOCK], dtype=tl.float32)
-    acc_g = tl.zeros([BLOCK], dtype=tl.float32)
-    acc_b = tl.zeros([BLOCK], dtype=tl.float32)
-    depth = tl.zeros([BLOCK], dtype=tl.float32)
-    cauchy = tl.zeros([BLOCK], dtype=tl.float32)
-    k = tl.zeros([BLOCK], dtype=tl.float32)
+    trans, acc_r, acc_g, acc_b, depth, cauchy, k = _accumulators(BLOCK)
     moves = tl.zeros([BLOCK], dtype=tl.int32)
     t = ts
     active = rmask & (t < te)
@@ -401,15 +407,8 @@ def _frame_kernel(ray_ptr, basis_ptr, bg_ptr, links_ptr, dens_ptr, sh_ptr, occ_p
                 r += cr * bj
                 g += cg * bj
                 b += cb * bj
-            sigma = tl.maximum(sraw, 0.0)
-            e = tl.exp(-sigma * delta)
-            wgt = tl.where(live, trans * (1.0 - e), 0.0)
-            acc_r += wgt * tl.maximum(r + 0.5, 0.0)
-            acc_g += wgt * tl.maximum(g + 0.5, 0.0)
-            acc_b += wgt * tl.maximum(b + 0.5, 0.0)
-            depth += wgt * t * wps
-            cauchy += tl.where(live, tl.log(1.0 + 2.0 * sigma * sigma), 0.0)
-            trans = tl.where(live, trans * e, trans)
+            trans, acc_r, acc_g, acc_b, depth, cauchy = _composite(sraw, live, r, g, b, t, wps, delta, trans,
+                                                                   acc_r, acc_g, acc_b, depth, cauchy)
         k += tl.where(active, 1.0, 0.0)
         moves += active.to(tl.int32)
         t = ts + k * step
@@ -446,20 +445,27 @@ def _grid_args(grid: dict) -> tuple:
     return (grid["links"], grid["density"], grid["sh"], grid["occ"])
 
 
-def render_forward(grid: dict, packed: torch.Tensor, basis: torch.Tensor, background: torch.Tensor,
-                   step: float, stop_t: float) -> torch.Tensor:
-    """(R, 6): r, g, b (background included), depth (world), acc, cauchy."""
+def _render(kernel, grid: dict, packed: torch.Tensor, basis: torch.Tensor, background: torch.Tensor,
+            step: float, stop_t: float, extra: tuple, block: int, **meta) -> torch.Tensor:
+    """Launch a forward-render kernel (R, 6 out) over the packed rays, BLOCK rays a program;
+    ``extra`` pointers go between the grid's and the output's."""
     n_rays = packed.shape[0]
     out = torch.empty(n_rays, 6, device=packed.device, dtype=torch.float32)
     if n_rays == 0:
         return out
     links, dens, sh, occ = _grid_args(grid)
-    k = basis.shape[1]
-    _fwd_kernel[(triton.cdiv(n_rays, BLOCK),)](
-        packed, basis.float().contiguous(), background.float().contiguous(), links, dens, sh, occ, out,
-        n_rays, grid["res"], occ.shape[0], float(step), float(stop_t), _max_iter(grid["res"], step),
-        BS=grid["block"], K=k, CH=triton.next_power_of_2(3 * k), BLOCK=BLOCK, num_warps=NUM_WARPS)
+    kernel[(triton.cdiv(n_rays, block),)](
+        packed, basis.float().contiguous(), background.float().contiguous(), links, dens, sh, occ, *extra,
+        out, n_rays, grid["res"], occ.shape[0], float(step), float(stop_t), _max_iter(grid["res"], step),
+        BS=grid["block"], K=basis.shape[1], BLOCK=block, **meta)
     return out
+
+
+def render_forward(grid: dict, packed: torch.Tensor, basis: torch.Tensor, background: torch.Tensor,
+                   step: float, stop_t: float) -> torch.Tensor:
+    """(R, 6): r, g, b (background included), depth (world), acc, cauchy."""
+    return _render(_fwd_kernel, grid, packed, basis, background, step, stop_t, (), BLOCK,
+                   CH=triton.next_power_of_2(3 * basis.shape[1]), num_warps=NUM_WARPS)
 
 
 def render_frame(grid: dict, packed: torch.Tensor, basis: torch.Tensor, background: torch.Tensor,
@@ -467,18 +473,8 @@ def render_frame(grid: dict, packed: torch.Tensor, basis: torch.Tensor, backgrou
     """render_forward's output without gradients, through _frame_kernel. grid additionally
     holds "bits" (pack_bits of voxel_grid.positive_cells), and its "occ" / "block" are the
     coarse blocks of those cells (models.plenoxels builds and caches them per frame grid)."""
-    n_rays = packed.shape[0]
-    out = torch.empty(n_rays, 6, device=packed.device, dtype=torch.float32)
-    if n_rays == 0:
-        return out
-    links, dens, sh, occ = _grid_args(grid)
-    k = basis.shape[1]
-    _frame_kernel[(triton.cdiv(n_rays, FRAME_BLOCK),)](
-        packed, basis.float().contiguous(), background.float().contiguous(), links, dens, sh, occ, grid["bits"],
-        out, n_rays, grid["res"], occ.shape[0], float(step), float(stop_t), _max_iter(grid["res"], step),
-        BS=grid["block"], K=k, BLOCK=FRAME_BLOCK, num_warps=FRAME_WARPS,
-        **({"maxnreg": FRAME_MAXNREG} if FRAME_MAXNREG else {}))
-    return out
+    return _render(_frame_kernel, grid, packed, basis, background, step, stop_t, (grid["bits"],), FRAME_BLOCK,
+                   num_warps=FRAME_WARPS, **({"maxnreg": FRAME_MAXNREG} if FRAME_MAXNREG else {}))
 
 
 def render_backward(grid: dict, packed: torch.Tensor, basis: torch.Tensor, out: torch.Tensor,
