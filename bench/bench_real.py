@@ -137,15 +137,17 @@ def run_variant(scene_name: str, scene, var_name: str, keys: dict, args, device:
         if cuda:
             peak = torch.cuda.max_memory_allocated() / 2 ** 30
         t0 = time.perf_counter()
-        whole = trainer.evaluate("test", max_images=args.eval_views, ssim=False)["mean"]["psnr"]
+        ev = trainer.evaluate("test", max_images=args.eval_views, ssim=False)
+        whole = ev["mean"]["psnr"]
         app = evaluate_appearance(trainer, "test", max_images=args.eval_views, steps=args.fit_steps)["mean"]
         train_psnr = float(np.mean(recent)) if recent else float("nan")
         res[str(b)] = {"mean": whole, "mean_right": app["psnr_mean_right"], "fit_right": app["psnr_fitted_right"],
-                       "train": train_psnr}
+                       "train": train_psnr, "views": {r["name"]: r["psnr"] for r in ev["images"]}}
         log(f"  {scene_name}/{var_name}: {b:g} s, {steps} steps -> held-out PSNR {whole:.2f} (mean emb.), "
             f"right half {app['psnr_mean_right']:.2f} (mean) / {app['psnr_fitted_right']:.2f} (fitted), "
             f"training PSNR {train_psnr:.2f} (last {len(recent)} steps) "
             f"(eval {time.perf_counter() - t0:.1f} s)")
+        log("    per view: " + ", ".join(f"{os.path.basename(r['name'])} {r['psnr']:.2f}" for r in ev["images"]))
     pose = trainer.model.pose_delta.detach()
     row = {"scene": scene_name, "variant": var_name, "keys": keys, "train_s": train_time, "steps": steps,
            "steps_per_s": steps / max(train_time, 1e-9), "rays_per_s": rays / max(train_time, 1e-9),
