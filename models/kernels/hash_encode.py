@@ -52,6 +52,23 @@ def _corner(ix, iy, iz, fx, fy, fz, V, dense, mask_t, c: tl.constexpr):
 
 
 @triton.jit
+def _corner_dw(fx, fy, fz, c: tl.constexpr):
+    """The derivative of corner c's trilinear weight by (fx, fy, fz). A function of its
+    own, as _corner: a constexpr set inside a static_range loop body cannot be set again
+    on the next pass (Triton's compiler refuses; its interpreter does not)."""
+    bx: tl.constexpr = c & 1
+    by: tl.constexpr = (c >> 1) & 1
+    bz: tl.constexpr = (c >> 2) & 1
+    wx = fx if bx else 1.0 - fx
+    wy = fy if by else 1.0 - fy
+    wz = fz if bz else 1.0 - fz
+    sx = 1.0 if bx else -1.0
+    sy = 1.0 if by else -1.0
+    sz = 1.0 if bz else -1.0
+    return sx * wy * wz, sy * wx * wz, sz * wx * wy
+
+
+@triton.jit
 def _block(x_ptr, res_ptr, off_ptr, dense_ptr, N, F: tl.constexpr, BLOCK: tl.constexpr):
     """What every kernel here starts with: this program's BLOCK rows (program 0 axis),
     their mask and points; the level (program 1 axis), its resolution, table offset,
@@ -119,22 +136,14 @@ def _hash_bwd_points(x_ptr, gout_ptr, table_ptr, gx_ptr, res_ptr, off_ptr, dense
     gy = tl.zeros((BLOCK,), dtype=tl.float32)
     gz = tl.zeros((BLOCK,), dtype=tl.float32)
     for c in tl.static_range(8):
-        bx: tl.constexpr = c & 1
-        by: tl.constexpr = (c >> 1) & 1
-        bz: tl.constexpr = (c >> 2) & 1
         idx, _w = _corner(ix, iy, iz, fx, fy, fz, V, dense, mask_t, c)
         vals = tl.load(table_ptr + (off + idx.to(tl.int64))[:, None] * F + f[None, :], mask=m[:, None],
                        other=0.0).to(tl.float32)
         d = tl.sum(vals * go, 1)  # grad . feature of this corner
-        wx = fx if bx else 1.0 - fx
-        wy = fy if by else 1.0 - fy
-        wz = fz if bz else 1.0 - fz
-        sx = 1.0 if bx else -1.0
-        sy = 1.0 if by else -1.0
-        sz = 1.0 if bz else -1.0
-        gx += d * (sx * wy * wz)
-        gy += d * (sy * wx * wz)
-        gz += d * (sz * wx * wy)
+        dx, dy, dz = _corner_dw(fx, fy, fz, c)
+        gx += d * dx
+        gy += d * dy
+        gz += d * dz
     resf = res.to(tl.float32)
     gx = tl.where((x >= 0.0) & (x <= 1.0), gx * resf, 0.0)
     gy = tl.where((y >= 0.0) & (y <= 1.0), gy * resf, 0.0)
