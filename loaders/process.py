@@ -7,6 +7,8 @@ Stages, each with its own progress bar and time in the report:
     features   SIFT (loaders.sfm)
     matching   exhaustive or sequential, geometrically verified
     mapping    incremental reconstruction (the largest model is kept)
+    loop closure   after sequential matching: the pairs the model says overlap but that
+               it has not linked are matched, and the model rebuilt when any verify
     bundle adjustment
     writing    transforms.json, sparse points PLY, sparse/0, images_2 / images_4, report.json
 
@@ -30,7 +32,9 @@ from loaders.frames import IMAGE_EXT, JPEG_QUALITY, check_images, list_images, v
 from loaders.images import resize_area
 from loaders.scene import DataError
 from loaders.sfm import (SfmOptions, bundle_adjust, choose_matcher, expected_pairs, extract_features,
-                         incremental_mapping, match_features, set_logging, sparse_points, timed, transforms_dict)
+                         incremental_mapping, loop_pairs, match_features, match_pairs, overlap_scores,
+                         pair_chunks, reconstruction_overlap, set_logging, sparse_points, timed,
+                         transforms_dict, verified_pairs)
 
 MIN_REGISTERED = 0.5
 DOWNSCALES = (2, 4)
@@ -204,6 +208,29 @@ def _stage(seconds: dict, name: str, bar, desc: str, total, unit: str):
         b.close()
 
 
+def _close_loops(db, images, root, names, rec, others, matched, opts, bar, seconds):
+    """Match the loop-closure pairs that the first model proposes (sfm.loop_pairs) and,
+    when any of them verify, rebuild the model from all the matches; the rebuilt model is
+    kept unless it registers fewer images. Returns (model, others, a report dict)."""
+    pairs = loop_pairs(*overlap_scores(*reconstruction_overlap(rec, names)), matched, opts.loop_per_image)
+    loop = {"candidates": len(pairs), "verified": 0, "rebuilt": False}
+    if not pairs:
+        return rec, others, loop
+    before = verified_pairs(db)
+    with _stage(seconds, "loop closure", bar, "matching (loop closure)", len(pairs), "pair") as b:
+        match_pairs(db, names, [pairs[k:k + 64] for k in range(0, len(pairs), 64)], root, b)
+    loop["verified"] = verified_pairs(db) - before
+    if loop["verified"] == 0:
+        return rec, others, loop
+    scratch = os.path.join(root, "mapping_loops")
+    os.makedirs(scratch)
+    with _stage(seconds, "mapping", bar, "mapping (loops closed)", len(names), "image") as b:
+        rec2, others2 = incremental_mapping(db, images, scratch, len(names), opts, b)
+    if rec2 is not None and rec2.num_reg_images() >= rec.num_reg_images():
+        rec, others, loop["rebuilt"] = rec2, others2, True
+    return rec, others, loop
+
+
 def _build(src: str, root: str, opts: ProcessOptions, bar) -> dict:
     import pycolmap
 
@@ -222,6 +249,10 @@ def _build(src: str, root: str, opts: ProcessOptions, bar) -> dict:
     os.makedirs(scratch)
     with _stage(seconds, "mapping", bar, "mapping", len(names), "image") as b:
         rec, others = incremental_mapping(db, images, scratch, len(names), opts, b)
+    loop = {"candidates": 0, "verified": 0, "rebuilt": False}
+    if matcher == "sequential" and opts.loop_closure and rec is not None:
+        matched = {p for chunk in pair_chunks(len(names), matcher, opts.overlap, quadratic) for p in chunk}
+        rec, others, loop = _close_loops(db, images, root, names, rec, others, matched, opts, bar, seconds)
     registered = rec.num_reg_images() if rec is not None else 0
     if registered < MIN_REGISTERED * len(names):
         raise DataError(src, advice(registered, len(names), video, matcher))
@@ -241,7 +272,8 @@ def _build(src: str, root: str, opts: ProcessOptions, bar) -> dict:
             json.dump(transforms_dict(rec, "images", PLY_NAME), f, indent=2)
         _downscaled_copies(root, names, bar)
         os.remove(db)
-        shutil.rmtree(scratch)
+        for d in ("mapping", "mapping_loops"):
+            shutil.rmtree(os.path.join(root, d), ignore_errors=True)
     cam = rec.cameras[next(iter(rec.cameras))]
     report = {
         "input": os.path.abspath(src), "video": video, "given": len(names), "registered": registered,
@@ -251,7 +283,7 @@ def _build(src: str, root: str, opts: ProcessOptions, bar) -> dict:
         f"sequential ({'quadratic ' if quadratic else ''}overlap {opts.overlap})",
         "camera": {"model": cam.model.name, "params": [float(v) for v in cam.params], "width": int(cam.width),
                    "height": int(cam.height)},
-        "view_jumps": ordered_jumps(rec, names), "options": asdict(opts), "seconds": seconds,
+        "loop_closure": loop, "view_jumps": ordered_jumps(rec, names), "options": asdict(opts), "seconds": seconds,
         "total_seconds": round(sum(seconds.values()), 2), "pycolmap": pycolmap.__version__}
     with open(os.path.join(root, "report.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)

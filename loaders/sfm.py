@@ -2,6 +2,13 @@
 without a COLMAP binary): SIFT features, matching, incremental mapping, bundle
 adjustment, and the result as a nerfstudio / instant-ngp transforms.json.
 
+Sequential matching links each image only to the next few, so a capture that comes back
+to where it began (a walk around a room or an object) is reconstructed as an open chain
+whose two ends drift apart by pixels. COLMAP closes such loops with a vocabulary tree,
+which needs a downloaded file; here a first reconstruction proposes the pairs instead
+(``loop_pairs``: images that see the same sparse points by its poses but share almost
+none of them), those are matched, and the model is rebuilt when any of them verify.
+
 Each pycolmap call runs on a worker thread (pycolmap releases the GIL) while the calling
 thread waits, reports progress and turns Ctrl-C into a cancellation of the running call
 (``run_cancellable``). Features and matches are computed in chunks so that the progress
@@ -39,6 +46,10 @@ class SfmOptions:
     # (docs/captures.md). None: that choice; True / False force it.
     quadratic: bool | None = None
     max_features: int = 8192
+    # Sequential matching: match the pairs a first reconstruction says overlap but are not
+    # linked (loop_pairs, up to loop_per_image per image) and rebuild when any verify.
+    loop_closure: bool = True
+    loop_per_image: int = 4
     seed: int = 0
     verbose: bool = False  # COLMAP's own log on stderr
 
@@ -167,13 +178,18 @@ def match_features(db_path: str, names: list[str], matcher: str, opts: SfmOption
                    quadratic: bool = True) -> None:
     """Match and geometrically verify image pairs (exhaustive, or sequential_pairs),
     chunk by chunk (pair_chunks)."""
+    match_pairs(db_path, names, pair_chunks(len(names), matcher, opts.overlap, quadratic), work_dir, bar)
+
+
+def match_pairs(db_path: str, names: list[str], chunks: list[list[tuple[int, int]]], work_dir: str, bar) -> None:
+    """Match and geometrically verify the given index pairs, one pycolmap call per chunk."""
     import pycolmap
 
     mopt = pycolmap.FeatureMatchingOptions()
     mopt.use_gpu = False
     pairing = pycolmap.ImportedPairingOptions()
     pairing.match_list_path = os.path.join(work_dir, "pairs.txt")
-    for chunk in pair_chunks(len(names), matcher, opts.overlap, quadratic):
+    for chunk in chunks:
         with open(pairing.match_list_path, "w", encoding="utf-8") as f:
             f.writelines(f"{names[i]} {names[j]}\n" for i, j in chunk)
         run_cancellable(lambda tok: pycolmap.match_image_pairs(
@@ -181,6 +197,100 @@ def match_features(db_path: str, names: list[str], matcher: str, opts: SfmOption
             cancellation_token=tok))
         bar.update(len(chunk))
     os.remove(pairing.match_list_path)
+
+
+def verified_pairs(db_path: str) -> int:
+    """How many image pairs of the database passed geometric verification."""
+    import pycolmap
+
+    db = pycolmap.Database.open(db_path)
+    try:
+        return int(db.num_verified_image_pairs())
+    finally:
+        db.close()
+
+
+def overlap_scores(cam_from_world: np.ndarray, intrinsics: tuple, observed: list[np.ndarray],
+                   xyz: np.ndarray, sample: int = 200, max_angle_deg: float = 60.0, seed: int = 0):
+    """(predicted, shared), both (N, N): of a sample of the sparse points that image i
+    observes, the fraction that image j should see by the poses (in front of it, inside
+    its frame by the pinhole intrinsics (fx, fy, cx, cy, w, h), and seen from directions
+    at most ``max_angle_deg`` apart, beyond which SIFT rarely matches) and the fraction
+    that j does observe. cam_from_world (N, 3, 4); observed[i]: indices into xyz (M, 3).
+    Images without observations (not registered) score zero."""
+    fx, fy, cx, cy, w, h = intrinsics
+    n = len(cam_from_world)
+    R, t = cam_from_world[:, :, :3], cam_from_world[:, :, 3]
+    centres = -np.einsum("nji,nj->ni", R, t)
+    # Which images observe each point: a point -> images table as sorted (point, image) rows.
+    rows = np.concatenate([np.full(len(o), i) for i, o in enumerate(observed)] + [np.zeros(0, int)])
+    pts = np.concatenate(list(observed) + [np.zeros(0, int)]).astype(np.int64)
+    order = np.argsort(pts, kind="stable")
+    pts, rows = pts[order], rows[order]
+    rng = np.random.default_rng(seed)
+    predicted, shared = np.zeros((n, n)), np.zeros((n, n))
+    cos_max = np.cos(np.radians(max_angle_deg))
+    for i, obs in enumerate(observed):
+        if len(obs) == 0:
+            continue
+        ids = np.unique(obs)
+        ids = rng.choice(ids, sample, replace=False) if len(ids) > sample else ids
+        p = xyz[ids]  # (s, 3)
+        xc = np.einsum("nij,sj->nsi", R, p) + t[:, None, :]  # (N, s, 3)
+        z = xc[..., 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u, v = fx * xc[..., 0] / z + cx, fy * xc[..., 1] / z + cy
+        ray_i = p - centres[i]
+        ray_j = p[None] - centres[:, None]
+        cos = (ray_j * ray_i).sum(-1) / (np.linalg.norm(ray_j, axis=-1) * np.linalg.norm(ray_i, axis=-1) + 1e-12)
+        seen = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h) & (cos >= cos_max)
+        predicted[i] = seen.mean(1)
+        lo, hi = np.searchsorted(pts, ids, "left"), np.searchsorted(pts, ids, "right")
+        holders = np.concatenate([rows[a:b] for a, b in zip(lo, hi)])
+        shared[i] = np.bincount(holders, minlength=n)[:n] / len(ids)
+    return predicted, shared
+
+
+def loop_pairs(predicted: np.ndarray, shared: np.ndarray, matched: set[tuple[int, int]], per_image: int,
+               min_overlap: float = 0.25) -> list[tuple[int, int]]:
+    """Loop-closure candidates (i < j), at most ``per_image`` from each image, the most
+    overlapping first: pairs that should see at least ``min_overlap`` of each other's
+    sampled points (both ways), were not matched already, and are not within two steps
+    of each other in the model's co-visibility graph (images linked when they share a
+    point). Two images that share nothing but see the same things, and that the model
+    links only through a long chain of others, are where a sequence has come back to
+    where it was; neighbours along the chain are linked already."""
+    n = len(predicted)
+    both = np.minimum(predicted, predicted.T)
+    linked = (np.maximum(shared, shared.T) > 0).astype(np.float32)
+    near = (linked + linked @ linked + np.eye(n, dtype=np.float32)) > 0
+    ok = (both >= min_overlap) & ~near
+    out: set[tuple[int, int]] = set()
+    for i in range(n):
+        cands = [int(j) for j in np.argsort(-both[i], kind="stable") if ok[i, j]
+                 and (min(i, j), max(i, j)) not in matched]
+        out.update((min(i, j), max(i, j)) for j in cands[:per_image])
+    return sorted(out)
+
+
+def reconstruction_overlap(rec, names: list[str]):
+    """overlap_scores' inputs from a pycolmap reconstruction, images in ``names`` order."""
+    cam = rec.cameras[next(iter(rec.cameras))]
+    fx, fy, cx, cy = cam.focal_length_x, cam.focal_length_y, cam.principal_point_x, cam.principal_point_y
+    by_name = {rec.images[i].name: rec.images[i] for i in rec.reg_image_ids()}
+    point_ids = sorted(rec.points3D)
+    index = {pid: k for k, pid in enumerate(point_ids)}
+    xyz = np.array([rec.points3D[pid].xyz for pid in point_ids], np.float64).reshape(-1, 3)
+    poses, observed = np.zeros((len(names), 3, 4)), []
+    for k, name in enumerate(names):
+        im = by_name.get(name)
+        if im is None:
+            poses[k, :, :3] = np.eye(3)
+            observed.append(np.zeros(0, np.int64))
+            continue
+        poses[k] = np.asarray(im.cam_from_world().matrix())
+        observed.append(np.array([index[p.point3D_id] for p in im.points2D if p.has_point3D()], np.int64))
+    return poses, (fx, fy, cx, cy, cam.width, cam.height), observed, xyz
 
 
 def incremental_mapping(db_path: str, image_dir: str, out_dir: str, n_images: int, opts: SfmOptions, bar):

@@ -22,6 +22,10 @@ def configure(p) -> None:
                    help="sequential matching: the neighbours are the images 1, 2, 4, ... 2^(overlap-1) "
                         "further on (COLMAP's default), not the next `overlap` ones (default: quadratic "
                         "for photos, the plain window for a video's frames)")
+    p.add_argument("--loop-closure", action=argparse.BooleanOptionalAction, default=True,
+                   help="sequential matching: match the image pairs the first model says overlap but "
+                        "has not linked (a capture that comes back to its start), and rebuild the model "
+                        "when any verify")
     p.add_argument("--camera-model", default="OPENCV", choices=CAMERA_MODELS,
                    help="COLMAP model of the one camera all images share")
     p.add_argument("--max-features", type=int, default=8192, help="SIFT features per image")
@@ -38,6 +42,10 @@ def print_report(r: dict) -> None:
               f"({', '.join(' -> '.join(j) for j in jumps[:3])}{' ...' if len(jumps) > 3 else ''}). If the images "
               "were taken in this order, those cameras were placed wrongly (repetitive or symmetric texture "
               "matched far-apart views); try --matcher sequential --no-quadratic")
+    loop = r.get("loop_closure") or {}
+    if loop.get("candidates"):
+        print(f"loop closure: {loop['verified']} of {loop['candidates']} proposed pair(s) verified"
+              + ("; the model was rebuilt with them" if loop["rebuilt"] else ""))
     if r["other_models_dropped"]:
         print(f"note: {r['other_models_dropped']} smaller disconnected model(s) were dropped")
     print(f"{'stage':<20} {'seconds':>8}")
@@ -58,7 +66,7 @@ def run(args) -> int:
     if not 100 <= args.max_features <= 65536:
         raise UserError(f"--max-features must be between 100 and 65536, got {args.max_features}")
     opts = ProcessOptions(matcher=args.matcher, camera_model=args.camera_model, overlap=args.overlap,
-                          quadratic=args.quadratic,
+                          quadratic=args.quadratic, loop_closure=args.loop_closure,
                           max_features=args.max_features, verbose=args.verbose, frames=args.frames)
     bar = lambda desc, total, unit: tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)  # noqa: E731
     report = process_capture(args.input, args.out, opts, bar=bar)
