@@ -148,7 +148,7 @@ def run_variant(scene_name: str, scene, var_name: str, keys: dict, args, device:
             f"training PSNR {train_psnr:.2f} (last {len(recent)} steps) "
             f"(eval {time.perf_counter() - t0:.1f} s)")
         log("    per view: " + ", ".join(f"{os.path.basename(r['name'])} {r['psnr']:.2f}" for r in ev["images"]))
-    pose = trainer.model.pose_delta.detach()
+    pose = trainer.model.applied_deltas().detach()
     row = {"scene": scene_name, "variant": var_name, "keys": keys, "train_s": train_time, "steps": steps,
            "steps_per_s": steps / max(train_time, 1e-9), "rays_per_s": rays / max(train_time, 1e-9),
            "batch_rays": trainer.batch_rays, "field_samples_per_step": fs, "proposal_samples_per_step": ps,

@@ -201,11 +201,12 @@ def test_appearance_embedding_changes_colour_and_renders_use_the_mean():
 
 def test_refine_rays_is_the_corrected_camera():
     """refine_rays == the rays of [exp(w) R | o + t / scale] (rotation about the camera
-    centre, shift in the normalised frame); zero deltas leave the rays as they are."""
+    centre, shift in the normalised frame); zero deltas leave the rays as they are. (The
+    deltas as given: pose_fix_frame off; the next test covers what it removes.)"""
     from renderer.lie import so3_exp
     from renderer.rays import get_rays, intrinsics
 
-    m = build_model("nerfacto", **TINY)
+    m = build_model("nerfacto", **TINY, pose_fix_frame=False)
     poses = orbit_poses(3).astype(np.float32)
     m.bind_scene(poses, 2.0, 6.0, False)
     K = intrinsics(6, 5, 7.0)
@@ -231,6 +232,44 @@ def test_refine_rays_is_the_corrected_camera():
     assert d4.dtype == torch.float32
     torch.testing.assert_close(d4.double(), d3.reshape(-1, 3).double(), atol=1e-5, rtol=0)
     torch.testing.assert_close(o4.double(), o3.reshape(-1, 3).double(), atol=1e-5, rtol=0)
+
+
+def test_frame_fixed_deltas_remove_a_motion_of_the_whole_scene_and_nothing_else():
+    """frame_fixed_deltas, in float64: a small rotation, shift and scaling of all cameras
+    together (about any pivot) maps to zero; the map is a projection whose null space is
+    exactly those 7 motions; a delta of one camera out of many is kept almost whole."""
+    from models.nerfacto import frame_fixed_deltas
+
+    g = torch.Generator().manual_seed(0)
+    n = 12
+    centres = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    q = centres - centres.mean(0)
+    w, t, s, pivot = (torch.randn(3, generator=g, dtype=torch.float64) * 1e-2,
+                      torch.randn(3, generator=g, dtype=torch.float64) * 1e-2, 0.02,
+                      torch.randn(3, generator=g, dtype=torch.float64))
+    rel = centres - pivot
+    whole = torch.cat([w.expand(n, 3), torch.cross(w.expand(n, 3), rel, dim=-1) + t + s * rel], -1)
+    assert frame_fixed_deltas(whole, q).abs().max() < 1e-15
+    # The linear map's matrix: a projection of rank 6n - 7.
+    eye = torch.eye(6 * n, dtype=torch.float64)
+    P = torch.stack([frame_fixed_deltas(e.reshape(n, 6), q).reshape(-1) for e in eye], 1)
+    torch.testing.assert_close(P @ P, P, atol=1e-12, rtol=0)
+    assert torch.linalg.matrix_rank(P) == 6 * n - 7
+    one = torch.zeros(n, 6, dtype=torch.float64)
+    one[3] = torch.tensor([0.02, -0.01, 0.03, 0.01, 0.02, -0.01], dtype=torch.float64)
+    kept = frame_fixed_deltas(one, q)
+    assert (kept[3] - one[3]).norm() < 0.35 * one[3].norm()
+    # The field applies them: refine_rays of the whole-scene motion leaves the rays alone.
+    m = build_model("nerfacto", **TINY)
+    c2w = np.tile(np.eye(4), (n, 1, 1))
+    c2w[:, :3, 3] = centres.numpy()
+    m.bind_scene(c2w.astype(np.float32), 2.0, 6.0, False)
+    with torch.no_grad():
+        m.pose_delta.copy_(whole.float() * float(m.scale) ** torch.tensor([0.0] * 3 + [1.0] * 3))
+    o, d = torch.randn(n, 3), torch.randn(n, 3)
+    o2, d2 = m.refine_rays(o, d, torch.arange(n))
+    torch.testing.assert_close(o2, o, atol=1e-6, rtol=0)
+    torch.testing.assert_close(d2, d, atol=1e-6, rtol=0)
 
 
 def _blob_field():
@@ -286,7 +325,9 @@ def test_camera_refinement_recovers_known_perturbations_on_the_embedded_scene():
         shift = rng.normal(size=3)
         p[:3, :3] = so3_exp(torch.tensor(axis / np.linalg.norm(axis) * math.radians(3.0))).numpy() @ p[:3, :3]
         p[:3, 3] += shift / np.linalg.norm(shift) * 0.05
-    m = build_model("nerfacto", **TINY)
+    # The field here is fixed, so it fixes the frame: the deltas are fitted as they are
+    # (training, where field and cameras move together, removes their common motion).
+    m = build_model("nerfacto", **TINY, pose_fix_frame=False)
     m.bind_scene(pert.astype(np.float32), 2.0, 6.0, False)
     cams = Cameras.pinhole(3, size, size, focal)
     batch = RaySampler(targets, torch.from_numpy(pert).float(), cams).sample(900, torch.Generator().manual_seed(0))
