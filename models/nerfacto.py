@@ -33,16 +33,19 @@ from photo to photo, and poses that are a little off. This field answers each:
 - Per-photo appearance: a learned embedding per training image (``appearance_dim``
   numbers, zero at the start) feeds the colour head; renders and the viewer use the mean
   embedding (the training images' average look).
-- Camera refinement: a per-image SO(3) x R^3 delta (rotation about the camera centre
-  and a shift, in the normalised frame) with its own learning rate ``pose_lr``, applied
-  to the training rays (``refine_rays``), with nerfstudio's small penalty on the
-  deltas' sizes. The cameras and the field can move together without changing a
-  training view (a gauge freedom: any small rotation, shift or scaling of the whole
-  scene); held-out views, renders along the capture's own cameras and exported meshes
-  live in the capture's frame, so the deltas that are applied have that common motion
-  removed (``frame_fixed_deltas``; ``pose_fix_frame``). Without it, on bonsai, the
-  training cameras turned together by up to 0.8 degrees and held-out views fell by
-  8 dB (docs/real_scenes.md).
+- Camera refinement (``refine_poses``, off by default): a per-image SO(3) x R^3 delta
+  (rotation about the camera centre and a shift, in the normalised frame) with its own
+  learning rate ``pose_lr``, applied to the training rays (``refine_rays``), with
+  nerfstudio's small penalty on the deltas' sizes. The cameras and the field can move
+  together without changing a training view (a gauge freedom: a small rotation, shift or
+  scaling of the whole scene), while held-out views, renders along the capture's own
+  cameras and exported meshes live in the capture's frame, so the applied deltas have
+  that common motion removed (``frame_fixed_deltas``; ``pose_fix_frame``). Off by
+  default because it did not pay on the GPU: with structure-from-motion poses good to a
+  third of a pixel, the deltas grew into a smooth warp of the whole set of cameras (up to
+  0.7 degrees, neighbours within 0.03 degrees of each other) that the field followed, so
+  training views fitted as well as without it and held-out views, at their own poses,
+  lost 1.5 to 8 dB (docs/real_scenes.md).
 
 Every tensor here has a fixed shape (R rays x n intervals): no host sync in the step.
 
@@ -111,7 +114,7 @@ class NerfactoField(Field):
         proposal_levels=5, proposal_log2_hashmap_size=17, proposal_max_res=[128, 256], proposal_hidden=16,
         n_proposal=[256, 96], n_samples=48, render_proposal=None, render_samples=None,
         proposal_update_every=5, proposal_warmup=5000, anneal_steps=1000, interlevel_weight=1.0,
-        distortion_weight=0.0, contraction="inf", near=0.05, far=1000.0, refine_poses=True,
+        distortion_weight=0.0, contraction="inf", near=0.05, far=1000.0, refine_poses=False,
         pose_lr=1e-3, pose_lr_final=1e-4, pose_decay_steps=5000,
         pose_penalty_trans=1e-2, pose_penalty_rot=1e-3, pose_fix_frame=True, seed=0)
     # A CPU cannot afford the full grid and sample counts (the torch hash encoding costs

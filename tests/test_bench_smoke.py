@@ -61,7 +61,7 @@ def test_bench_real_runs_nerfacto_variants_and_writes_json(tmp_path, capsys):
                 n_proposal=[8, 6], n_samples=4)
     out, pngs = tmp_path / "r.json", tmp_path / "png"
     rc = bench_real.main(["--scene", "toy=assets/scene", "--downscale", "4", "--budgets", "0.3",
-                          "--variant", "on={}", "--variant", 'off={"refine_poses": false}',
+                          "--variant", 'on={"refine_poses": true}', "--variant", "off={}",
                           "--options", json.dumps(tiny), "--batch", "32", "--eval-views", "1",
                           "--fit-steps", "2", "--warmup-steps", "1", "--render-size", "8",
                           "--render-repeats", "1", "--device", "cpu", "--json", str(out),
@@ -71,7 +71,7 @@ def test_bench_real_runs_nerfacto_variants_and_writes_json(tmp_path, capsys):
     assert "| toy | on |" in printed and "| toy | off |" in printed and "fitted on the left half" in printed
     rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
     on, off = rows["on"], rows["off"]
-    assert off["keys"]["refine_poses"] is False and "refine_poses" not in on["keys"]
+    assert on["keys"]["refine_poses"] is True and "refine_poses" not in off["keys"]
     assert on["batch_rays"] == 32 and on["field_samples_per_step"] == 32 * 4
     assert on["proposal_samples_per_step"] == 32 * 14
     for r in (on, off):

@@ -91,7 +91,7 @@ def test_bind_scene_sizes_per_image_parameters_and_keeps_a_bound_field():
 
 def test_render_rays_shapes_and_which_loss_trains_what():
     torch.manual_seed(0)
-    m = build_model("nerfacto", **TINY, distortion_weight=0.002)
+    m = build_model("nerfacto", **TINY, distortion_weight=0.002, refine_poses=True)
     m.bind_scene(orbit_poses(4).astype(np.float32), 2.0, 6.0, False)
     o, d = _rays(32, seed=1)
     image = torch.arange(32) % 4
@@ -206,7 +206,7 @@ def test_refine_rays_is_the_corrected_camera():
     from renderer.lie import so3_exp
     from renderer.rays import get_rays, intrinsics
 
-    m = build_model("nerfacto", **TINY, pose_fix_frame=False)
+    m = build_model("nerfacto", **TINY, refine_poses=True, pose_fix_frame=False)
     poses = orbit_poses(3).astype(np.float32)
     m.bind_scene(poses, 2.0, 6.0, False)
     K = intrinsics(6, 5, 7.0)
@@ -260,7 +260,7 @@ def test_frame_fixed_deltas_remove_a_motion_of_the_whole_scene_and_nothing_else(
     kept = frame_fixed_deltas(one, q)
     assert (kept[3] - one[3]).norm() < 0.35 * one[3].norm()
     # The field applies them: refine_rays of the whole-scene motion leaves the rays alone.
-    m = build_model("nerfacto", **TINY)
+    m = build_model("nerfacto", **TINY, refine_poses=True)
     c2w = np.tile(np.eye(4), (n, 1, 1))
     c2w[:, :3, 3] = centres.numpy()
     m.bind_scene(c2w.astype(np.float32), 2.0, 6.0, False)
@@ -327,7 +327,7 @@ def test_camera_refinement_recovers_known_perturbations_on_the_embedded_scene():
         p[:3, 3] += shift / np.linalg.norm(shift) * 0.05
     # The field here is fixed, so it fixes the frame: the deltas are fitted as they are
     # (training, where field and cameras move together, removes their common motion).
-    m = build_model("nerfacto", **TINY, pose_fix_frame=False)
+    m = build_model("nerfacto", **TINY, refine_poses=True, pose_fix_frame=False)
     m.bind_scene(pert.astype(np.float32), 2.0, 6.0, False)
     cams = Cameras.pinhole(3, size, size, focal)
     batch = RaySampler(targets, torch.from_numpy(pert).float(), cams).sample(900, torch.Generator().manual_seed(0))
@@ -354,7 +354,7 @@ def test_camera_refinement_recovers_known_perturbations_on_the_embedded_scene():
 
 
 def test_trainer_passes_image_indices_and_trains_the_deltas():
-    tr = _trainer()
+    tr = _trainer(refine_poses=True)
     seen = {}
     real = tr.model.render_rays
 
