@@ -421,35 +421,17 @@ class HashGridModel(Field):
     def _render_terminating(self, rays_o, dirs, sh, s0, s1, first_round: int = 16):
         """Front-to-back rounds of 16, 32, 64, ... samples per ray; a ray leaves once its
         transmittance drops below min_transmittance. Returns (composite dict, samples used)."""
-        n_rays = rays_o.shape[0]
-        dev = rays_o.device
-        pk = self._march(rays_o, dirs, s0, s1, torch.full((n_rays,), 0.5, device=dev))
-        counts, ray_ids, s_all = pk["counts"], pk["ray_ids"], pk["s"]
-        z = torch.zeros(n_rays, device=dev)
-        total = {"rgb": torch.zeros(n_rays, 3, device=dev), "acc": z.clone(), "depth_s": z.clone(),
-                 "tau": z.clone()}
-        if s_all.shape[0] == 0:
-            return total, 0
-        rank = torch.arange(s_all.shape[0], device=dev) - pk["offsets"][ray_ids]
-        tau_stop = -math.log(self.config["min_transmittance"])
-        alive = counts > 0
-        lo, size, used = 0, first_round, 0
-        max_count = int(counts.max().item())
-        while lo < max_count:
-            hi = lo + size
-            sel = ((rank >= lo) & (rank < hi) & alive[ray_ids]).nonzero().squeeze(1)
-            if sel.numel() == 0:
-                break
+        pk = self._march(rays_o, dirs, s0, s1, torch.full((rays_o.shape[0],), 0.5, device=rays_o.device))
+        ray_ids, s_all = pk["ray_ids"], pk["s"]
+
+        def evaluate(sel):
             rid, s = ray_ids[sel], s_all[sel]
             sigma, rgb = self._field_packed(rays_o, dirs, sh, rid, s)
-            sigma = self.crop_density(self._points(rays_o, dirs, rid, s), sigma, False)
-            part = occ_mod.composite_packed(sigma, rgb, s, self.dt, rid, n_rays, tau0=total["tau"])
-            for k in total:
-                total[k] = total[k] + part[k]
-            used += sel.numel()
-            alive = alive & (counts > hi) & (total["tau"] < tau_stop)
-            lo, size = hi, size * 2
-        return total, used
+            return self.crop_density(self._points(rays_o, dirs, rid, s), sigma, False), rgb
+
+        return occ_mod.composite_rounds(evaluate, ray_ids, s_all, self.dt, pk["offsets"], pk["counts"],
+                                        rays_o.shape[0], -math.log(self.config["min_transmittance"]),
+                                        first_round)
 
     def loss_terms(self, out: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Mean squared error over the rays that were rendered (all, unless the cap dropped

@@ -413,3 +413,41 @@ def composite_packed(sigma: torch.Tensor, rgb: torch.Tensor, s: torch.Tensor, de
     color = torch.zeros(n_rays, 3, device=dev, dtype=w.dtype).index_add(0, ray_ids, w[:, None] * rgb.float())
     tau = z1.index_add(0, ray_ids, sd)
     return {"rgb": color, "acc": acc, "depth_s": depth_s, "tau": tau, "weights": w}
+
+
+def composite_rounds(evaluate, ray_ids: torch.Tensor, s: torch.Tensor, delta, offsets: torch.Tensor,
+                     counts: torch.Tensor, n_rays: int, tau_stop: float, first_round: int = 16
+                     ) -> tuple[dict[str, torch.Tensor], int]:
+    """Front-to-back rounds over a packed march (ray_ids (N,) sorted, s (N,), each ray's
+    ``offsets`` and ``counts`` (R,)): the first ``first_round`` samples of every ray, then
+    twice as many of the rays still transparent, and so on; a ray leaves once its optical
+    depth reaches ``tau_stop`` (early termination: -log of the transmittance left).
+    ``evaluate(sel)`` gives (sigma (M,), rgb (M, 3)) of the packed samples ``sel`` (M,);
+    ``delta`` is one segment length or (N,) per sample.
+
+    Returns (rgb (R, 3), acc, depth_s and tau (R,) summed over the rounds, as
+    composite_packed's) and the number of samples evaluated."""
+    dev = s.device
+    z = torch.zeros(n_rays, device=dev)
+    total = {"rgb": torch.zeros(n_rays, 3, device=dev), "acc": z.clone(), "depth_s": z.clone(), "tau": z.clone()}
+    if s.shape[0] == 0:
+        return total, 0
+    rank = torch.arange(s.shape[0], device=dev) - offsets[ray_ids]
+    per_sample = isinstance(delta, torch.Tensor)
+    alive = counts > 0
+    lo, size, used = 0, first_round, 0
+    max_count = int(counts.max().item())
+    while lo < max_count:
+        hi = lo + size
+        sel = ((rank >= lo) & (rank < hi) & alive[ray_ids]).nonzero().squeeze(1)
+        if sel.numel() == 0:
+            break
+        sigma, rgb = evaluate(sel)
+        part = composite_packed(sigma, rgb, s[sel], delta[sel] if per_sample else delta, ray_ids[sel],
+                                n_rays, tau0=total["tau"])
+        for k in total:
+            total[k] = total[k] + part[k]
+        used += sel.numel()
+        alive = alive & (counts > hi) & (total["tau"] < tau_stop)
+        lo, size = hi, size * 2
+    return total, used

@@ -40,7 +40,12 @@ def _compile(rec: Recorder) -> None:
 
     assert rec.calls, f"{rec.fn.__name__} was never launched"
     fn = rec.fn
-    for args, meta in rec.calls[:1]:
+    seen = set()
+    for args, meta in rec.calls:
+        variant = tuple(sorted((k, v) for k, v in meta.items() if k in fn.arg_names))
+        if variant in seen:  # one compile per set of constexpr values
+            continue
+        seen.add(variant)
         sig, consts = {}, {}
         for name, a in zip(fn.arg_names, args):
             if isinstance(a, torch.Tensor):
@@ -91,6 +96,38 @@ def test_plenoxel_kernels_compile(monkeypatch):
                        torch.zeros_like(sh), 0.5, 1e-4)
     pr.max_weights(grid, packed, 0.5, 1e-4, torch.zeros(len(density)))
     for r in recs.values():
+        _compile(r)
+
+
+class CountingRecorder(Recorder):
+    """A march kernel's recorder: its count launch (WRITE false) reports one sample per ray
+    (argument 7, the counts), so that the launcher goes on to the write launch."""
+
+    def __getitem__(self, grid):
+        def launch(*args, **meta):
+            self.calls.append((args, meta))
+            if meta.get("WRITE") is False:
+                args[7].fill_(1)
+        return launch
+
+
+@needs_triton
+def test_march_kernels_compile(monkeypatch):
+    from renderer import occupancy as oc
+    from renderer.kernels import march as mk
+
+    recs = {n: CountingRecorder(getattr(mk, n)) for n in ("_march_kernel", "_march_contracted_kernel")}
+    for n, r in recs.items():
+        monkeypatch.setattr(mk, n, r)
+    o, d = torch.zeros(4, 3), torch.nn.functional.normalize(torch.ones(4, 3), dim=-1)
+    s0, s1 = oc.march_interval(o, d, 1.0)
+    occ = torch.ones(8 ** 3, dtype=torch.uint8)
+    mk.march_rays_triton(o, d, s0, s1, occ, 1.0, 8, 0.01, 64, torch.full((4,), 0.5))
+    for order in ("inf", 2):
+        mk.march_contracted_triton(o, d, torch.full((4,), 0.05), torch.full((4,), 100.0), occ, 8, order, 64,
+                                   torch.full((4,), 0.5))
+    for r in recs.values():
+        assert {c[1]["WRITE"] for c in r.calls} == {False, True}
         _compile(r)
 
 

@@ -131,3 +131,90 @@ def march_rays_triton_static(rays_o, dirs, s_start, s_end, occ, bound, res, dt, 
         rays_o, dirs, s_start, s_end, occ, bound, res, dt, max_steps, jitter,
         lambda raw: _fit_budget(raw, capacity), alloc)
     return {"ray_ids": r_out, "s": s_out, "fits": fits, "marched": raw.sum(), "kept": counts.sum()}
+
+
+@triton.jit
+def _lindisp_inverse(g):
+    """renderer.proposal.lindisp_inverse."""
+    far = 0.5 / (1.0 - tl.minimum(tl.maximum(g, 0.5), 1.0 - 1e-7))
+    return tl.where(g < 0.5, 2.0 * g, far)
+
+
+@triton.jit
+def _march_contracted_kernel(o_ptr, d_ptr, g0_ptr, h_ptr, j_ptr, occ_ptr, offs_ptr, cnt_ptr, t_out, dt_out,
+                             r_out, inv_cell, res, N_STEPS: tl.constexpr, ORDER: tl.constexpr,
+                             WRITE: tl.constexpr, BLOCK: tl.constexpr):
+    r = tl.program_id(0).to(tl.int64)
+    ox = tl.load(o_ptr + r * 3)
+    oy = tl.load(o_ptr + r * 3 + 1)
+    oz = tl.load(o_ptr + r * 3 + 2)
+    dx = tl.load(d_ptr + r * 3)
+    dy = tl.load(d_ptr + r * 3 + 1)
+    dz = tl.load(d_ptr + r * 3 + 2)
+    g0 = tl.load(g0_ptr + r)
+    h = tl.load(h_ptr + r)
+    jit = tl.load(j_ptr + r)
+    if WRITE:
+        base = tl.load(offs_ptr + r)
+    total = tl.zeros((), dtype=tl.int32)
+    for k0 in range(0, N_STEPS, BLOCK):
+        kf = (k0 + tl.arange(0, BLOCK)).to(tl.float32)
+        valid = (k0 + tl.arange(0, BLOCK)) < N_STEPS
+        t = _lindisp_inverse(g0 + (kf + jit) * h)
+        px = ox + dx * t
+        py = oy + dy * t
+        pz = oz + dz * t
+        if ORDER == 0:
+            n = tl.maximum(tl.maximum(tl.abs(px), tl.abs(py)), tl.abs(pz))
+        else:
+            n = tl.sqrt(px * px + py * py + pz * pz)
+        safe = tl.maximum(n, 1.0)
+        f = tl.where(n <= 1.0, 1.0, 2.0 - 1.0 / safe)
+        cx = tl.floor((tl.where(n <= 1.0, px, f * (px / safe)) + 2.0) * inv_cell).to(tl.int32)
+        cy = tl.floor((tl.where(n <= 1.0, py, f * (py / safe)) + 2.0) * inv_cell).to(tl.int32)
+        cz = tl.floor((tl.where(n <= 1.0, pz, f * (pz / safe)) + 2.0) * inv_cell).to(tl.int32)
+        cx = tl.minimum(tl.maximum(cx, 0), res - 1)
+        cy = tl.minimum(tl.maximum(cy, 0), res - 1)
+        cz = tl.minimum(tl.maximum(cz, 0), res - 1)
+        occ = tl.load(occ_ptr + (cx * res + cy) * res + cz, mask=valid, other=0)
+        valid = valid & (occ != 0)
+        vi = valid.to(tl.int32)
+        if WRITE:
+            pos = base + (total + tl.cumsum(vi, 0) - vi).to(tl.int64)
+            dt = _lindisp_inverse(g0 + (kf + 1.0) * h) - _lindisp_inverse(g0 + kf * h)
+            tl.store(t_out + pos, t, mask=valid)
+            tl.store(dt_out + pos, dt, mask=valid)
+            tl.store(r_out + pos, r, mask=valid)
+        total += tl.sum(vi, 0)
+    if not WRITE:
+        tl.store(cnt_ptr + r, total)
+
+
+def march_contracted_triton(rays_o, dirs, t0, t1, occ, res, order, n_steps, jitter) -> dict[str, torch.Tensor]:
+    """Same contract as renderer.contracted_march.march_contracted_torch: a count launch, an
+    exclusive scan for the offsets, a write launch."""
+    from renderer.contracted_march import BOUND, ORDER_CODES, step_spacing
+
+    n_rays, dev = rays_o.shape[0], rays_o.device
+    e = torch.zeros(0, dtype=torch.int64, device=dev)
+    if n_rays == 0:
+        return {"ray_ids": e, "t": e.float(), "dt": e.float(), "offsets": e, "counts": e}
+    g0, h = step_spacing(t0, t1, n_steps)
+    o, d = rays_o.float().contiguous(), dirs.float().contiguous()
+    g0, h, j, occ = g0.contiguous(), h.contiguous(), jitter.float().contiguous(), occ.contiguous()
+    consts = dict(N_STEPS=int(n_steps), ORDER=ORDER_CODES[order], BLOCK=BLOCK, num_warps=4,
+                  enable_fp_fusion=False)
+    cell = (float(res / (2.0 * BOUND)), int(res))
+    counts32 = torch.empty(n_rays, dtype=torch.int32, device=dev)
+    dummy_f = torch.empty(1, device=dev)
+    _march_contracted_kernel[(n_rays,)](o, d, g0, h, j, occ, e, counts32, dummy_f, dummy_f, e, *cell,
+                                        WRITE=False, **consts)
+    counts = counts32.long()
+    offsets = torch.cumsum(counts, 0) - counts
+    total = int((offsets[-1] + counts[-1]).item())  # the one host sync
+    ray_ids = torch.empty(total, dtype=torch.int64, device=dev)
+    t_out, dt_out = torch.empty(total, device=dev), torch.empty(total, device=dev)
+    if total > 0:
+        _march_contracted_kernel[(n_rays,)](o, d, g0, h, j, occ, offsets, counts32, t_out, dt_out, ray_ids,
+                                            *cell, WRITE=True, **consts)
+    return {"ray_ids": ray_ids, "t": t_out, "dt": dt_out, "offsets": offsets, "counts": counts}
