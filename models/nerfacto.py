@@ -47,7 +47,18 @@ from photo to photo, and poses that are a little off. This field answers each:
   training views fitted as well as without it and held-out views, at their own poses,
   lost 1.5 to 8 dB (docs/real_scenes.md).
 
-Every tensor here has a fixed shape (R rays x n intervals): no host sync in the step.
+- Marched renders (``render_march``, off by default; None: on CUDA): a trained field's
+  empty space is known, so a view need not pay for the proposal nets and a fixed sample
+  count per ray. Such renders march an occupancy grid of the contracted cube baked from
+  the field's density (``march_res`` cells a side, ``march_steps`` steps per ray uniform
+  in the lindisp spacing, cells kept where one step absorbs ``march_min_opacity``), front
+  to back, each ray stopped once its transmittance is below ``march_min_transmittance``
+  (renderer/contracted_march.py; instant-ngp renders its unbounded scenes so). The grid
+  is baked again after training steps. Training always samples with the proposals. Off
+  by default: measured on a real capture it was both slower and less accurate than the
+  proposal render (docs/real_scenes.md).
+
+Every training tensor has a fixed shape (R rays x n intervals): no host sync in the step.
 
 config keys: n_levels, n_features, log2_hashmap_size, base_res, max_res (main hash grid),
 hidden, geo_features, color_hidden, appearance_dim; proposal_levels,
@@ -59,7 +70,8 @@ proposal_warmup (the proposals are trained every step at first, then every
 proposal_update_every steps, ramping over proposal_warmup steps, as nerfstudio);
 anneal_steps; interlevel_weight, distortion_weight; contraction ("inf" or 2); near, far;
 refine_poses, pose_lr, pose_lr_final, pose_decay_steps (the deltas' own schedule),
-pose_penalty_trans, pose_penalty_rot, pose_fix_frame; seed.
+pose_penalty_trans, pose_penalty_rot, pose_fix_frame; render_march, march_res, march_steps,
+march_min_opacity, march_min_transmittance; seed.
 """
 from __future__ import annotations
 
@@ -73,6 +85,7 @@ from torch import nn
 from models.field import Field, StepContext, StepRequests, TrainPolicy, check_options
 from models.hashgrid import HashEncoding, trunc_exp
 from models.sh import sh_basis_matrix, sh_encode
+from renderer import contracted_march as cmarch
 from renderer import proposal as prop
 from renderer.compositing import alpha_weights
 from renderer.contraction import ORDERS, contract, to_unit_cube
@@ -116,7 +129,8 @@ class NerfactoField(Field):
         proposal_update_every=5, proposal_warmup=5000, anneal_steps=1000, interlevel_weight=1.0,
         distortion_weight=0.0, contraction="inf", near=0.05, far=1000.0, refine_poses=False,
         pose_lr=1e-3, pose_lr_final=1e-4, pose_decay_steps=5000,
-        pose_penalty_trans=1e-2, pose_penalty_rot=1e-3, pose_fix_frame=True, seed=0)
+        pose_penalty_trans=1e-2, pose_penalty_rot=1e-3, pose_fix_frame=True, render_march=False,
+        march_res=128, march_steps=1024, march_min_opacity=0.01, march_min_transmittance=1e-3, seed=0)
     # A CPU cannot afford the full grid and sample counts (the torch hash encoding costs
     # ~30 us per point and level there): fewer levels, a smaller table, fewer samples.
     CPU_OPTIONS = dict(n_levels=8, log2_hashmap_size=17, max_res=512, n_proposal=[64, 32], n_samples=24)
@@ -124,7 +138,7 @@ class NerfactoField(Field):
     def __init__(self, **config):
         super().__init__()
         c = self.config = check_options(type(self), config)
-        self._check(c)
+        check_config(c)
         c["proposal_max_res"] = [int(v) for v in c["proposal_max_res"]]
         c["n_proposal"] = [int(v) for v in c["n_proposal"]]
         if c["render_proposal"] is not None:
@@ -157,38 +171,15 @@ class NerfactoField(Field):
         # The proposal weights' anneal power as a device scalar: a CUDA graph captured once
         # reads the current value on every replay (a Python float would be baked in).
         self.register_buffer("anneal", torch.zeros(()), persistent=False)
+        # The render-time occupancy of the contracted cube (renderer/contracted_march.py),
+        # baked from the field at the step count it was baked at; not saved.
+        self._march_grid, self._march_step = None, None
         self.ndc = False
         # The scene's near and far bounds (bind_scene): rays asked for them take the field's.
         self._scene_near = self._scene_far = self._near = None
         self._scale = 1.0  # host copies of the frame (a Python float needs no device sync)
         self._step = 0
         self.register_load_state_dict_post_hook(lambda module, keys: module._sync_host_copies())
-
-    @staticmethod
-    def _check(c: dict) -> None:
-        if c["contraction"] not in ORDERS:
-            raise ValueError(f"contraction must be one of {ORDERS}, got {c['contraction']!r}")
-        if len(c["n_proposal"]) != len(c["proposal_max_res"]) or not c["n_proposal"]:
-            raise ValueError("n_proposal and proposal_max_res need one entry per proposal net "
-                             f"(got {c['n_proposal']} and {c['proposal_max_res']})")
-        if min(c["n_proposal"]) < 2 or c["n_samples"] < 2:
-            raise ValueError(f"n_proposal and n_samples must be >= 2, got {c['n_proposal']}, {c['n_samples']}")
-        rp, rs = c["render_proposal"], c["render_samples"]
-        if rp is not None and (len(rp) != len(c["n_proposal"]) or min(rp) < 2):
-            raise ValueError(f"render_proposal needs one count >= 2 per proposal net, got {rp}")
-        if rs is not None and rs < 2:
-            raise ValueError(f"render_samples must be >= 2, got {rs}")
-        if not (c["far"] > 1.0 and math.isfinite(c["far"])):
-            raise ValueError(f"far must be a finite number > 1 (normalised units), got {c['far']}")
-        if c["near"] is not None and not 0.0 <= c["near"] < 1.0:
-            raise ValueError(f"near must be in [0, 1) (normalised units), got {c['near']}")
-        if c["appearance_dim"] < 0 or c["proposal_update_every"] < 1 or c["anneal_steps"] < 1:
-            raise ValueError("need appearance_dim >= 0, proposal_update_every >= 1 and anneal_steps >= 1")
-        if not (c["pose_lr"] >= 0 and math.isfinite(c["pose_lr"])):
-            raise ValueError(f"pose_lr must be a number >= 0, got {c['pose_lr']}")
-        if not (0 < c["pose_lr_final"] <= c["pose_lr"] or c["pose_lr"] == 0) or c["pose_decay_steps"] < 1:
-            raise ValueError("need 0 < pose_lr_final <= pose_lr and pose_decay_steps >= 1, got "
-                             f"{c['pose_lr_final']}, {c['pose_decay_steps']}")
 
     # -- policy ---------------------------------------------------------------------------
     @classmethod
@@ -329,6 +320,8 @@ class NerfactoField(Field):
         for the field's own (see the module doc)."""
         n_rays = rays_o.shape[0]
         o, dirs, dnorm, t0, t1 = self._ray_bounds(rays_o, rays_d, near, far)
+        if not train and self._marches(o):
+            return self._render_marched(o, dirs, dnorm, t0[:, 0], t1[:, 0], background, image, appearance)
         jitter = (lambda: torch.rand(n_rays, 1, device=o.device)) if train else (lambda: None)  # noqa: E731
         anneal = self.anneal
         train_props = train and self.trains_proposals(self._step)
@@ -372,6 +365,49 @@ class NerfactoField(Field):
             out["interlevel"] = (sum(prop.interlevel_loss(u, w, pu, pw) for pu, pw in levels)
                                  if train_props else torch.zeros((), device=o.device))
         return out
+
+    def _marches(self, o: torch.Tensor) -> bool:
+        """Whether a render marches the baked occupancy grid (render_march; None: on CUDA,
+        where baking the grid is cheap; a CPU would take minutes). A crop box keeps the
+        proposal render, which knows how to cut the background."""
+        rm = self.config["render_march"]
+        return self.crop is None and (o.is_cuda if rm is None else bool(rm))
+
+    def _render_marched(self, o, dirs, dnorm, t0, t1, background, image, appearance) -> dict:
+        """A render through the occupancy grid of the contracted cube (instant-ngp's way,
+        renderer/contracted_march.py): occupied cells only, front to back, each ray stopped
+        once its transmittance is below march_min_transmittance. The light left over takes
+        the colour at the ray's far end (the proposal render's last sample lies there)."""
+        c = self.config
+        n_rays = o.shape[0]
+        emb = self._embedding(n_rays, image, o.device, appearance)
+        total, used = cmarch.render_marched(
+            lambda rid, x: self._radiance_n(x, dirs[rid], emb[rid]), o, dirs, t0, t1,
+            self._baked_grid(o.device), c["march_res"], c["contraction"], c["march_steps"],
+            -math.log(c["march_min_transmittance"]))
+        acc, color = total["acc"], total["rgb"]
+        if background is not None:
+            g0, h = cmarch.step_spacing(t0, t1, c["march_steps"])
+            t_far = prop.lindisp_inverse(g0 + (c["march_steps"] - 0.5) * h)
+            color = color + (1.0 - acc)[:, None] * self._radiance_n(o + dirs * t_far[:, None], dirs, emb)[1]
+        depth = total["depth_s"] / acc.clamp(min=1e-10) / (self._scale * dnorm[:, 0])
+        return {"rgb": color, "depth": depth, "acc": acc,
+                "samples": torch.full((), float(used + n_rays), device=o.device)}
+
+    @torch.no_grad()
+    def _baked_grid(self, device) -> torch.Tensor:
+        """The occupancy grid, baked again whenever the field has trained since (or the
+        grid's options changed)."""
+        c = self.config
+        key = (self._step, c["march_res"], c["march_steps"], c["march_min_opacity"], str(device))
+        if self._march_grid is None or self._march_step != key:
+            span = torch.tensor([c["near"] or 0.0, c["far"]])
+            h = float(cmarch.step_spacing(span[:1], span[1:], c["march_steps"])[1])
+            density = lambda y: trunc_exp(self.field(to_unit_cube(y))[:, 0].float())  # noqa: E731
+            self._march_grid = cmarch.bake_occupancy(density, c["march_res"], c["contraction"], h,
+                                                     c["march_min_opacity"], device=device)
+            self._march_step = key
+        return self._march_grid
 
     def sample_counts(self, train: bool) -> tuple[list[int], int]:
         """(intervals per ray of each proposal net, radiance-field intervals per ray) of a
@@ -449,6 +485,39 @@ class NerfactoField(Field):
         k = int(np.clip(round(c["proposal_update_every"] * step / max(c["proposal_warmup"], 1)),
                         1, c["proposal_update_every"]))
         return step < 10 or step % k == 0
+
+
+def check_config(c: dict) -> None:
+    """ValueError naming the first option out of range."""
+    if c["contraction"] not in ORDERS:
+        raise ValueError(f"contraction must be one of {ORDERS}, got {c['contraction']!r}")
+    if len(c["n_proposal"]) != len(c["proposal_max_res"]) or not c["n_proposal"]:
+        raise ValueError("n_proposal and proposal_max_res need one entry per proposal net "
+                         f"(got {c['n_proposal']} and {c['proposal_max_res']})")
+    if min(c["n_proposal"]) < 2 or c["n_samples"] < 2:
+        raise ValueError(f"n_proposal and n_samples must be >= 2, got {c['n_proposal']}, {c['n_samples']}")
+    rp, rs = c["render_proposal"], c["render_samples"]
+    if rp is not None and (len(rp) != len(c["n_proposal"]) or min(rp) < 2):
+        raise ValueError(f"render_proposal needs one count >= 2 per proposal net, got {rp}")
+    if rs is not None and rs < 2:
+        raise ValueError(f"render_samples must be >= 2, got {rs}")
+    if not (c["far"] > 1.0 and math.isfinite(c["far"])):
+        raise ValueError(f"far must be a finite number > 1 (normalised units), got {c['far']}")
+    if c["near"] is not None and not 0.0 <= c["near"] < 1.0:
+        raise ValueError(f"near must be in [0, 1) (normalised units), got {c['near']}")
+    if c["appearance_dim"] < 0 or c["proposal_update_every"] < 1 or c["anneal_steps"] < 1:
+        raise ValueError("need appearance_dim >= 0, proposal_update_every >= 1 and anneal_steps >= 1")
+    if c["render_march"] not in (None, True, False) or c["march_res"] < 4 or c["march_steps"] < 2:
+        raise ValueError("need render_march None, true or false, march_res >= 4 and march_steps >= 2, got "
+                         f"{c['render_march']!r}, {c['march_res']}, {c['march_steps']}")
+    if not (0 <= c["march_min_opacity"] < 1 and 0 < c["march_min_transmittance"] < 1):
+        raise ValueError("need 0 <= march_min_opacity < 1 and 0 < march_min_transmittance < 1, got "
+                         f"{c['march_min_opacity']}, {c['march_min_transmittance']}")
+    if not (c["pose_lr"] >= 0 and math.isfinite(c["pose_lr"])):
+        raise ValueError(f"pose_lr must be a number >= 0, got {c['pose_lr']}")
+    if not (0 < c["pose_lr_final"] <= c["pose_lr"] or c["pose_lr"] == 0) or c["pose_decay_steps"] < 1:
+        raise ValueError("need 0 < pose_lr_final <= pose_lr and pose_decay_steps >= 1, got "
+                         f"{c['pose_lr_final']}, {c['pose_decay_steps']}")
 
 
 def frame_fixed_deltas(delta: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
