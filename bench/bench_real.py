@@ -24,7 +24,9 @@ GPU memory while training; at each budget the training PSNR (mean over the last 
 steps' batches) and three held-out PSNRs: "mean" the whole view
 rendered with the MEAN appearance embedding, "mean R" and "fit R" the right half of each
 view with the mean embedding and with an embedding FITTED on its left half
-(app/engine/appearance.py evaluate_appearance, NeRF-W's protocol); the time of one
+(app/engine/appearance.py evaluate_appearance, NeRF-W's protocol); with --fit-pose
+also "pose R", the right half with the embedding AND the camera fitted on the left half
+(fit_view: the photometric alignment pose-refining methods evaluate with); the time of one
 800x800 frame and of one capture-size frame (median after a warm-up, synchronised).
 
 Progress goes to stderr; the Markdown table is printed last. With $OUT set (the device
@@ -139,12 +141,15 @@ def run_variant(scene_name: str, scene, var_name: str, keys: dict, args, device:
         t0 = time.perf_counter()
         ev = trainer.evaluate("test", max_images=args.eval_views, ssim=False)
         whole = ev["mean"]["psnr"]
-        app = evaluate_appearance(trainer, "test", max_images=args.eval_views, steps=args.fit_steps)["mean"]
+        app = evaluate_appearance(trainer, "test", max_images=args.eval_views, steps=args.fit_steps,
+                                  fit_pose=args.fit_pose)["mean"]
         train_psnr = float(np.mean(recent)) if recent else float("nan")
         res[str(b)] = {"mean": whole, "mean_right": app["psnr_mean_right"], "fit_right": app["psnr_fitted_right"],
-                       "train": train_psnr, "views": {r["name"]: r["psnr"] for r in ev["images"]}}
+                       "pose_right": app.get("psnr_pose_right"), "train": train_psnr,
+                       "views": {r["name"]: r["psnr"] for r in ev["images"]}}
         log(f"  {scene_name}/{var_name}: {b:g} s, {steps} steps -> held-out PSNR {whole:.2f} (mean emb.), "
-            f"right half {app['psnr_mean_right']:.2f} (mean) / {app['psnr_fitted_right']:.2f} (fitted), "
+            f"right half {app['psnr_mean_right']:.2f} (mean) / {app['psnr_fitted_right']:.2f} (fitted)"
+            + (f" / {app['psnr_pose_right']:.2f} (fitted with the camera)" if args.fit_pose else "") + ", "
             f"training PSNR {train_psnr:.2f} (last {len(recent)} steps) "
             f"(eval {time.perf_counter() - t0:.1f} s)")
         log("    per view: " + ", ".join(f"{os.path.basename(r['name'])} {r['psnr']:.2f}" for r in ev["images"]))
@@ -208,14 +213,22 @@ def neighbour_delta_psnr(trainer) -> float:
 
 def render_sweep(trainer, args, c2w) -> list[dict]:
     """Held-out PSNR (mean embedding) and frame times of the trained field rendered with
-    each of --render-configs' sample counts (proposal nets', then the field's, per ray)."""
+    each of --render-configs: sample counts (proposal nets', then the field's, per ray) of
+    the proposal render, or a JSON object of render options (render_march, march_res,
+    march_steps, march_min_opacity, march_min_transmittance) of the marched one."""
     cfg = trainer.model.config
-    keep = cfg["render_proposal"], cfg["render_samples"]
+    names = ("render_proposal", "render_samples", "render_march", "march_res", "march_steps",
+             "march_min_opacity", "march_min_transmittance")
+    keep = {k: cfg[k] for k in names if k in cfg}
     out, n = [], args.render_size
     try:
         for spec in args.render_configs.split(";"):
-            counts = [int(v) for v in spec.split(",")]
-            cfg["render_proposal"], cfg["render_samples"] = counts[:-1], counts[-1]
+            cfg.update(keep)
+            if spec.strip().startswith("{"):
+                cfg.update({"render_march": True, **json.loads(spec)})
+            else:
+                counts = [int(v) for v in spec.split(",")]
+                cfg.update(render_proposal=counts[:-1], render_samples=counts[-1], render_march=False)
             psnr = trainer.evaluate("test", max_images=args.eval_views, ssim=False)["mean"]["psnr"]
             ms = time_render(lambda: trainer.render(c2w, n, n, keys=("rgb",), chunk=args.render_chunk),
                              args.render_repeats)
@@ -224,7 +237,7 @@ def render_sweep(trainer, args, c2w) -> list[dict]:
             out.append({"counts": spec, "psnr": psnr, "frame_ms": ms, "capture_frame_ms": cap})
             log(f"  render {spec}: held-out PSNR {psnr:.2f}, {n}x{n} {ms:.1f} ms, capture size {cap:.1f} ms")
     finally:
-        cfg["render_proposal"], cfg["render_samples"] = keep
+        cfg.update(keep)
     return out
 
 
@@ -263,8 +276,9 @@ def fmt(v, spec=".2f") -> str:
 
 def table(rows: list[dict], budgets: list[float]) -> str:
     head = ["scene", "variant", "steps/s", "rays/s", "rays/step", "field smp/step", "prop smp/step", "peak GiB"]
+    posed = int(any(p.get("pose_right") is not None for r in rows for p in r["psnr"].values() if isinstance(p, dict)))
     for b in budgets:
-        head += [f"{b:g}s train", f"{b:g}s mean", f"{b:g}s mean R", f"{b:g}s fit R"]
+        head += [f"{b:g}s train", f"{b:g}s mean", f"{b:g}s mean R", f"{b:g}s fit R"] + [f"{b:g}s pose R"] * posed
     head += ["800² ms", "capture ms"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -274,6 +288,7 @@ def table(rows: list[dict], budgets: list[float]) -> str:
         for b in budgets:
             p = r["psnr"].get(str(b), {})
             cells += [fmt(p.get("train")), fmt(p.get("mean")), fmt(p.get("mean_right")), fmt(p.get("fit_right"))]
+            cells += [fmt(p.get("pose_right"))] * posed
         cells += [fmt(r["frame_ms"], ".1f"), f"{fmt(r['capture_frame_ms'], '.1f')} ({r['capture_size']})"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -302,10 +317,13 @@ def main(argv=None) -> int:
     p.add_argument("--render-chunk", type=int, default=1 << 17)
     p.add_argument("--render-repeats", type=int, default=3)
     p.add_argument("--render-configs", default=None,
-                   help="after training, render with these sample counts too, e.g. '256,96,48;128,64,32' "
-                        "(per ray: each proposal net's, then the field's)")
+                   help="after training, render with these too, ';'-separated: proposal-render sample "
+                        "counts (per ray: each proposal net's, then the field's, e.g. 256,96,48) or a JSON "
+                        "object of marched-render options, e.g. '{\"march_res\": 256}'")
     p.add_argument("--save-heldout", default=None, help="folder for held-out render | photo PNGs")
     p.add_argument("--heldout-width", type=int, default=720, help="width of the side-by-side PNG")
+    p.add_argument("--fit-pose", action="store_true",
+                   help="also score each right half with the camera fitted on the left half (pose R)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None)
@@ -339,7 +357,8 @@ def main(argv=None) -> int:
             print(table(rows[-1:], budgets), flush=True)
     print()
     print(f"nerfacto on captures, {device}; mean = whole held-out views, MEAN appearance embedding; "
-          f"mean R / fit R = right halves, mean embedding / embedding fitted on the left half")
+          f"mean R / fit R = right halves, mean embedding / embedding fitted on the left half"
+          + ("; pose R = right halves, embedding and camera fitted on the left half" if args.fit_pose else ""))
     print(table(rows, budgets))
     if args.render_configs:
         print()

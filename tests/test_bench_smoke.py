@@ -65,10 +65,12 @@ def test_bench_real_runs_nerfacto_variants_and_writes_json(tmp_path, capsys):
                           "--options", json.dumps(tiny), "--batch", "32", "--eval-views", "1",
                           "--fit-steps", "2", "--warmup-steps", "1", "--render-size", "8",
                           "--render-repeats", "1", "--device", "cpu", "--json", str(out),
-                          "--save-heldout", str(pngs), "--heldout-width", "40"])
+                          "--save-heldout", str(pngs), "--heldout-width", "40",
+                          "--render-configs", '6,4,4;{"march_res": 8, "march_steps": 16}', "--fit-pose"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| toy | on |" in printed and "| toy | off |" in printed and "fitted on the left half" in printed
+    assert "0.3s pose R" in printed
     rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
     on, off = rows["on"], rows["off"]
     assert on["keys"]["refine_poses"] is True and "refine_poses" not in off["keys"]
@@ -77,6 +79,9 @@ def test_bench_real_runs_nerfacto_variants_and_writes_json(tmp_path, capsys):
     for r in (on, off):
         assert r["steps"] >= 1
         p = r["psnr"]["0.3"]
-        assert all(0.0 < p[k] < 60.0 for k in ("mean", "mean_right", "fit_right"))
+        assert all(0.0 < p[k] < 60.0 for k in ("mean", "mean_right", "fit_right", "pose_right"))
     assert off["pose_delta_deg_max"] == 0.0  # refinement off: the deltas never move
+    sweep = off["render_sweep"]  # the proposal render with fewer samples, then the marched one
+    assert [e["counts"] for e in sweep] == ["6,4,4", '{"march_res": 8, "march_steps": 16}']
+    assert all(0.0 < e["psnr"] < 60.0 and e["frame_ms"] > 0 for e in sweep)
     assert sorted(f.name for f in pngs.iterdir()) == ["toy_off_heldout.png", "toy_on_heldout.png"]
