@@ -17,16 +17,18 @@ BLOCK = 256
 
 
 @triton.jit
+def _load_ray(o_ptr, d_ptr, r):
+    """Ray r's origin and direction, from (R, 3) buffers."""
+    return (tl.load(o_ptr + r * 3), tl.load(o_ptr + r * 3 + 1), tl.load(o_ptr + r * 3 + 2),
+            tl.load(d_ptr + r * 3), tl.load(d_ptr + r * 3 + 1), tl.load(d_ptr + r * 3 + 2))
+
+
+@triton.jit
 def _march_kernel(o_ptr, d_ptr, s0_ptr, s1_ptr, j_ptr, occ_ptr, offs_ptr, cnt_ptr, s_out, r_out,
                   dt, inv_dt, bound, inv_cell, res,
                   MAX_STEPS: tl.constexpr, WRITE: tl.constexpr, BLOCK: tl.constexpr):
     r = tl.program_id(0).to(tl.int64)
-    ox = tl.load(o_ptr + r * 3)
-    oy = tl.load(o_ptr + r * 3 + 1)
-    oz = tl.load(o_ptr + r * 3 + 2)
-    dx = tl.load(d_ptr + r * 3)
-    dy = tl.load(d_ptr + r * 3 + 1)
-    dz = tl.load(d_ptr + r * 3 + 2)
+    ox, oy, oz, dx, dy, dz = _load_ray(o_ptr, d_ptr, r)
     s0 = tl.load(s0_ptr + r)
     s1 = tl.load(s1_ptr + r)
     jit = tl.load(j_ptr + r)
@@ -145,12 +147,7 @@ def _march_contracted_kernel(o_ptr, d_ptr, g0_ptr, h_ptr, j_ptr, occ_ptr, offs_p
                              r_out, inv_cell, res, N_STEPS: tl.constexpr, ORDER: tl.constexpr,
                              WRITE: tl.constexpr, BLOCK: tl.constexpr):
     r = tl.program_id(0).to(tl.int64)
-    ox = tl.load(o_ptr + r * 3)
-    oy = tl.load(o_ptr + r * 3 + 1)
-    oz = tl.load(o_ptr + r * 3 + 2)
-    dx = tl.load(d_ptr + r * 3)
-    dy = tl.load(d_ptr + r * 3 + 1)
-    dz = tl.load(d_ptr + r * 3 + 2)
+    ox, oy, oz, dx, dy, dz = _load_ray(o_ptr, d_ptr, r)
     g0 = tl.load(g0_ptr + r)
     h = tl.load(h_ptr + r)
     jit = tl.load(j_ptr + r)
