@@ -234,20 +234,47 @@ def render_sweep(trainer, args, c2w) -> list[dict]:
                              args.render_repeats)
             cap = time_render(lambda: trainer.render(c2w, keys=("rgb",), chunk=args.render_chunk),
                               args.render_repeats)
-            out.append({"counts": spec, "psnr": psnr, "frame_ms": ms, "capture_frame_ms": cap})
-            log(f"  render {spec}: held-out PSNR {psnr:.2f}, {n}x{n} {ms:.1f} ms, capture size {cap:.1f} ms")
+            spr = samples_per_ray(trainer)
+            out.append({"counts": spec, "psnr": psnr, "frame_ms": ms, "capture_frame_ms": cap,
+                         "samples_per_ray": spr})
+            log(f"  render {spec}: held-out PSNR {psnr:.2f}, {n}x{n} {ms:.1f} ms, capture size {cap:.1f} ms, "
+                f"{spr:.1f} samples per ray")
     finally:
         cfg.update(keep)
     return out
 
 
+@torch.no_grad()
+def samples_per_ray(trainer, chunk: int = 1 << 16) -> float:
+    """Samples the field's render evaluated per ray (the proposal nets' and the radiance
+    field's, or the marched ones) over the first held-out view at its own size."""
+    from renderer.cameras import camera_grid_directions
+    from renderer.rays import rays_from_dirs
+
+    sp, model, dev = trainer.scene.split("test"), trainer.model, trainer.device
+    dirs = camera_grid_directions(sp.cameras[0], 0, dev).reshape(-1, 3)
+    rays_o, rays_d = rays_from_dirs(dirs, torch.as_tensor(np.asarray(sp.c2w[0], np.float32), device=dev))
+    total, was_training = 0.0, model.training
+    model.eval()
+    try:
+        with trainer.averaged(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=trainer.config.autocast):
+            for a in range(0, rays_o.shape[0], chunk):
+                out = model.render_rays(rays_o[a:a + chunk], rays_d[a:a + chunk], trainer.scene.near,
+                                        trainer.scene.far, background=trainer.background)
+                total += float(out["samples"])
+    finally:
+        model.train(was_training)
+    return total / max(rays_o.shape[0], 1)
+
+
 def sweep_table(rows: list[dict]) -> str:
-    lines = ["| scene | variant | render samples (proposals, field) | held-out PSNR | 800² ms | capture ms |",
-             "|---|---|---|---:|---:|---:|"]
+    lines = ["| scene | variant | render samples (proposals, field) | held-out PSNR | 800² ms | capture ms | "
+             "samples / ray |", "|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
         for e in r.get("render_sweep", []):
             lines.append(f"| {r['scene']} | {r['variant']} | {e['counts']} | {fmt(e['psnr'])} | "
-                         f"{fmt(e['frame_ms'], '.1f')} | {fmt(e['capture_frame_ms'], '.1f')} |")
+                         f"{fmt(e['frame_ms'], '.1f')} | {fmt(e['capture_frame_ms'], '.1f')} | "
+                         f"{fmt(e['samples_per_ray'], '.1f')} |")
     return "\n".join(lines)
 
 

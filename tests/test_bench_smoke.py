@@ -84,4 +84,6 @@ def test_bench_real_runs_nerfacto_variants_and_writes_json(tmp_path, capsys):
     sweep = off["render_sweep"]  # the proposal render with fewer samples, then the marched one
     assert [e["counts"] for e in sweep] == ["6,4,4", '{"march_res": 8, "march_steps": 16}']
     assert all(0.0 < e["psnr"] < 60.0 and e["frame_ms"] > 0 for e in sweep)
+    assert sweep[0]["samples_per_ray"] == 6 + 4 + 4  # the proposal render's, all of them
+    assert 0 < sweep[1]["samples_per_ray"] <= 16 + 1  # marched: at most every step, and the far end
     assert sorted(f.name for f in pngs.iterdir()) == ["toy_off_heldout.png", "toy_on_heldout.png"]
