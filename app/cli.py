@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help). Order is the order --help shows.
@@ -102,4 +103,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        _exit_now_if_native_threads_run(130)
         return 130
+
+
+def _exit_now_if_native_threads_run(code: int) -> None:
+    """Exit at once, skipping interpreter shutdown, while a pycolmap worker thread is still
+    alive after an interrupt: a thread inside native code that reaches for the GIL during
+    shutdown aborts the whole process (SIGABRT instead of the exit code). The caller has
+    already cleaned up; only the streams are flushed here."""
+    import threading
+
+    if any(t.name == "pycolmap" and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

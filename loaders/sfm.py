@@ -90,23 +90,22 @@ def run_cancellable(fn, poll=None, interval: float = 0.25):
             done.set()
 
     t = threading.Thread(target=work, name="pycolmap", daemon=True)
-    t.start()
     try:
+        t.start()
         while not done.wait(interval):
             if poll is not None:
                 poll()
-    except KeyboardInterrupt:
-        # Wait on the event, not on Thread.join: a join that a KeyboardInterrupt broke off
-        # can return at once the next time (CPython 3.11), and a pycolmap thread still
-        # running when the interpreter exits aborts the process.
+    except BaseException:
+        # Whatever stops this thread (Ctrl-C, an error in poll), pycolmap is cancelled and
+        # waited for: a pycolmap thread still running when the interpreter exits aborts
+        # the process. Waited on the event, not on Thread.join: a join that a
+        # KeyboardInterrupt broke off can return at once the next time (CPython 3.11).
         token.cancel()
-        while True:
+        while t.ident is not None and not done.is_set():
             try:
-                done.wait()
-                break
+                done.wait(interval)
             except KeyboardInterrupt:
                 continue  # cancelling already: wait for pycolmap to stop
-        t.join()
         raise
     t.join()
     if poll is not None:
