@@ -32,7 +32,16 @@ from photo to photo, and poses that are a little off. This field answers each:
   colour shows instead.
 - Per-photo appearance: a learned embedding per training image (``appearance_dim``
   numbers, zero at the start) feeds the colour head; renders and the viewer use the mean
-  embedding (the training images' average look).
+  embedding (the training images' average look). Each code sees only its image's few
+  rays of a batch, and left free it learns whatever that image alone shows (a
+  reflection, a pose error) instead of leaving it to the shared field; the mean code then
+  renders none of it and a held-out view loses. So the codes may have their own learning
+  rate (``appearance_lr``; None: the run's) and a penalty on their spread about their
+  mean (``appearance_penalty`` times the mean squared distance), which only a look that
+  a whole image shares (its exposure) is worth paying. The penalty is on by default: on
+  a capture shot at one exposure the free codes cost held-out views 1.5 dB, and the
+  penalised ones cost nothing there and kept a video's exposure changes
+  (docs/real_scenes.md); a lower learning rate alone did not help.
 - Camera refinement (``refine_poses``, off by default): a per-image SO(3) x R^3 delta
   (rotation about the camera centre and a shift, in the normalised frame) with its own
   learning rate ``pose_lr``, applied to the training rays (``refine_rays``), with
@@ -61,7 +70,8 @@ from photo to photo, and poses that are a little off. This field answers each:
 Every training tensor has a fixed shape (R rays x n intervals): no host sync in the step.
 
 config keys: n_levels, n_features, log2_hashmap_size, base_res, max_res (main hash grid),
-hidden, geo_features, color_hidden, appearance_dim; proposal_levels,
+hidden, geo_features, color_hidden, appearance_dim, appearance_lr, appearance_penalty;
+proposal_levels,
 proposal_log2_hashmap_size, proposal_max_res (one per proposal net), proposal_hidden;
 n_proposal (intervals per ray, one per proposal net), n_samples (radiance-field
 intervals per ray); render_proposal, render_samples (the same counts for renders, which
@@ -123,7 +133,8 @@ class NerfactoField(Field):
                  "second per step and a real capture needs thousands of steps")
     DEFAULTS = dict(
         n_levels=16, n_features=2, log2_hashmap_size=19, base_res=16, max_res=2048,
-        hidden=64, geo_features=15, color_hidden=64, appearance_dim=32,
+        hidden=64, geo_features=15, color_hidden=64, appearance_dim=32, appearance_lr=None,
+        appearance_penalty=0.01,
         proposal_levels=5, proposal_log2_hashmap_size=17, proposal_max_res=[128, 256], proposal_hidden=16,
         n_proposal=[256, 96], n_samples=48, render_proposal=None, render_samples=None,
         proposal_update_every=5, proposal_warmup=5000, anneal_steps=1000, interlevel_weight=1.0,
@@ -436,7 +447,7 @@ class NerfactoField(Field):
 
     def loss_terms(self, out: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """MSE (over the ``valid`` rays when given), the weighted interlevel and distortion
-        losses, and the pose deltas' penalty."""
+        losses, and the penalties on the pose deltas and on the appearance codes' spread."""
         c = self.config
         se = ((out["rgb"] - target) ** 2).mean(-1)
         valid = out.get("valid")
@@ -450,19 +461,26 @@ class NerfactoField(Field):
                 d = self.pose_delta
                 terms["pose"] = (c["pose_penalty_rot"] * d[:, :3].norm(dim=-1).mean()
                                  + c["pose_penalty_trans"] * d[:, 3:].norm(dim=-1).mean())
+            if c["appearance_penalty"] > 0 and self.appearance.shape[0] > 1:
+                terms["appearance"] = c["appearance_penalty"] * code_spread(self.appearance)
         return terms
 
     # -- training --------------------------------------------------------------------------
     def param_groups(self, lr: float) -> list[dict]:
-        """nerfstudio's Adam (eps 1e-15) for the field, the proposals and the appearance;
-        the pose deltas in their own group with a schedule of their own on top of the
+        """nerfstudio's Adam (eps 1e-15) for the field, the proposals and the appearance
+        (the codes in a group of their own when appearance_lr is set); the pose deltas in
+        their own group with a schedule of their own on top of the
         run's: pose_lr decaying to pose_lr_final over pose_decay_steps (a large lr for the first, coarse
         correction; then a small one, since each image's delta sees only its few rays of a
         batch and a large lr keeps the cameras jittering by pixels: docs/real_scenes.md)."""
         adam = dict(eps=1e-15)
         main = (list(self.field.parameters()) + list(self.color_net.parameters())
-                + list(self.proposals.parameters()) + [self.appearance])
-        groups = [{"params": main, "lr": lr, **adam}]
+                + list(self.proposals.parameters()))
+        a_lr = self.config["appearance_lr"]
+        if a_lr is None:
+            groups = [{"params": main + [self.appearance], "lr": lr, **adam}]
+        else:
+            groups = [{"params": main, "lr": lr, **adam}, {"params": [self.appearance], "lr": a_lr, **adam}]
         if self.config["refine_poses"] and not self.ndc:
             c = self.config
             ratio = c["pose_lr_final"] / c["pose_lr"] if c["pose_lr"] > 0 else 1.0
@@ -507,6 +525,9 @@ def check_config(c: dict) -> None:
         raise ValueError(f"near must be in [0, 1) (normalised units), got {c['near']}")
     if c["appearance_dim"] < 0 or c["proposal_update_every"] < 1 or c["anneal_steps"] < 1:
         raise ValueError("need appearance_dim >= 0, proposal_update_every >= 1 and anneal_steps >= 1")
+    a_lr, a_pen = c["appearance_lr"], c["appearance_penalty"]
+    if not ((a_lr is None or (a_lr > 0 and math.isfinite(a_lr))) and a_pen >= 0 and math.isfinite(a_pen)):
+        raise ValueError(f"need appearance_lr None or > 0 and appearance_penalty >= 0, got {a_lr}, {a_pen}")
     if c["render_march"] not in (None, True, False) or c["march_res"] < 4 or c["march_steps"] < 2:
         raise ValueError("need render_march None, true or false, march_res >= 4 and march_steps >= 2, got "
                          f"{c['render_march']!r}, {c['march_res']}, {c['march_steps']}")
@@ -518,6 +539,11 @@ def check_config(c: dict) -> None:
     if not (0 < c["pose_lr_final"] <= c["pose_lr"] or c["pose_lr"] == 0) or c["pose_decay_steps"] < 1:
         raise ValueError("need 0 < pose_lr_final <= pose_lr and pose_decay_steps >= 1, got "
                          f"{c['pose_lr_final']}, {c['pose_decay_steps']}")
+
+
+def code_spread(codes: torch.Tensor) -> torch.Tensor:
+    """The mean squared distance (0-dim) of per-image codes (N, A) from their mean."""
+    return (codes - codes.mean(0)).pow(2).sum(-1).mean()
 
 
 def frame_fixed_deltas(delta: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:

@@ -99,7 +99,7 @@ def test_render_rays_shapes_and_which_loss_trains_what():
     assert out["rgb"].shape == (32, 3) and out["depth"].shape == (32,) and out["acc"].shape == (32,)
     assert torch.isfinite(out["rgb"]).all() and (out["acc"] <= 1 + 1e-6).all()
     terms = m.loss_terms(out, torch.rand(32, 3))
-    assert set(terms) == {"mse", "interlevel", "distortion", "pose"}
+    assert set(terms) == {"mse", "interlevel", "distortion", "pose", "appearance"}
 
     def grads(loss):
         m.zero_grad(set_to_none=True)
@@ -197,6 +197,37 @@ def test_appearance_embedding_changes_colour_and_renders_use_the_mean():
         as_mean = m.render_rays(o, d, 2.0, 6.0, image=torch.zeros(16, dtype=torch.long))["rgb"]
     assert (per[0] - per[1]).abs().max() > 1e-2
     torch.testing.assert_close(mean, as_mean)
+
+
+def test_appearance_codes_have_their_own_lr_and_a_penalty_on_their_spread():
+    from models.nerfacto import code_spread
+    g = torch.Generator().manual_seed(4)
+    codes = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    mean = [sum(float(codes[i, k]) for i in range(5)) / 5 for k in range(3)]
+    loop = sum((float(codes[i, k]) - mean[k]) ** 2 for i in range(5) for k in range(3)) / 5
+    assert float(code_spread(codes)) == pytest.approx(loop, rel=1e-12)
+    # The penalty is a training loss term whose gradient pulls each code to the mean
+    # (2 lambda (e_i - mean) / N), so a common offset of all codes costs nothing.
+    tr = _trainer(appearance_lr=3e-3, appearance_penalty=0.5)
+    m = tr.model
+    groups = tr.optimizer.param_groups
+    assert [g["lr"] for g in groups if any(p is m.appearance for p in g["params"])] == [3e-3]
+    assert all(len(g["params"]) > 1 for g in groups if not any(p is m.appearance for p in g["params"]))
+    with torch.no_grad():
+        m.appearance.copy_(torch.randn(m.appearance.shape, generator=g) + 7.0)
+    o, d = _rays(32, seed=5)
+    out = m.render_rays(o, d, 2.0, 6.0, background=1.0, train=True, image=torch.arange(32) % 8)
+    terms = m.loss_terms(out, torch.full((32, 3), 0.5))
+    a = m.appearance
+    grad, = torch.autograd.grad(terms["appearance"], a)
+    torch.testing.assert_close(grad, 0.5 * 2 * (a - a.mean(0)) / a.shape[0])
+    free = build_model("nerfacto", **{**TINY, "appearance_penalty": 0.0})
+    free.bind_scene(orbit_poses(8).astype(np.float32), 2.0, 6.0, False)
+    assert "appearance" not in free.loss_terms(out, torch.zeros(32, 3))
+    # Without appearance_lr the codes train with the field, in its group.
+    assert len(_trainer().optimizer.param_groups) == 1
+    with pytest.raises(ValueError, match="appearance_penalty"):
+        build_model("nerfacto", **{**TINY, "appearance_penalty": -1.0})
 
 
 def test_refine_rays_is_the_corrected_camera():
