@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from loaders.normalize import (CAMERA_RADIUS, FORWARD_FACING_DEG, Similarity, depth_bounds, forward_facing_angle,
-                               normalize_cameras)
+                               normalize_cameras, view_jumps)
 from loaders.scene import DataError, Scene, Split
 
 # Without depth information (no bounds, no sparse points): a near plane close to the
@@ -34,6 +34,23 @@ def choose_ndc(source: str, c2w: np.ndarray, depth, ndc: bool | None, kind: str)
     return ndc, f"NDC {'on' if ndc else 'off'} (as asked; {spread})"
 
 
+def jump_note(c2w: np.ndarray, names, deg: float = 30.0) -> str | None:
+    """A sentence when the given poses turn the view by more than ``deg`` between images
+    adjacent in the capture's order (a video's frames, photos by name), else None.
+    Structure from motion can place a block of cameras rotated about a near-symmetric
+    subject; training on such poses fits each view and renders held-out ones wrongly
+    (docs/captures.md), and the user should hear it before training, not from the PSNR."""
+    order = np.argsort(np.asarray(names)) if names is not None and len(names) == len(c2w) else np.arange(len(c2w))
+    idx = view_jumps(c2w[order], deg)
+    if not len(idx):
+        return None
+    label = (lambda i: str(names[order[i]])) if names is not None and len(names) == len(c2w) else str  # noqa: E731
+    pairs = ", ".join(f"{label(i)} -> {label(i + 1)}" for i in idx[:3]) + (" ..." if len(idx) > 3 else "")
+    return (f"the view turns by more than {deg:g} deg between {len(idx)} pair(s) of images adjacent by name "
+            f"({pairs}): if they were taken in that order (a video's frames), these poses disagree and held-out "
+            "views will suffer; `main.py process` on the images makes new ones")
+
+
 def capture_scene(source: str, frames: Split, *, test: Split | None = None, depth: np.ndarray | None = None,
                   points=None, colors=None, ndc: bool | None = None, normalization: Similarity | None = None,
                   holdout_every: int = 8, notes: list[str] | None = None, kind: str = "capture",
@@ -51,6 +68,9 @@ def capture_scene(source: str, frames: Split, *, test: Split | None = None, dept
         depth = depth_bounds(c2w, K, np.stack([cams.width, cams.height], 1), points)
     ndc, why = choose_ndc(source, c2w, depth, ndc, kind)
     notes.append(why)
+    jumps = jump_note(c2w, frames.names) if kind == "capture" else None
+    if jumps:
+        notes.append(jumps)
     if normalization is None:
         normalization = normalize_cameras(c2w, depth, forward=ndc)
     s = normalization.scale

@@ -276,3 +276,22 @@ def test_stored_normalisation_is_reused(tmp_path):
 def test_blender_scenes_keep_their_frame_and_are_objects(blender_dir):
     sc = load_scene(blender_dir.root)
     assert sc.kind == "object" and sc.normalization.is_identity() and (sc.near, sc.far) == (2.0, 6.0)
+
+
+def test_poses_that_jump_between_adjacent_images_are_named_in_a_note():
+    """A block of cameras rotated 120 deg about the subject (structure from motion's error
+    on a near-symmetric object) is named by its two seams, in name order whatever order
+    the frames came in; a smooth orbit, or one taken out of order and sorted back, gets no note."""
+    from loaders.assemble import jump_note
+
+    c2w = orbit_poses(36)  # 10 deg apart
+    names = [f"{i:04d}.jpg" for i in range(36)]
+    assert jump_note(c2w, names) is None
+    shuffled = np.random.default_rng(0).permutation(36)
+    assert jump_note(c2w[shuffled], [names[i] for i in shuffled]) is None
+    bad = c2w.copy()
+    bad[12:20] = orbit_poses(36, offset_deg=120.0)[12:20]
+    note = jump_note(bad[shuffled], [names[i] for i in shuffled])
+    assert note is not None and "2 pair(s)" in note
+    assert "0011.jpg -> 0012.jpg" in note and "0019.jpg -> 0020.jpg" in note
+    assert jump_note(bad, []) is not None and "11 -> 12" in jump_note(bad, [])
