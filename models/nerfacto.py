@@ -56,6 +56,9 @@ from photo to photo, and poses that are a little off. This field answers each:
   training views fitted as well as without it and held-out views, at their own poses,
   lost 1.5 to 8 dB (docs/real_scenes.md).
 
+- Baked proposals (``render_bake``, off by default): renders read each proposal net's
+  log-density from a dense grid baked at its finest resolution (renderer/baked_grid.py),
+  baked again after training steps. Its speed and accuracy are not measured yet.
 - Marched renders (``render_march``, off by default; None: on CUDA): a trained field's
   empty space is known, so a view need not pay for the proposal nets and a fixed sample
   count per ray. Such renders march an occupancy grid of the contracted cube baked from
@@ -80,7 +83,7 @@ proposal_warmup (the proposals are trained every step at first, then every
 proposal_update_every steps, ramping over proposal_warmup steps, as nerfstudio);
 anneal_steps; interlevel_weight, distortion_weight; contraction ("inf" or 2); near, far;
 refine_poses, pose_lr, pose_lr_final, pose_decay_steps (the deltas' own schedule),
-pose_penalty_trans, pose_penalty_rot, pose_fix_frame; render_march, march_res, march_steps,
+pose_penalty_trans, pose_penalty_rot, pose_fix_frame; render_bake, render_march, march_res, march_steps,
 march_min_opacity, march_min_transmittance; seed.
 """
 from __future__ import annotations
@@ -96,6 +99,7 @@ from models.field import Field, StepContext, StepRequests, TrainPolicy, check_op
 from models.hashgrid import HashEncoding, trunc_exp
 from models.sh import sh_basis_matrix, sh_encode
 from renderer import contracted_march as cmarch
+from renderer.baked_grid import bake_grid, sample_grid
 from renderer import proposal as prop
 from renderer.compositing import alpha_weights
 from renderer.contraction import ORDERS, contract, to_unit_cube
@@ -140,7 +144,7 @@ class NerfactoField(Field):
         proposal_update_every=5, proposal_warmup=5000, anneal_steps=1000, interlevel_weight=1.0,
         distortion_weight=0.0, contraction="inf", near=0.05, far=1000.0, refine_poses=False,
         pose_lr=1e-3, pose_lr_final=1e-4, pose_decay_steps=5000,
-        pose_penalty_trans=1e-2, pose_penalty_rot=1e-3, pose_fix_frame=True, render_march=False,
+        pose_penalty_trans=1e-2, pose_penalty_rot=1e-3, pose_fix_frame=True, render_bake=False, render_march=False,
         march_res=128, march_steps=1024, march_min_opacity=0.01, march_min_transmittance=1e-3, seed=0)
     # A CPU cannot afford the full grid and sample counts (the torch hash encoding costs
     # ~30 us per point and level there): fewer levels, a smaller table, fewer samples.
@@ -185,6 +189,7 @@ class NerfactoField(Field):
         # The render-time occupancy of the contracted cube (renderer/contracted_march.py),
         # baked from the field at the step count it was baked at; not saved.
         self._march_grid, self._march_step = None, None
+        self._prop_grids = {}  # proposal index -> (step baked at, grid) for render_bake
         self.ndc = False
         # The scene's near and far bounds (bind_scene): rays asked for them take the field's.
         self._scene_near = self._scene_far = self._near = None
@@ -311,14 +316,25 @@ class NerfactoField(Field):
             t1 = torch.where(per_ray(far) * ones >= self._scene_far * (1 - 1e-6), far_n, t1)
         return o, dirs, dnorm, t0, torch.maximum(t1, t0 + 1e-4)
 
-    def _proposal_weights(self, net, o, dirs, t, grad: bool):
+    def _proposal_weights(self, net, o, dirs, t, grad: bool, grid=None):
         # Detached rays: the proposals' loss bounds the field's weights and is no evidence
         # about where a camera is (and its gradient through the points would cost time).
         mid = 0.5 * (t[:, 1:] + t[:, :-1])
         x = (o.detach()[:, None, :] + dirs.detach()[:, None, :] * mid[..., None]).reshape(-1, 3)
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            sigma = trunc_exp(net(self._x01(x))[:, 0].float()).reshape(mid.shape)
+            log_sigma = net(self._x01(x))[:, 0] if grid is None else sample_grid(grid, self._x01(x))
+            sigma = trunc_exp(log_sigma.float()).reshape(mid.shape)
             return alpha_weights(sigma, t[:, 1:] - t[:, :-1])[0]
+
+    @torch.no_grad()
+    def _proposal_grid(self, i: int, device) -> torch.Tensor:
+        """Proposal net i's log-density baked at its finest resolution (render_bake), baked
+        again whenever the field has trained since."""
+        step, grid = self._prop_grids.get(i, (None, None))
+        if step != self._step or grid is None or grid.device != device:
+            grid = bake_grid(lambda p: self.proposals[i](p)[:, 0], self.config["proposal_max_res"][i], device)
+            self._prop_grids[i] = (self._step, grid)
+        return grid
 
     def render_rays(self, rays_o, rays_d, near, far, background=None, train: bool = False,
                     image: torch.Tensor | None = None, appearance: torch.Tensor | None = None
@@ -342,7 +358,8 @@ class NerfactoField(Field):
         for i, net in enumerate(self.proposals):
             if i > 0:
                 u = prop.sample_histogram(u, levels[-1][1] ** anneal, n_prop[i], jitter())
-            w = self._proposal_weights(net, o, dirs, prop.spacing_to_distance(u, t0, t1), train_props)
+            grid = self._proposal_grid(i, o.device) if self.config["render_bake"] and not train else None
+            w = self._proposal_weights(net, o, dirs, prop.spacing_to_distance(u, t0, t1), train_props, grid)
             levels.append((u, w))
         u = prop.sample_histogram(u, levels[-1][1] ** anneal, n_field, jitter())
         t = prop.spacing_to_distance(u, t0, t1)
@@ -528,6 +545,8 @@ def check_config(c: dict) -> None:
     a_lr, a_pen = c["appearance_lr"], c["appearance_penalty"]
     if not ((a_lr is None or (a_lr > 0 and math.isfinite(a_lr))) and a_pen >= 0 and math.isfinite(a_pen)):
         raise ValueError(f"need appearance_lr None or > 0 and appearance_penalty >= 0, got {a_lr}, {a_pen}")
+    if c["render_bake"] not in (True, False):
+        raise ValueError(f"render_bake must be true or false, got {c['render_bake']!r}")
     if c["render_march"] not in (None, True, False) or c["march_res"] < 4 or c["march_steps"] < 2:
         raise ValueError("need render_march None, true or false, march_res >= 4 and march_steps >= 2, got "
                          f"{c['render_march']!r}, {c['march_res']}, {c['march_steps']}")
