@@ -198,6 +198,12 @@ class Field(nn.Module):
         and render_rays takes no such argument."""
         return None
 
+    def appearance_prior(self, code: torch.Tensor) -> torch.Tensor:
+        """The training's penalty on one image's code, to add to the photometric MSE when a
+        code is fitted to part of a view (a 0-dim tensor): the fit then keeps to codes
+        like those the field was trained with. The default: none."""
+        return code.new_zeros(())
+
     # -- training -------------------------------------------------------------------------
     def param_groups(self, lr: float) -> list[dict]:
         """Optimiser groups; each may carry its own lr (scaled with the schedule) and eps."""

@@ -99,7 +99,7 @@ from models.field import Field, StepContext, StepRequests, TrainPolicy, check_op
 from models.hashgrid import HashEncoding, trunc_exp
 from models.sh import sh_basis_matrix, sh_encode
 from renderer import contracted_march as cmarch
-from renderer.baked_grid import bake_grid, sample_grid
+from renderer.baked_grid import bake_grid, cached, sample_grid
 from renderer import proposal as prop
 from renderer.compositing import alpha_weights
 from renderer.contraction import ORDERS, contract, to_unit_cube
@@ -188,8 +188,7 @@ class NerfactoField(Field):
         self.register_buffer("anneal", torch.zeros(()), persistent=False)
         # The render-time occupancy of the contracted cube (renderer/contracted_march.py),
         # baked from the field at the step count it was baked at; not saved.
-        self._march_grid, self._march_step = None, None
-        self._prop_grids = {}  # proposal index -> (step baked at, grid) for render_bake
+        self._bakes = {}  # grids baked from the field for renders (renderer/baked_grid.cached)
         self.ndc = False
         # The scene's near and far bounds (bind_scene): rays asked for them take the field's.
         self._scene_near = self._scene_far = self._near = None
@@ -276,6 +275,12 @@ class NerfactoField(Field):
         """The mean embedding, detached: what a held-out view starts from (Field)."""
         return self._embedding(1, None, self.appearance.device)[0].detach().clone()
 
+    def appearance_prior(self, code: torch.Tensor) -> torch.Tensor:
+        """appearance_penalty times the code's squared distance from the training codes'
+        mean: per image, what the training's penalty on the codes' spread costs (Field)."""
+        mean = self._embedding(1, None, code.device)[0].detach()
+        return self.config["appearance_penalty"] * (code - mean).pow(2).sum()
+
     def _radiance_n(self, x_n, dirs, emb):
         """sigma (N,) per normalised unit and rgb (N, 3) at normalised points."""
         h = self.field(self._x01(x_n))
@@ -326,15 +331,11 @@ class NerfactoField(Field):
             sigma = trunc_exp(log_sigma.float()).reshape(mid.shape)
             return alpha_weights(sigma, t[:, 1:] - t[:, :-1])[0]
 
-    @torch.no_grad()
     def _proposal_grid(self, i: int, device) -> torch.Tensor:
-        """Proposal net i's log-density baked at its finest resolution (render_bake), baked
-        again whenever the field has trained since."""
-        step, grid = self._prop_grids.get(i, (None, None))
-        if step != self._step or grid is None or grid.device != device:
-            grid = bake_grid(lambda p: self.proposals[i](p)[:, 0], self.config["proposal_max_res"][i], device)
-            self._prop_grids[i] = (self._step, grid)
-        return grid
+        """Proposal net i's log-density baked at its finest resolution (render_bake)."""
+        r = self.config["proposal_max_res"][i]
+        return cached(self._bakes, f"proposal{i}", (self._step, r, str(device)),
+                      lambda: bake_grid(lambda p: self.proposals[i](p)[:, 0], r, device))
 
     def render_rays(self, rays_o, rays_d, near, far, background=None, train: bool = False,
                     image: torch.Tensor | None = None, appearance: torch.Tensor | None = None
@@ -422,20 +423,15 @@ class NerfactoField(Field):
         return {"rgb": color, "depth": depth, "acc": acc,
                 "samples": torch.full((), float(used + n_rays), device=o.device)}
 
-    @torch.no_grad()
     def _baked_grid(self, device) -> torch.Tensor:
-        """The occupancy grid, baked again whenever the field has trained since (or the
-        grid's options changed)."""
+        """The occupancy grid of the marched render."""
         c = self.config
+        span = torch.tensor([c["near"] or 0.0, c["far"]])
+        h = float(cmarch.step_spacing(span[:1], span[1:], c["march_steps"])[1])
+        density = lambda y: trunc_exp(self.field(to_unit_cube(y))[:, 0].float())  # noqa: E731
         key = (self._step, c["march_res"], c["march_steps"], c["march_min_opacity"], str(device))
-        if self._march_grid is None or self._march_step != key:
-            span = torch.tensor([c["near"] or 0.0, c["far"]])
-            h = float(cmarch.step_spacing(span[:1], span[1:], c["march_steps"])[1])
-            density = lambda y: trunc_exp(self.field(to_unit_cube(y))[:, 0].float())  # noqa: E731
-            self._march_grid = cmarch.bake_occupancy(density, c["march_res"], c["contraction"], h,
-                                                     c["march_min_opacity"], device=device)
-            self._march_step = key
-        return self._march_grid
+        return cached(self._bakes, "march", key, lambda: cmarch.bake_occupancy(
+            density, c["march_res"], c["contraction"], h, c["march_min_opacity"], device=device))
 
     def sample_counts(self, train: bool) -> tuple[list[int], int]:
         """(intervals per ray of each proposal net, radiance-field intervals per ray) of a

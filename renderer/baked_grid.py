@@ -13,6 +13,15 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
+def cached(cache: dict, name: str, key: tuple, make) -> torch.Tensor:
+    """cache[name]'s grid while ``key`` (the field's step count, the options and device it
+    was made with) is unchanged, else make()'s, kept: a render bakes once per trained field."""
+    if name not in cache or cache[name][0] != key:
+        cache[name] = (key, make())
+    return cache[name][1]
+
+
+@torch.no_grad()
 def bake_grid(fn, res: int, device, chunk: int = 1 << 20) -> torch.Tensor:
     """fn(points (N, 3) in [0, 1]^3) -> values (N,), at the (res + 1)^3 vertices k / res;
     returned float32 as v[z, y, x] (grid_sample's layout)."""

@@ -58,13 +58,13 @@ def test_nerfacto_baked_render_matches_its_proposal_render_and_bakes_again_after
     m.config["render_bake"] = True
     try:
         baked = tr.render(sp.c2w[0], 32, 32, keys=("rgb",))["rgb"]
-        first = m._prop_grids[0][1]
-        assert set(m._prop_grids) == {0, 1} and first.shape == (17, 17, 17)
+        first = m._bakes["proposal0"][1]
+        assert set(m._bakes) == {"proposal0", "proposal1"} and first.shape == (17, 17, 17)
         tr.render(sp.c2w[0], 8, 8, keys=("rgb",))
-        assert m._prop_grids[0][1] is first  # no training since: the same grid
+        assert m._bakes["proposal0"][1] is first  # no training since: the same grid
         tr.step()
         tr.render(sp.c2w[0], 8, 8, keys=("rgb",))
-        assert m._prop_grids[0][1] is not first
+        assert m._bakes["proposal0"][1] is not first
     finally:
         m.config["render_bake"] = False
     # Each proposal's weights along rays of the view: the baked grid's against the net's

@@ -496,13 +496,14 @@ def test_mesh_export_and_inerf_run_with_it(tmp_path):
 def test_held_out_appearance_is_fitted_on_the_left_half():
     """A held-out 'photo' rendered by the field itself with a known code far from the mean:
     the code fitted on its left half makes the right half match far better than the mean
-    code does; the report has both figures, and fields without appearance are refused."""
+    code does (with no prior on codes: a penalised field's codes never stray that far); the
+    report has both figures, and fields without appearance are refused."""
     from app.engine.appearance import evaluate_appearance, fit_appearance
     from renderer.render import render_image
     from tests.conftest import make_trainer
 
     torch.manual_seed(0)
-    tr = _trainer()
+    tr = _trainer(appearance_penalty=0.0)
     for _ in range(20):
         tr.step()
     m = tr.model
@@ -516,6 +517,16 @@ def test_held_out_appearance_is_fitted_on_the_left_half():
     right = lambda img: float(((img[:, 8:] - photo[:, 8:]) ** 2).mean())  # noqa: E731
     assert right(render(code)) < 0.1 * right(render(m.appearance_code())), (right(render(code)),
                                                                              right(render(m.appearance_code())))
+    # The fit keeps to the field's prior on codes: under a heavy one it stays near the mean.
+    mean = m.appearance_code()
+    assert float(m.appearance_prior(true_code)) == 0.0
+    m.config["appearance_penalty"] = 0.5
+    assert float(m.appearance_prior(true_code)) == pytest.approx(0.5 * float(((true_code - mean) ** 2).sum()),
+                                                                rel=1e-5)
+    m.config["appearance_penalty"] = 100.0
+    held = fit_appearance(tr, photo, sp.c2w[0], cam, steps=60, batch=128, lr=1e-1)
+    m.config["appearance_penalty"] = 0.0
+    assert float((held - mean).norm()) < 0.2 * float((code - mean).norm())
     res = evaluate_appearance(tr, max_images=2, steps=0)  # no fitting: both figures agree
     assert set(res["mean"]) == {"psnr_mean_right", "psnr_fitted_right"}
     assert res["mean"]["psnr_mean_right"] == pytest.approx(res["mean"]["psnr_fitted_right"])

@@ -31,8 +31,10 @@ def fit_view(trainer, image: np.ndarray, c2w: np.ndarray, camera: Cameras, steps
              batch: int = 1024, lr: float = 1e-2, fit_pose: bool = False, pose_lr: float = 3e-3,
              seed: int = 0) -> tuple[torch.Tensor | None, np.ndarray]:
     """(appearance code or None, camera-to-world) fitted to the left half of ``image``, the
-    field frozen. With ``fit_pose`` the camera is fitted too (iNeRF's photometric
-    alignment, as pose-refining methods evaluate held-out views): a rotation about its
+    field frozen, under the field's own prior on codes (Field.appearance_prior: a code
+    far from those it was trained with renders what the field never learnt). With
+    ``fit_pose`` the camera is fitted too (iNeRF's photometric alignment, as
+    pose-refining methods evaluate held-out views): a rotation about its
     centre and a shift in units of the scene's radius, each at ``pose_lr`` per step. Why:
     a field trained with camera refinement, or on poses that are a little off, sits in a
     frame that a held-out camera's recorded pose does not quite match."""
@@ -73,6 +75,8 @@ def fit_view(trainer, image: np.ndarray, c2w: np.ndarray, camera: Cameras, steps
                 out = model.render_rays(o, d, trainer.scene.near, trainer.scene.far,
                                         background=trainer.background, train=False, appearance=code)
             loss = ((out["rgb"].float() - target[pick]) ** 2).mean()
+            if code is not None:
+                loss = loss + model.appearance_prior(code)
             opt.zero_grad(set_to_none=True)
             loss.backward(inputs=[p for grp in groups for p in grp["params"]])  # the field gets none
             opt.step()
