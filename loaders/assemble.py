@@ -40,12 +40,13 @@ def jump_note(c2w: np.ndarray, names, deg: float = 30.0) -> str | None:
     Structure from motion can place a block of cameras rotated about a near-symmetric
     subject; training on such poses fits each view and renders held-out ones wrongly
     (docs/captures.md), and the user should hear it before training, not from the PSNR."""
-    order = np.argsort(np.asarray(names)) if names is not None and len(names) == len(c2w) else np.arange(len(c2w))
+    named = names is not None and len(names) == len(c2w)
+    order = np.argsort(np.asarray(names)) if named else np.arange(len(c2w))  # unnamed: the order given
+    names = names if named else [str(i) for i in range(len(c2w))]
     idx = view_jumps(c2w[order], deg)
     if not len(idx):
         return None
-    label = (lambda i: str(names[order[i]])) if names is not None and len(names) == len(c2w) else str  # noqa: E731
-    pairs = ", ".join(f"{label(i)} -> {label(i + 1)}" for i in idx[:3]) + (" ..." if len(idx) > 3 else "")
+    pairs = ", ".join(f"{names[order[i]]} -> {names[order[i + 1]]}" for i in idx[:3]) + (" ..." if len(idx) > 3 else "")
     return (f"the view turns by more than {deg:g} deg between {len(idx)} pair(s) of images adjacent by name "
             f"({pairs}): if they were taken in that order (a video's frames), these poses disagree and held-out "
             "views will suffer; `main.py process` on the images makes new ones")

@@ -294,4 +294,5 @@ def test_poses_that_jump_between_adjacent_images_are_named_in_a_note():
     note = jump_note(bad[shuffled], [names[i] for i in shuffled])
     assert note is not None and "2 pair(s)" in note
     assert "0011.jpg -> 0012.jpg" in note and "0019.jpg -> 0020.jpg" in note
-    assert jump_note(bad, []) is not None and "11 -> 12" in jump_note(bad, [])
+    assert jump_note(c2w, []) is None  # unnamed: in the order given
+    assert "2 pair(s)" in jump_note(bad, []) and "11 -> 12" in jump_note(bad, [])
