@@ -49,6 +49,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.bench_gpu import budget_steps, log, sync, time_render  # noqa: E402
+from bench.render_profile import profile_frame  # noqa: E402
 
 MODEL = "nerfacto"
 TRAINER_KEYS = ("batch", "bf16", "lr", "lr_final")
@@ -172,6 +173,9 @@ def run_variant(scene_name: str, scene, var_name: str, keys: dict, args, device:
     row["capture_frame_ms"] = time_render(lambda: trainer.render(c2w, keys=("rgb",), chunk=args.render_chunk),
                                           args.render_repeats)
     row["capture_size"] = f"{trainer.width}x{trainer.height}"
+    if args.profile:
+        log(f"  {scene_name}/{var_name}, one {n}x{n} frame:\n" + profile_frame(
+            lambda: trainer.render(c2w, n, n, keys=("rgb",), chunk=args.render_chunk)))
     row["render_sweep"] = render_sweep(trainer, args, c2w) if args.render_configs else []
     if args.save_heldout:
         os.makedirs(args.save_heldout, exist_ok=True)
@@ -237,6 +241,9 @@ def render_sweep(trainer, args, c2w) -> list[dict]:
             cap = time_render(lambda: trainer.render(c2w, keys=("rgb",), chunk=args.render_chunk),
                               args.render_repeats)
             spr = samples_per_ray(trainer)
+            if args.profile:
+                log(f"  render {spec}, one {n}x{n} frame:\n" + profile_frame(
+                    lambda: trainer.render(c2w, n, n, keys=("rgb",), chunk=args.render_chunk)))
             out.append({"counts": spec, "psnr": psnr, "frame_ms": ms, "capture_frame_ms": cap,
                          "samples_per_ray": spr})
             log(f"  render {spec}: held-out PSNR {psnr:.2f}, {n}x{n} {ms:.1f} ms, capture size {cap:.1f} ms, "
@@ -349,6 +356,8 @@ def main(argv=None) -> int:
                    help="after training, render with these too, ';'-separated: proposal-render sample "
                         "counts (per ray: each proposal net's, then the field's, e.g. 256,96,48) or a JSON "
                         "object of marched-render options, e.g. '{\"march_res\": 256}'")
+    p.add_argument("--profile", action="store_true",
+                   help="print where each rendered frame's time goes (bench/render_profile.py)")
     p.add_argument("--save-heldout", default=None, help="folder for held-out render | photo PNGs")
     p.add_argument("--heldout-width", type=int, default=720, help="width of the side-by-side PNG")
     p.add_argument("--fit-pose", action="store_true",

@@ -199,6 +199,37 @@ def test_appearance_embedding_changes_colour_and_renders_use_the_mean():
     torch.testing.assert_close(mean, as_mean)
 
 
+def test_colour_head_split_per_ray_equals_the_concatenated_input():
+    """The colour head's first layer is applied once per ray to the direction and code
+    (_ray_term) and once per sample to the geometry features; together they must give
+    the paper's layer on the concatenation [geometry, SH(direction), code], sample by
+    sample (reference: the head in float64 on the concatenation)."""
+    import copy
+
+    from models.sh import sh_encode
+    torch.manual_seed(0)
+    m = build_model("nerfacto", **TINY)
+    m.bind_scene(orbit_poses(3).astype(np.float32), 2.0, 6.0, False)
+    with torch.no_grad():  # a head far from its initialisation
+        for p in m.color_net.parameters():
+            p.normal_(0.0, 0.5)
+    head = copy.deepcopy(m.color_net).double()
+    g = torch.Generator().manual_seed(2)
+    n_rays, s = 5, 7
+    x = torch.rand(n_rays * s, 3, generator=g) * 3 - 1.5
+    dirs = torch.randn(n_rays, 3, generator=g)
+    emb = torch.randn(n_rays, 4, generator=g)
+    with torch.no_grad():
+        sigma, rgb = m._radiance_n(x, m._ray_term(dirs, emb))
+        for i in range(n_rays * s):
+            r = i // s
+            h = m.field(m._x01(x[i:i + 1])).double()
+            sh = sh_encode(dirs[r:r + 1].double() / dirs[r].double().norm(), m.sh_C.double())
+            want = torch.sigmoid(head(torch.cat([h[:, 1:], sh, emb[r:r + 1].double()], -1)))[0]
+            torch.testing.assert_close(rgb[i].double(), want, rtol=0, atol=2e-6)
+            assert float(sigma[i]) == pytest.approx(math.exp(float(h[0, 0])), rel=1e-6)
+
+
 def test_appearance_codes_have_their_own_lr_and_a_penalty_on_their_spread():
     from models.nerfacto import code_spread
     g = torch.Generator().manual_seed(4)

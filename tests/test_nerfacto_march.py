@@ -43,7 +43,7 @@ def test_marched_render_is_the_quadrature_of_its_steps():
             t = lin_inv(g0 + (k + 0.5) * h) if k < steps else lin_inv(g0 + (steps - 0.5) * h)
             x = (on[r].double() + dirs[r].double() * t).float()[None]
             with torch.no_grad():
-                sigma, rgb = m._radiance_n(x, dirs[r:r + 1], emb)
+                sigma, rgb = m._radiance_n(x, m._ray_term(dirs[r:r + 1], emb))
             if k == steps:  # the far end's colour takes what is left
                 colour += trans * rgb[0].double().numpy()
                 break
