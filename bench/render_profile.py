@@ -42,7 +42,7 @@ def stage_clock(totals: dict):
         fn = getattr(owner, name)
         saved.append((owner, name, fn))
 
-        def timed(*a, _fn=fn, _key=attr.split(".")[-1], **k):
+        def timed(*a, _fn=fn, _key=name, **k):
             sync()
             t0 = time.perf_counter()
             out = _fn(*a, **k)
