@@ -20,7 +20,6 @@ from bench.bench_gpu import sync
 STAGES = (
     ("renderer.proposal", "uniform_edges"),
     ("renderer.proposal", "sample_histogram"),
-    ("renderer.proposal", "spacing_to_distance"),
     ("models.nerfacto", "NerfactoField._proposal_weights"),
     ("models.nerfacto", "NerfactoField._radiance_n"),
 )

@@ -89,6 +89,7 @@ march_min_opacity, march_min_transmittance; seed.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -96,7 +97,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.field import Field, StepContext, StepRequests, TrainPolicy, check_options
-from models.hashgrid import HashEncoding, trunc_exp
+from models.hashgrid import HashEncoding, _kernels_for, trunc_exp
 from models.sh import sh_basis_matrix, sh_encode
 from renderer import contracted_march as cmarch
 from renderer.baked_grid import bake_grid, cached, sample_grid
@@ -124,7 +125,57 @@ class HashDensity(nn.Module):
         return self.mlp(self.encoding(x01))
 
 
-class NerfactoField(Field):
+class _BakedRenders:
+    """NerfactoField's render-time accelerations (render_bake, render_march; the module
+    doc): grids baked from the trained nets, used by renders only. Apart from the field's
+    class so that it reads as the training path."""
+
+    def _proposal_grid(self, i: int, device) -> torch.Tensor:
+        """Proposal net i's log-density baked at its finest resolution (render_bake)."""
+        r = self.config["proposal_max_res"][i]
+        return cached(self._bakes, f"proposal{i}", (self._step, r, str(device)),
+                      lambda: bake_grid(lambda p: self.proposals[i](p)[:, 0], r, device))
+
+    def _marches(self, o: torch.Tensor) -> bool:
+        """Whether a render marches the baked occupancy grid (render_march; None: on CUDA,
+        where baking the grid is cheap; a CPU would take minutes). A crop box keeps the
+        proposal render, which knows how to cut the background."""
+        rm = self.config["render_march"]
+        return self.crop is None and (o.is_cuda if rm is None else bool(rm))
+
+    def _render_marched(self, o, dirs, dnorm, t0, t1, background, image, appearance) -> dict:
+        """A render through the occupancy grid of the contracted cube (instant-ngp's way,
+        renderer/contracted_march.py): occupied cells only, front to back, each ray stopped
+        once its transmittance is below march_min_transmittance. The light left over takes
+        the colour at the ray's far end (the proposal render's last sample lies there)."""
+        c = self.config
+        n_rays = o.shape[0]
+        term = self._ray_term(dirs, self._embedding(n_rays, image, o.device, appearance))
+        total, used = cmarch.render_marched(
+            lambda rid, x: self._radiance_n(x, term[rid]), o, dirs, t0, t1,
+            self._baked_grid(o.device), c["march_res"], c["contraction"], c["march_steps"],
+            -math.log(c["march_min_transmittance"]))
+        acc, color = total["acc"], total["rgb"]
+        if background is not None:
+            g0, h = cmarch.step_spacing(t0, t1, c["march_steps"])
+            t_far = prop.lindisp_inverse(g0 + (c["march_steps"] - 0.5) * h)
+            color = color + (1.0 - acc)[:, None] * self._radiance_n(o + dirs * t_far[:, None], term)[1]
+        depth = total["depth_s"] / acc.clamp(min=1e-10) / (self._scale * dnorm[:, 0])
+        return {"rgb": color, "depth": depth, "acc": acc,
+                "samples": torch.full((), float(used + n_rays), device=o.device)}
+
+    def _baked_grid(self, device) -> torch.Tensor:
+        """The occupancy grid of the marched render."""
+        c = self.config
+        span = torch.tensor([c["near"] or 0.0, c["far"]])
+        h = float(cmarch.step_spacing(span[:1], span[1:], c["march_steps"])[1])
+        density = lambda y: trunc_exp(self.field(to_unit_cube(y))[:, 0].float())  # noqa: E731
+        key = (self._step, c["march_res"], c["march_steps"], c["march_min_opacity"], str(device))
+        return cached(self._bakes, "march", key, lambda: cmarch.bake_occupancy(
+            density, c["march_res"], c["contraction"], h, c["march_min_opacity"], device=device))
+
+
+class NerfactoField(_BakedRenders, Field):
     """Radiance field for real, unbounded captures (see the module doc)."""
 
     LABEL = "nerfacto (real captures)"
@@ -336,7 +387,15 @@ class NerfactoField(Field):
             t1 = torch.where(per_ray(far) * ones >= self._scene_far * (1 - 1e-6), far_n, t1)
         return o, dirs, dnorm, t0, torch.maximum(t1, t0 + 1e-4)
 
-    def _proposal_weights(self, net, o, dirs, t, grad: bool, grid=None):
+    def _proposal_weights(self, net, o, dirs, u, t0, t1, grad: bool, grid=None):
+        """Compositing weights (R, n) of proposal ``net`` (or of its baked ``grid``) on the
+        intervals u (R, n + 1) in the lindisp spacing between t0 and t1 (R, 1); without a
+        gradient, from the fused kernel where it runs."""
+        if grid is None and not (grad and torch.is_grad_enabled()):
+            fused = fused_proposal_weights(net, o, dirs, u, t0, t1, self.config["contraction"])
+            if fused is not None:
+                return fused
+        t = prop.spacing_to_distance(u, t0, t1)
         # Detached rays: the proposals' loss bounds the field's weights and is no evidence
         # about where a camera is (and its gradient through the points would cost time).
         mid = 0.5 * (t[:, 1:] + t[:, :-1])
@@ -345,12 +404,6 @@ class NerfactoField(Field):
             log_sigma = net(self._x01(x))[:, 0] if grid is None else sample_grid(grid, self._x01(x))
             sigma = trunc_exp(log_sigma.float()).reshape(mid.shape)
             return alpha_weights(sigma, t[:, 1:] - t[:, :-1])[0]
-
-    def _proposal_grid(self, i: int, device) -> torch.Tensor:
-        """Proposal net i's log-density baked at its finest resolution (render_bake)."""
-        r = self.config["proposal_max_res"][i]
-        return cached(self._bakes, f"proposal{i}", (self._step, r, str(device)),
-                      lambda: bake_grid(lambda p: self.proposals[i](p)[:, 0], r, device))
 
     def render_rays(self, rays_o, rays_d, near, far, background=None, train: bool = False,
                     image: torch.Tensor | None = None, appearance: torch.Tensor | None = None
@@ -375,7 +428,7 @@ class NerfactoField(Field):
             if i > 0:
                 u = prop.sample_histogram(u, levels[-1][1] ** anneal, n_prop[i], jitter())
             grid = self._proposal_grid(i, o.device) if self.config["render_bake"] and not train else None
-            w = self._proposal_weights(net, o, dirs, prop.spacing_to_distance(u, t0, t1), train_props, grid)
+            w = self._proposal_weights(net, o, dirs, u, t0, t1, train_props, grid)
             levels.append((u, w))
         u = prop.sample_histogram(u, levels[-1][1] ** anneal, n_field, jitter())
         t = prop.spacing_to_distance(u, t0, t1)
@@ -409,44 +462,6 @@ class NerfactoField(Field):
             out["interlevel"] = (sum(prop.interlevel_loss(u, w, pu, pw) for pu, pw in levels)
                                  if train_props else torch.zeros((), device=o.device))
         return out
-
-    def _marches(self, o: torch.Tensor) -> bool:
-        """Whether a render marches the baked occupancy grid (render_march; None: on CUDA,
-        where baking the grid is cheap; a CPU would take minutes). A crop box keeps the
-        proposal render, which knows how to cut the background."""
-        rm = self.config["render_march"]
-        return self.crop is None and (o.is_cuda if rm is None else bool(rm))
-
-    def _render_marched(self, o, dirs, dnorm, t0, t1, background, image, appearance) -> dict:
-        """A render through the occupancy grid of the contracted cube (instant-ngp's way,
-        renderer/contracted_march.py): occupied cells only, front to back, each ray stopped
-        once its transmittance is below march_min_transmittance. The light left over takes
-        the colour at the ray's far end (the proposal render's last sample lies there)."""
-        c = self.config
-        n_rays = o.shape[0]
-        term = self._ray_term(dirs, self._embedding(n_rays, image, o.device, appearance))
-        total, used = cmarch.render_marched(
-            lambda rid, x: self._radiance_n(x, term[rid]), o, dirs, t0, t1,
-            self._baked_grid(o.device), c["march_res"], c["contraction"], c["march_steps"],
-            -math.log(c["march_min_transmittance"]))
-        acc, color = total["acc"], total["rgb"]
-        if background is not None:
-            g0, h = cmarch.step_spacing(t0, t1, c["march_steps"])
-            t_far = prop.lindisp_inverse(g0 + (c["march_steps"] - 0.5) * h)
-            color = color + (1.0 - acc)[:, None] * self._radiance_n(o + dirs * t_far[:, None], term)[1]
-        depth = total["depth_s"] / acc.clamp(min=1e-10) / (self._scale * dnorm[:, 0])
-        return {"rgb": color, "depth": depth, "acc": acc,
-                "samples": torch.full((), float(used + n_rays), device=o.device)}
-
-    def _baked_grid(self, device) -> torch.Tensor:
-        """The occupancy grid of the marched render."""
-        c = self.config
-        span = torch.tensor([c["near"] or 0.0, c["far"]])
-        h = float(cmarch.step_spacing(span[:1], span[1:], c["march_steps"])[1])
-        density = lambda y: trunc_exp(self.field(to_unit_cube(y))[:, 0].float())  # noqa: E731
-        key = (self._step, c["march_res"], c["march_steps"], c["march_min_opacity"], str(device))
-        return cached(self._bakes, "march", key, lambda: cmarch.bake_occupancy(
-            density, c["march_res"], c["contraction"], h, c["march_min_opacity"], device=device))
 
     def sample_counts(self, train: bool) -> tuple[list[int], int]:
         """(intervals per ray of each proposal net, radiance-field intervals per ray) of a
@@ -569,6 +584,25 @@ def check_config(c: dict) -> None:
     if not (0 < c["pose_lr_final"] <= c["pose_lr"] or c["pose_lr"] == 0) or c["pose_decay_steps"] < 1:
         raise ValueError("need 0 < pose_lr_final <= pose_lr and pose_decay_steps >= 1, got "
                          f"{c['pose_lr_final']}, {c['pose_decay_steps']}")
+
+
+def fused_proposal_weights(net, o, dirs, u, t0, t1, contraction) -> torch.Tensor | None:
+    """A proposal level's weights from the Triton kernel (models/kernels/proposal_weights.py)
+    where it runs (CUDA, or forced with NERFLAB_KERNELS=triton), else None: the caller's
+    torch path then computes them. A kernel that fails disables the kernels for the run."""
+    if not _kernels_for(o):
+        return None
+    try:
+        from models.kernels import proposal_weights as kern
+        if not kern.supports(net):
+            return None
+        return kern.proposal_weights_triton(net, o, dirs, u, prop.lindisp(t0), prop.lindisp(t1), contraction)
+    except Exception as exc:  # noqa: BLE001 - fall back rather than stop a run
+        if os.environ.get("NERFLAB_KERNELS") == "triton":
+            raise
+        from renderer import kernels
+        kernels.disable(f"proposal_weights: {exc!r}"[:300])
+        return None
 
 
 def code_spread(codes: torch.Tensor) -> torch.Tensor:

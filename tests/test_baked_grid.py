@@ -75,10 +75,10 @@ def test_nerfacto_baked_render_matches_its_proposal_render_and_bakes_again_after
     dirs = camera_grid_directions(sp.cameras[0], 0, "cpu").reshape(-1, 3)[::50]
     ro, rd = rays_from_dirs(dirs, torch.as_tensor(np.asarray(sp.c2w[0], np.float32)))
     o, d, _, t0, t1 = m._ray_bounds(ro, rd, tr.scene.near, tr.scene.far)
-    t = prop.spacing_to_distance(prop.uniform_edges(len(o), 16, None, "cpu"), t0, t1)
+    u = prop.uniform_edges(len(o), 16, None, "cpu")
     with torch.no_grad():
-        w = m._proposal_weights(m.proposals[0], o, d, t, False)
-        wb = m._proposal_weights(m.proposals[0], o, d, t, False, m._proposal_grid(0, "cpu"))
+        w = m._proposal_weights(m.proposals[0], o, d, u, t0, t1, False)
+        wb = m._proposal_weights(m.proposals[0], o, d, u, t0, t1, False, m._proposal_grid(0, "cpu"))
     l1 = float((wb - w).abs().sum(-1).mean())
     assert l1 < 0.05, l1
     err = float((baked - plain).abs().mean())
