@@ -345,7 +345,11 @@ class NerfactoField(_BakedRenders, Field):
     def _radiance_n(self, x_n: torch.Tensor, ray_term: torch.Tensor):
         """sigma (N,) per normalised unit and rgb (N, 3) at normalised points (N, 3), which
         are R rays' samples, ray by ray (N = R S); ray_term (R, color_hidden) the rays'
-        ``_ray_term``."""
+        ``_ray_term``. Without gradients, from the fused kernel where it runs."""
+        if not torch.is_grad_enabled():
+            fused = fused_field(self.field, self.color_net, x_n, ray_term, self.config["contraction"])
+            if fused is not None:
+                return fused
         h = self.field(self._x01(x_n))
         sigma = trunc_exp(h[:, 0].float())
         lin, n_rays = self.color_net[0], ray_term.shape[0]
@@ -588,20 +592,38 @@ def check_config(c: dict) -> None:
 
 def fused_proposal_weights(net, o, dirs, u, t0, t1, contraction) -> torch.Tensor | None:
     """A proposal level's weights from the Triton kernel (models/kernels/proposal_weights.py)
-    where it runs (CUDA, or forced with NERFLAB_KERNELS=triton), else None: the caller's
-    torch path then computes them. A kernel that fails disables the kernels for the run."""
-    if not _kernels_for(o):
+    where it runs, else None: the caller's torch path then computes them."""
+    def run():
+        from models.kernels import proposal_weights as kern
+        if kern.supports(net):
+            return kern.proposal_weights_triton(net, o, dirs, u, prop.lindisp(t0), prop.lindisp(t1), contraction)
+        return None
+    return _kernel_or_none("proposal_weights", o, run)
+
+
+def fused_field(field, color_net, x_n, ray_term, contraction) -> tuple | None:
+    """(sigma, rgb) of the radiance field from the Triton kernel (models/kernels/nerfacto_field.py)
+    where it runs, else None: the caller's torch path then computes them."""
+    def run():
+        from models.kernels import nerfacto_field as kern
+        if kern.supports(field, color_net):
+            return kern.field_triton(field, color_net, x_n, ray_term, contraction)
+        return None
+    return _kernel_or_none("nerfacto_field", x_n, run)
+
+
+def _kernel_or_none(name: str, like: torch.Tensor, run):
+    """run()'s result where Triton kernels run (CUDA, or forced with NERFLAB_KERNELS=triton),
+    else None. A kernel that fails disables the kernels for the run (torch from then on)."""
+    if not _kernels_for(like):
         return None
     try:
-        from models.kernels import proposal_weights as kern
-        if not kern.supports(net):
-            return None
-        return kern.proposal_weights_triton(net, o, dirs, u, prop.lindisp(t0), prop.lindisp(t1), contraction)
+        return run()
     except Exception as exc:  # noqa: BLE001 - fall back rather than stop a run
         if os.environ.get("NERFLAB_KERNELS") == "triton":
             raise
         from renderer import kernels
-        kernels.disable(f"proposal_weights: {exc!r}"[:300])
+        kernels.disable(f"{name}: {exc!r}"[:300])
         return None
 
 
