@@ -25,7 +25,6 @@ sample_budget before compaction).
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -101,11 +100,6 @@ def hash_encode_torch(x01: torch.Tensor, table: torch.Tensor, resolutions, offse
     return (w[..., None] * vals.float()).sum(2).reshape(n, n_levels * n_feat)
 
 
-def _kernels_for(t: torch.Tensor) -> bool:
-    from renderer.occupancy import _use_triton
-    return _use_triton(t)
-
-
 class HashEncoding(nn.Module):
     """nn.Module around the encoding: the table is one (sum of level sizes, F) parameter."""
 
@@ -129,16 +123,14 @@ class HashEncoding(nn.Module):
 
     def forward(self, x01: torch.Tensor) -> torch.Tensor:
         """(N, 3) in [0, 1] -> (N, L * F) float32."""
-        if _kernels_for(x01):
-            try:
-                from models.kernels.hash_encode import hash_encode_triton
-                return hash_encode_triton(x01, self.table, self.res_t, self.off_t, self.dense_t,
-                                          self.log2_hashmap_size)
-            except Exception as exc:  # noqa: BLE001 - fall back rather than stop a run
-                if os.environ.get("NERFLAB_KERNELS") == "triton":
-                    raise
-                from renderer import kernels
-                kernels.disable(f"hash_encode: {exc!r}"[:300])
+        def run():
+            from models.kernels.hash_encode import hash_encode_triton
+            return hash_encode_triton(x01, self.table, self.res_t, self.off_t, self.dense_t, self.log2_hashmap_size)
+
+        from renderer import kernels
+        out = kernels.run_or_none("hash_encode", x01, run)
+        if out is not None:
+            return out
         return hash_encode_torch(x01, self.table, self.resolutions, self.offsets, self.dense,
                                  self.log2_hashmap_size)
 

@@ -89,7 +89,6 @@ march_min_opacity, march_min_transmittance; seed.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import torch
@@ -97,9 +96,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.field import Field, StepContext, StepRequests, TrainPolicy, check_options
-from models.hashgrid import HashEncoding, _kernels_for, trunc_exp
+from models.hashgrid import HashEncoding, trunc_exp
 from models.sh import sh_basis_matrix, sh_encode
-from renderer import contracted_march as cmarch
+from renderer import contracted_march as cmarch, kernels
 from renderer.baked_grid import bake_grid, cached, sample_grid
 from renderer import proposal as prop
 from renderer.compositing import alpha_weights
@@ -598,7 +597,7 @@ def fused_proposal_weights(net, o, dirs, u, t0, t1, contraction) -> torch.Tensor
         if kern.supports(net):
             return kern.proposal_weights_triton(net, o, dirs, u, prop.lindisp(t0), prop.lindisp(t1), contraction)
         return None
-    return _kernel_or_none("proposal_weights", o, run)
+    return kernels.run_or_none("proposal_weights", o, run)
 
 
 def fused_field(field, color_net, x_n, ray_term, contraction) -> tuple | None:
@@ -609,22 +608,7 @@ def fused_field(field, color_net, x_n, ray_term, contraction) -> tuple | None:
         if kern.supports(field, color_net):
             return kern.field_triton(field, color_net, x_n, ray_term, contraction)
         return None
-    return _kernel_or_none("nerfacto_field", x_n, run)
-
-
-def _kernel_or_none(name: str, like: torch.Tensor, run):
-    """run()'s result where Triton kernels run (CUDA, or forced with NERFLAB_KERNELS=triton),
-    else None. A kernel that fails disables the kernels for the run (torch from then on)."""
-    if not _kernels_for(like):
-        return None
-    try:
-        return run()
-    except Exception as exc:  # noqa: BLE001 - fall back rather than stop a run
-        if os.environ.get("NERFLAB_KERNELS") == "triton":
-            raise
-        from renderer import kernels
-        kernels.disable(f"{name}: {exc!r}"[:300])
-        return None
+    return kernels.run_or_none("nerfacto_field", x_n, run)
 
 
 def code_spread(codes: torch.Tensor) -> torch.Tensor:

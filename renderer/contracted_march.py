@@ -26,7 +26,6 @@ Pure functions; the torch code is the reference of the Triton kernel
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import torch.nn.functional as F
@@ -81,17 +80,14 @@ def march_contracted(rays_o, dirs, t0, t1, occ, res: int, order, n_steps: int,
                      jitter: torch.Tensor) -> dict[str, torch.Tensor]:
     """``march_contracted_torch``'s samples, by the Triton kernel on CUDA (torch otherwise,
     or when the kernel fails: it is then disabled for the run, as renderer.occupancy's)."""
-    from renderer.occupancy import _use_triton
+    def run():
+        from renderer.kernels.march import march_contracted_triton
+        return march_contracted_triton(rays_o, dirs, t0, t1, occ, res, order, n_steps, jitter)
 
-    if _use_triton(rays_o):
-        try:
-            from renderer.kernels.march import march_contracted_triton
-            return march_contracted_triton(rays_o, dirs, t0, t1, occ, res, order, n_steps, jitter)
-        except Exception as exc:  # noqa: BLE001 - a kernel that fails must not stop a render
-            if os.environ.get("NERFLAB_KERNELS") == "triton":
-                raise
-            from renderer import kernels
-            kernels.disable(f"march_contracted: {exc!r}"[:300])
+    from renderer import kernels
+    out = kernels.run_or_none("march_contracted", rays_o, run)
+    if out is not None:
+        return out
     return march_contracted_torch(rays_o, dirs, t0, t1, occ, res, order, n_steps, jitter)
 
 

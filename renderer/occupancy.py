@@ -191,16 +191,14 @@ def march_rays(rays_o: torch.Tensor, dirs: torch.Tensor, s_start: torch.Tensor, 
     (in ray order) are dropped whole (count 0, fits False) so that no ray is
     rendered from a truncated sample list.
     """
-    if _use_triton(rays_o):
-        try:
-            from renderer.kernels.march import march_rays_triton
-            return march_rays_triton(rays_o, dirs, s_start, s_end, occ, bound, res, dt, max_steps,
-                                     jitter, max_samples)
-        except Exception as exc:  # noqa: BLE001 - a kernel that fails must not stop training
-            if os.environ.get("NERFLAB_KERNELS") == "triton":
-                raise
-            from renderer import kernels
-            kernels.disable(f"march_rays: {exc!r}"[:300])
+    def run():
+        from renderer.kernels.march import march_rays_triton
+        return march_rays_triton(rays_o, dirs, s_start, s_end, occ, bound, res, dt, max_steps, jitter, max_samples)
+
+    from renderer import kernels
+    out = kernels.run_or_none("march_rays", rays_o, run)
+    if out is not None:
+        return out
     return march_rays_torch(rays_o, dirs, s_start, s_end, occ, bound, res, dt, max_steps, jitter,
                             max_samples)
 
@@ -218,16 +216,15 @@ def march_rays_static(rays_o: torch.Tensor, dirs: torch.Tensor, s_start: torch.T
     Returns ray_ids (capacity,) int64, s (capacity,) float32, fits (R,) bool, marched
     (0-dim int64: samples all rays asked for) and kept (0-dim int64: samples packed).
     """
-    if _use_triton(rays_o):
-        try:
-            from renderer.kernels.march import march_rays_triton_static
-            return march_rays_triton_static(rays_o, dirs, s_start, s_end, occ, bound, res, dt,
-                                            max_steps, jitter, capacity)
-        except Exception as exc:  # noqa: BLE001 - a kernel that fails must not stop training
-            if os.environ.get("NERFLAB_KERNELS") == "triton":
-                raise
-            from renderer import kernels
-            kernels.disable(f"march_rays_static: {exc!r}"[:300])
+    def run():
+        from renderer.kernels.march import march_rays_triton_static
+        return march_rays_triton_static(rays_o, dirs, s_start, s_end, occ, bound, res, dt, max_steps, jitter,
+                                        capacity)
+
+    from renderer import kernels
+    out = kernels.run_or_none("march_rays_static", rays_o, run)
+    if out is not None:
+        return out
     n_rays = rays_o.shape[0]
     dev = rays_o.device
     pk = march_rays_torch(rays_o, dirs, s_start, s_end, occ, bound, res, dt, max_steps, jitter)

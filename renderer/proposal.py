@@ -67,8 +67,15 @@ def sample_histogram(edges: torch.Tensor, weights: torch.Tensor, n: int, jitter:
     stratified: q_k = (k + jitter) / (n + 1), k = 0..n, with one jitter (R, 1) in [0, 1)
     per ray, or jitter 1/2 (None: deterministic, for rendering). The new edges are the
     inverse CDF at those quantiles; they are returned detached (no gradient flows through
-    where samples are put).
+    where samples are put). On CUDA a Triton kernel computes the same in one pass.
     """
+    def run():  # the same in one pass (renderer/kernels/histogram.py)
+        from renderer.kernels.histogram import sample_histogram_triton
+        return sample_histogram_triton(edges, weights, n, jitter, padding, EPS)
+
+    from renderer import kernels
+    if edges.dtype == torch.float32 and (out := kernels.run_or_none("sample_histogram", edges, run)) is not None:
+        return out
     edges = edges.detach()
     weights = weights.detach().to(torch.promote_types(edges.dtype, torch.float32))
     w = weights + padding

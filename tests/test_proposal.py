@@ -1,12 +1,15 @@
 """Proposal sampling stages (renderer/proposal.py) against float64 loops and analytic cases."""
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pytest
 import torch
 
 from renderer.proposal import (anneal_power, distortion_loss, envelope, interlevel_loss, lindisp,
                                lindisp_inverse, sample_histogram, spacing_to_distance, uniform_edges)
+from tests.conftest import needs_triton, run_in_triton_interpreter
 
 
 def random_histogram(seed: int, n_rays: int = 6, bins: int = 9):
@@ -49,6 +52,34 @@ def test_sample_histogram_matches_float64_inverse_cdf_loop(deterministic):
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-12)
     assert (got[:, 1:] >= got[:, :-1]).all()  # sorted edges
     assert not got.requires_grad
+
+
+@needs_triton
+def test_triton_sample_histogram_matches_the_float64_loop_in_interpreter():
+    """The kernel (renderer/kernels/histogram.py) against the same float64 loop: bins with
+    no mass, a ray with none at all, zero padding (a flat CDF step: the 0 / 0 case), more
+    bins than one chunk of its search, and a bin count that is no power of two."""
+    code = textwrap.dedent("""
+        import numpy as np
+        import torch
+        from renderer.proposal import sample_histogram
+        from tests.test_proposal import inverse_cdf_loop, random_histogram
+        for bins, n, padding, jittered in ((9, 13, 0.01, False), (45, 20, 0.01, True), (40, 7, 0.0, True)):
+            edges, w = random_histogram(bins, bins=bins)
+            if padding == 0.0:
+                w[0] = 1.0
+                w[2:, 5:9] = 0.0
+            g = torch.Generator().manual_seed(bins)
+            jit = torch.rand(edges.shape[0], 1, generator=g, dtype=torch.float64) if jittered else None
+            got = sample_histogram(edges.float(), w.float(), n, None if jit is None else jit.float(), padding)
+            assert got.dtype == torch.float32 and got.shape == (edges.shape[0], n + 1)
+            j = np.full(edges.shape[0], 0.5) if jit is None else jit[:, 0].numpy()
+            want = inverse_cdf_loop(edges.numpy(), w.numpy(), n, j, padding)
+            err = np.abs(got.numpy() - want).max()
+            assert err < 2e-5, (bins, err)
+        print("OK")
+    """)
+    run_in_triton_interpreter(code)
 
 
 def test_sample_histogram_puts_samples_where_the_mass_is():

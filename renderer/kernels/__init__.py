@@ -4,6 +4,7 @@ tests compare the kernels with (on CPU through TRITON_INTERPRET=1)."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 
 _STATE = {"checked": False, "ok": False, "disabled": None}
@@ -29,6 +30,25 @@ def disable(reason: str) -> None:
     if not _STATE["disabled"]:
         print(f"warning: Triton kernels disabled, using torch fallbacks ({reason})", file=sys.stderr)
     _STATE["disabled"] = reason
+
+
+def run_or_none(name: str, like, run):
+    """run()'s result (a kernel's) where the kernels run for tensors like ``like``: on CUDA
+    unless NERFLAB_KERNELS=torch, on any device with NERFLAB_KERNELS=triton (the CPU then
+    needs TRITON_INTERPRET=1). Else None, and the caller takes its torch path. A kernel
+    that fails disables the kernels for the rest of the run rather than stop it, unless
+    NERFLAB_KERNELS=triton asks to see the error."""
+    from renderer.occupancy import _use_triton
+
+    if not _use_triton(like):
+        return None
+    try:
+        return run()
+    except Exception as exc:  # noqa: BLE001 - a kernel that fails must not stop a run
+        if os.environ.get("NERFLAB_KERNELS") == "triton":
+            raise
+        disable(f"{name}: {exc!r}"[:300])
+        return None
 
 
 def preload_before_gl() -> None:
