@@ -344,11 +344,7 @@ class NerfactoField(_BakedRenders, Field):
     def _radiance_n(self, x_n: torch.Tensor, ray_term: torch.Tensor):
         """sigma (N,) per normalised unit and rgb (N, 3) at normalised points (N, 3), which
         are R rays' samples, ray by ray (N = R S); ray_term (R, color_hidden) the rays'
-        ``_ray_term``. Without gradients, from the fused kernel where it runs."""
-        if not torch.is_grad_enabled():
-            fused = fused_field(self.field, self.color_net, x_n, ray_term, self.config["contraction"])
-            if fused is not None:
-                return fused
+        ``_ray_term``."""
         h = self.field(self._x01(x_n))
         sigma = trunc_exp(h[:, 0].float())
         lin, n_rays = self.color_net[0], ray_term.shape[0]
@@ -598,17 +594,6 @@ def fused_proposal_weights(net, o, dirs, u, t0, t1, contraction) -> torch.Tensor
             return kern.proposal_weights_triton(net, o, dirs, u, prop.lindisp(t0), prop.lindisp(t1), contraction)
         return None
     return kernels.run_or_none("proposal_weights", o, run)
-
-
-def fused_field(field, color_net, x_n, ray_term, contraction) -> tuple | None:
-    """(sigma, rgb) of the radiance field from the Triton kernel (models/kernels/nerfacto_field.py)
-    where it runs, else None: the caller's torch path then computes them."""
-    def run():
-        from models.kernels import nerfacto_field as kern
-        if kern.supports(field, color_net):
-            return kern.field_triton(field, color_net, x_n, ray_term, contraction)
-        return None
-    return kernels.run_or_none("nerfacto_field", x_n, run)
 
 
 def code_spread(codes: torch.Tensor) -> torch.Tensor:
