@@ -14,6 +14,7 @@ Hooks ask, they don't reach in: :meth:`Field.step_hook` gets a read-only
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
@@ -100,6 +101,9 @@ class Field(nn.Module):
     #: Every option the constructor accepts, with its default. ``config`` holds the merged
     #: dict; it is saved with checkpoints and must rebuild the same model.
     DEFAULTS: ClassVar[dict] = {}
+    #: Options a past version had, each with why it went: a checkpoint that saved one still
+    #: loads (the option is dropped with a warning).
+    RETIRED: ClassVar[dict[str, str]] = {}
     #: Options the model changes while training (a grid's resolution); a checkpoint restores
     #: them from the weights, so they may differ from the run's options.
     STATE_OPTIONS: ClassVar[tuple[str, ...]] = ()
@@ -268,7 +272,11 @@ def apply_sample_counts(config: dict, n_coarse: int | None, n_fine: int | None) 
 
 
 def check_options(cls: type, config: dict) -> dict:
-    """DEFAULTS merged with config; an unknown option is a ValueError naming it."""
+    """DEFAULTS merged with config; an unknown option is a ValueError naming it, a retired
+    one (cls.RETIRED) is dropped with a warning that says why."""
+    for name in sorted(set(config) & set(cls.RETIRED)):
+        warnings.warn(f"{cls.__name__} option {name!r} is no longer used: {cls.RETIRED[name]}", stacklevel=3)
+    config = {k: v for k, v in config.items() if k not in cls.RETIRED}
     unknown = set(config) - set(cls.DEFAULTS)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} option(s): {', '.join(sorted(unknown))}")

@@ -56,9 +56,6 @@ from photo to photo, and poses that are a little off. This field answers each:
   training views fitted as well as without it and held-out views, at their own poses,
   lost 1.5 to 8 dB (docs/real_scenes.md).
 
-- Baked proposals (``render_bake``, off by default): renders read each proposal net's
-  log-density from a dense grid baked at its finest resolution (renderer/baked_grid.py),
-  baked again after training steps. Its speed and accuracy are not measured yet.
 - Marched renders (``render_march``, off by default; None: on CUDA): a trained field's
   empty space is known, so a view need not pay for the proposal nets and a fixed sample
   count per ray. Such renders march an occupancy grid of the contracted cube baked from
@@ -71,6 +68,11 @@ from photo to photo, and poses that are a little off. This field answers each:
   proposal render (docs/real_scenes.md).
 
 Every training tensor has a fixed shape (R rays x n intervals): no host sync in the step.
+Where no gradient is needed (renders, and the training steps that do not train the
+proposals) a proposal level runs as one Triton kernel (models/kernels/proposal_weights.py):
+a render's proposals evaluate ~350 points per ray, and as a dozen torch passes they were
+half of a frame. The colour head's input is split so that its direction and appearance
+part is computed once per ray (``_ray_term``), not once per sample.
 
 config keys: n_levels, n_features, log2_hashmap_size, base_res, max_res (main hash grid),
 hidden, geo_features, color_hidden, appearance_dim, appearance_lr, appearance_penalty;
@@ -83,7 +85,7 @@ proposal_warmup (the proposals are trained every step at first, then every
 proposal_update_every steps, ramping over proposal_warmup steps, as nerfstudio);
 anneal_steps; interlevel_weight, distortion_weight; contraction ("inf" or 2); near, far;
 refine_poses, pose_lr, pose_lr_final, pose_decay_steps (the deltas' own schedule),
-pose_penalty_trans, pose_penalty_rot, pose_fix_frame; render_bake, render_march, march_res, march_steps,
+pose_penalty_trans, pose_penalty_rot, pose_fix_frame; render_march, march_res, march_steps,
 march_min_opacity, march_min_transmittance; seed.
 """
 from __future__ import annotations
@@ -99,7 +101,6 @@ from models.field import Field, StepContext, StepRequests, TrainPolicy, check_op
 from models.hashgrid import HashEncoding, trunc_exp
 from models.sh import sh_basis_matrix, sh_encode
 from renderer import contracted_march as cmarch, kernels
-from renderer.baked_grid import bake_grid, cached, sample_grid
 from renderer import proposal as prop
 from renderer.compositing import alpha_weights
 from renderer.contraction import ORDERS, contract, to_unit_cube
@@ -125,15 +126,9 @@ class HashDensity(nn.Module):
 
 
 class _BakedRenders:
-    """NerfactoField's render-time accelerations (render_bake, render_march; the module
-    doc): grids baked from the trained nets, used by renders only. Apart from the field's
-    class so that it reads as the training path."""
-
-    def _proposal_grid(self, i: int, device) -> torch.Tensor:
-        """Proposal net i's log-density baked at its finest resolution (render_bake)."""
-        r = self.config["proposal_max_res"][i]
-        return cached(self._bakes, f"proposal{i}", (self._step, r, str(device)),
-                      lambda: bake_grid(lambda p: self.proposals[i](p)[:, 0], r, device))
+    """NerfactoField's marched render (render_march; the module doc): an occupancy grid
+    baked from the trained field, used by renders only. Apart from the field's class so
+    that it reads as the training path."""
 
     def _marches(self, o: torch.Tensor) -> bool:
         """Whether a render marches the baked occupancy grid (render_march; None: on CUDA,
@@ -169,9 +164,14 @@ class _BakedRenders:
         span = torch.tensor([c["near"] or 0.0, c["far"]])
         h = float(cmarch.step_spacing(span[:1], span[1:], c["march_steps"])[1])
         density = lambda y: trunc_exp(self.field(to_unit_cube(y))[:, 0].float())  # noqa: E731
+        # Baked once per trained field: again only when the step count, the options or the
+        # device it was made with change.
         key = (self._step, c["march_res"], c["march_steps"], c["march_min_opacity"], str(device))
-        return cached(self._bakes, "march", key, lambda: cmarch.bake_occupancy(
-            density, c["march_res"], c["contraction"], h, c["march_min_opacity"], device=device))
+        if self._bakes.get("march", (None,))[0] != key:
+            with torch.no_grad():
+                self._bakes["march"] = (key, cmarch.bake_occupancy(
+                    density, c["march_res"], c["contraction"], h, c["march_min_opacity"], device=device))
+        return self._bakes["march"][1]
 
 
 class NerfactoField(_BakedRenders, Field):
@@ -194,8 +194,10 @@ class NerfactoField(_BakedRenders, Field):
         proposal_update_every=5, proposal_warmup=5000, anneal_steps=1000, interlevel_weight=1.0,
         distortion_weight=0.0, contraction="inf", near=0.05, far=1000.0, refine_poses=False,
         pose_lr=1e-3, pose_lr_final=1e-4, pose_decay_steps=5000,
-        pose_penalty_trans=1e-2, pose_penalty_rot=1e-3, pose_fix_frame=True, render_bake=False, render_march=False,
+        pose_penalty_trans=1e-2, pose_penalty_rot=1e-3, pose_fix_frame=True, render_march=False,
         march_res=128, march_steps=1024, march_min_opacity=0.01, march_min_transmittance=1e-3, seed=0)
+    RETIRED = dict(render_bake="proposal grids baked for renders lost 2.7 dB on a real capture, and the fused "
+                                "proposal kernel is faster (docs/real_scenes.md)")
     # A CPU cannot afford the full grid and sample counts (the torch hash encoding costs
     # ~30 us per point and level there): fewer levels, a smaller table, fewer samples.
     CPU_OPTIONS = dict(n_levels=8, log2_hashmap_size=17, max_res=512, n_proposal=[64, 32], n_samples=24)
@@ -238,7 +240,7 @@ class NerfactoField(_BakedRenders, Field):
         self.register_buffer("anneal", torch.zeros(()), persistent=False)
         # The render-time occupancy of the contracted cube (renderer/contracted_march.py),
         # baked from the field at the step count it was baked at; not saved.
-        self._bakes = {}  # grids baked from the field for renders (renderer/baked_grid.cached)
+        self._bakes = {}  # the marched render's grid, with the key it was baked for (_baked_grid)
         self.ndc = False
         # The scene's near and far bounds (bind_scene): rays asked for them take the field's.
         self._scene_near = self._scene_far = self._near = None
@@ -386,11 +388,11 @@ class NerfactoField(_BakedRenders, Field):
             t1 = torch.where(per_ray(far) * ones >= self._scene_far * (1 - 1e-6), far_n, t1)
         return o, dirs, dnorm, t0, torch.maximum(t1, t0 + 1e-4)
 
-    def _proposal_weights(self, net, o, dirs, u, t0, t1, grad: bool, grid=None):
-        """Compositing weights (R, n) of proposal ``net`` (or of its baked ``grid``) on the
-        intervals u (R, n + 1) in the lindisp spacing between t0 and t1 (R, 1); without a
-        gradient, from the fused kernel where it runs."""
-        if grid is None and not (grad and torch.is_grad_enabled()):
+    def _proposal_weights(self, net, o, dirs, u, t0, t1, grad: bool):
+        """Compositing weights (R, n) of proposal ``net`` on the intervals u (R, n + 1) in
+        the lindisp spacing between t0 and t1 (R, 1); without a gradient, from the fused
+        kernel where it runs."""
+        if not (grad and torch.is_grad_enabled()):
             fused = fused_proposal_weights(net, o, dirs, u, t0, t1, self.config["contraction"])
             if fused is not None:
                 return fused
@@ -400,7 +402,7 @@ class NerfactoField(_BakedRenders, Field):
         mid = 0.5 * (t[:, 1:] + t[:, :-1])
         x = (o.detach()[:, None, :] + dirs.detach()[:, None, :] * mid[..., None]).reshape(-1, 3)
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            log_sigma = net(self._x01(x))[:, 0] if grid is None else sample_grid(grid, self._x01(x))
+            log_sigma = net(self._x01(x))[:, 0]
             sigma = trunc_exp(log_sigma.float()).reshape(mid.shape)
             return alpha_weights(sigma, t[:, 1:] - t[:, :-1])[0]
 
@@ -426,8 +428,7 @@ class NerfactoField(_BakedRenders, Field):
         for i, net in enumerate(self.proposals):
             if i > 0:
                 u = prop.sample_histogram(u, levels[-1][1] ** anneal, n_prop[i], jitter())
-            grid = self._proposal_grid(i, o.device) if self.config["render_bake"] and not train else None
-            w = self._proposal_weights(net, o, dirs, u, t0, t1, train_props, grid)
+            w = self._proposal_weights(net, o, dirs, u, t0, t1, train_props)
             levels.append((u, w))
         u = prop.sample_histogram(u, levels[-1][1] ** anneal, n_field, jitter())
         t = prop.spacing_to_distance(u, t0, t1)
@@ -570,8 +571,6 @@ def check_config(c: dict) -> None:
     a_lr, a_pen = c["appearance_lr"], c["appearance_penalty"]
     if not ((a_lr is None or (a_lr > 0 and math.isfinite(a_lr))) and a_pen >= 0 and math.isfinite(a_pen)):
         raise ValueError(f"need appearance_lr None or > 0 and appearance_penalty >= 0, got {a_lr}, {a_pen}")
-    if c["render_bake"] not in (True, False):
-        raise ValueError(f"render_bake must be true or false, got {c['render_bake']!r}")
     if c["render_march"] not in (None, True, False) or c["march_res"] < 4 or c["march_steps"] < 2:
         raise ValueError("need render_march None, true or false, march_res >= 4 and march_steps >= 2, got "
                          f"{c['render_march']!r}, {c['march_res']}, {c['march_steps']}")

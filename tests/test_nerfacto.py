@@ -57,6 +57,15 @@ def test_registered_options_round_trip_and_bad_options():
     assert NerfactoField.options_for(True) == {}
 
 
+def test_a_retired_option_is_dropped_with_a_warning():
+    """A checkpoint saved with an option that is gone (render_bake) still builds its field."""
+    with pytest.warns(UserWarning, match="render_bake"):
+        m = build_model("nerfacto", render_bake=False, **TINY)
+    assert "render_bake" not in m.config
+    with pytest.raises(ValueError, match="render_bakery"):
+        build_model("nerfacto", render_bakery=False)
+
+
 def test_normalising_frame_centres_on_what_the_cameras_look_at():
     orbit = orbit_poses(12, radius=4.0)
     c, s = normalising_frame(orbit)
