@@ -70,9 +70,10 @@ from photo to photo, and poses that are a little off. This field answers each:
 Every training tensor has a fixed shape (R rays x n intervals): no host sync in the step.
 Where no gradient is needed (renders, and the training steps that do not train the
 proposals) a proposal level runs as one Triton kernel (models/kernels/proposal_weights.py):
-a render's proposals evaluate ~350 points per ray, and as a dozen torch passes they were
-half of a frame. The colour head's input is split so that its direction and appearance
-part is computed once per ray (``_ray_term``), not once per sample.
+a render's proposals evaluate ~350 points per ray, and a dozen torch passes over them,
+each writing its intermediates to memory, would cost more than the radiance field. The
+colour head's input is split so that its direction and appearance part is computed once
+per ray (``_ray_term``), not once per sample.
 
 config keys: n_levels, n_features, log2_hashmap_size, base_res, max_res (main hash grid),
 hidden, geo_features, color_hidden, appearance_dim, appearance_lr, appearance_penalty;
@@ -196,8 +197,8 @@ class NerfactoField(_BakedRenders, Field):
         pose_lr=1e-3, pose_lr_final=1e-4, pose_decay_steps=5000,
         pose_penalty_trans=1e-2, pose_penalty_rot=1e-3, pose_fix_frame=True, render_march=False,
         march_res=128, march_steps=1024, march_min_opacity=0.01, march_min_transmittance=1e-3, seed=0)
-    RETIRED = dict(render_bake="proposal grids baked for renders lost 2.7 dB on a real capture, and the fused "
-                                "proposal kernel is faster (docs/real_scenes.md)")
+    RETIRED = dict(render_bake="grids baked from the proposal nets miss thin density peaks between their vertices, "
+                                "and the fused proposal kernel is faster (docs/real_scenes.md)")
     # A CPU cannot afford the full grid and sample counts (the torch hash encoding costs
     # ~30 us per point and level there): fewer levels, a smaller table, fewer samples.
     CPU_OPTIONS = dict(n_levels=8, log2_hashmap_size=17, max_res=512, n_proposal=[64, 32], n_samples=24)

@@ -6,9 +6,9 @@ proposal net (a hash encoding of a few levels with two features each, then a
 one-hidden-layer ReLU MLP to the log-density), the density and the interval's
 compositing weight. The torch path (NerfactoField._proposal_weights) makes about a dozen
 passes over the R x n points and writes each intermediate (positions, features, hidden
-units) to memory; a render's first level alone has 256 points per ray, so those passes
-were half of a frame. Here a point's numbers stay in registers and only the weights are
-written. The MLP runs in float32 (the torch path's runs in bf16 under autocast).
+units) to memory, and a render's first level alone has 256 points per ray. Here a
+point's numbers stay in registers and only the weights are written. The MLP runs in
+float32 (the torch path's runs in bf16 under autocast).
 
 One program takes BR rays with all their intervals as a (BR, NP) tile (NP the next power
 of two of n), so that the transmittance is a cumulative sum along the tile's rows.

@@ -1,8 +1,8 @@
 """Triton: renderer.proposal.sample_histogram, one program per ray.
 
 The torch version makes about fifteen passes over the (R, B) histogram (padding, sums,
-cumulative sum, a concatenation, searchsorted, four gathers); a render's two rounds of it
-over 640 k rays cost more than its radiance field once that was fused. Here a ray's
+cumulative sum, a concatenation, searchsorted, four gathers), and a render runs two
+rounds of it over every ray of the frame. Here a ray's
 CDF is built in registers and written once to a scratch row; each quantile's bin is the
 count of CDF entries at or below it (what searchsorted with right=True returns), taken
 over the row in chunks; the edges and CDF values either side are then read back.
