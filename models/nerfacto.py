@@ -126,7 +126,7 @@ class HashDensity(nn.Module):
         return self.mlp(self.encoding(x01))
 
 
-class _BakedRenders:
+class _MarchedRender:
     """NerfactoField's marched render (render_march; the module doc): an occupancy grid
     baked from the trained field, used by renders only. Apart from the field's class so
     that it reads as the training path."""
@@ -175,7 +175,7 @@ class _BakedRenders:
         return self._bakes["march"][1]
 
 
-class NerfactoField(_BakedRenders, Field):
+class NerfactoField(_MarchedRender, Field):
     """Radiance field for real, unbounded captures (see the module doc)."""
 
     LABEL = "nerfacto (real captures)"
@@ -239,9 +239,9 @@ class NerfactoField(_BakedRenders, Field):
         # The proposal weights' anneal power as a device scalar: a CUDA graph captured once
         # reads the current value on every replay (a Python float would be baked in).
         self.register_buffer("anneal", torch.zeros(()), persistent=False)
-        # The render-time occupancy of the contracted cube (renderer/contracted_march.py),
-        # baked from the field at the step count it was baked at; not saved.
-        self._bakes = {}  # the marched render's grid, with the key it was baked for (_baked_grid)
+        # The marched render's occupancy grid of the contracted cube, with the key it was
+        # baked for (_baked_grid); not saved.
+        self._bakes = {}
         self.ndc = False
         # The scene's near and far bounds (bind_scene): rays asked for them take the field's.
         self._scene_near = self._scene_far = self._near = None
