@@ -101,21 +101,23 @@ def supports(net) -> bool:
 
 
 def proposal_weights_triton(net, o: torch.Tensor, dirs: torch.Tensor, u: torch.Tensor, g0: torch.Tensor,
-                            g1: torch.Tensor, contraction) -> torch.Tensor:
+                            g1: torch.Tensor, contraction, points_per_program: int = POINTS_PER_PROGRAM,
+                            num_warps: int = 8) -> torch.Tensor:
     """Compositing weights (R, n) float32 of proposal net ``net`` (models.nerfacto.HashDensity)
     on the intervals ``u`` (R, n + 1) in the lindisp spacing of rays o + t dirs (normalised
-    frame, unit dirs) whose spacing runs from g0 to g1 (R, 1): the torch path's result."""
+    frame, unit dirs) whose spacing runs from g0 to g1 (R, 1): the torch path's result.
+    The block shape (points a program holds, its warps) is open to bench/bench_kernels.py."""
     enc, lin1, lin2 = net.encoding, net.mlp[0], net.mlp[2]
     n_rays, n = u.shape[0], u.shape[1] - 1
     w = torch.empty(n_rays, n, device=u.device, dtype=torch.float32)
     if n_rays == 0:
         return w
     np2 = triton.next_power_of_2(n)
-    br = max(1, POINTS_PER_PROGRAM // np2)
+    br = max(1, points_per_program // np2)
     f32 = lambda t: t.detach().float().contiguous()  # noqa: E731
     _proposal_fwd[(triton.cdiv(n_rays, br),)](
         f32(o), f32(dirs), f32(g0.reshape(-1)), f32((g1 - g0).reshape(-1)), f32(u), enc.table.detach().contiguous(),
         enc.res_t, enc.off_t, enc.dense_t, f32(lin1.weight), f32(lin1.bias), f32(lin2.weight), f32(lin2.bias),
         w, n_rays, n, (1 << enc.log2_hashmap_size) - 1, L=len(enc.resolutions), H=lin1.out_features,
-        INF=contraction == "inf", BR=br, NP=np2, num_warps=8)
+        INF=contraction == "inf", BR=br, NP=np2, num_warps=num_warps)
     return w
