@@ -174,8 +174,7 @@ def run_variant(scene_name: str, scene, var_name: str, keys: dict, args, device:
                                           args.render_repeats)
     row["capture_size"] = f"{trainer.width}x{trainer.height}"
     if args.profile:
-        log(f"  {scene_name}/{var_name}, one {n}x{n} frame:\n" + profile_frame(
-            lambda: trainer.render(c2w, n, n, keys=("rgb",), chunk=args.render_chunk)))
+        log_profile(f"{scene_name}/{var_name}", trainer, c2w, args)
     row["render_sweep"] = render_sweep(trainer, args, c2w) if args.render_configs else []
     if args.save_heldout:
         os.makedirs(args.save_heldout, exist_ok=True)
@@ -187,6 +186,13 @@ def run_variant(scene_name: str, scene, var_name: str, keys: dict, args, device:
     if cuda:
         torch.cuda.empty_cache()
     return row
+
+
+def log_profile(label: str, trainer, c2w, args) -> None:
+    """Where one render_size² frame's time goes (bench/render_profile.py), to the log."""
+    n = args.render_size
+    log(f"  {label}, one {n}x{n} frame:\n" + profile_frame(
+        lambda: trainer.render(c2w, n, n, keys=("rgb",), chunk=args.render_chunk)))
 
 
 def neighbour_delta_psnr(trainer) -> float:
@@ -242,8 +248,7 @@ def render_sweep(trainer, args, c2w) -> list[dict]:
                               args.render_repeats)
             spr = samples_per_ray(trainer)
             if args.profile:
-                log(f"  render {spec}, one {n}x{n} frame:\n" + profile_frame(
-                    lambda: trainer.render(c2w, n, n, keys=("rgb",), chunk=args.render_chunk)))
+                log_profile(f"render {spec}", trainer, c2w, args)
             out.append({"counts": spec, "psnr": psnr, "frame_ms": ms, "capture_frame_ms": cap,
                          "samples_per_ray": spr})
             log(f"  render {spec}: held-out PSNR {psnr:.2f}, {n}x{n} {ms:.1f} ms, capture size {cap:.1f} ms, "

@@ -326,8 +326,8 @@ class Plenoxels(Field):
         return FRAME_RAYS if cuda else super().render_chunk(cuda)
 
     def _use_kernels(self, x: torch.Tensor) -> bool:
-        from renderer.occupancy import _use_triton
-        return _use_triton(x)
+        from renderer import kernels
+        return kernels.runs_for(x)
 
     def render_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, near, far,
                     background=None, train: bool = False) -> dict[str, torch.Tensor]:

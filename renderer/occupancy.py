@@ -18,7 +18,6 @@ flattened as ``(ix * res + iy) * res + iz``.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
@@ -162,18 +161,6 @@ class OccupancyGrid(torch.nn.Module):
     def occupied_at(self, x: torch.Tensor) -> torch.Tensor:
         """(N,) bool: x (N, 3) lies inside the cube, in an occupied cell."""
         return (x.abs() <= self.bound).all(-1) & (self.occupancy[cell_index(x, self.bound, self.res)] != 0)
-
-
-def _use_triton(t: torch.Tensor) -> bool:
-    """Triton on CUDA unless NERFLAB_KERNELS=torch; NERFLAB_KERNELS=triton forces it
-    (on CPU tensors too, which only works under TRITON_INTERPRET=1: how tests run it)."""
-    mode = os.environ.get("NERFLAB_KERNELS", "auto")
-    if mode == "torch":
-        return False
-    if mode != "triton" and t.device.type != "cuda":
-        return False
-    from renderer import kernels
-    return kernels.available()
 
 
 def march_rays(rays_o: torch.Tensor, dirs: torch.Tensor, s_start: torch.Tensor, s_end: torch.Tensor,

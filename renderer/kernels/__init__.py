@@ -32,15 +32,23 @@ def disable(reason: str) -> None:
     _STATE["disabled"] = reason
 
 
+def runs_for(t) -> bool:
+    """Whether the kernels run for tensor t: on CUDA unless NERFLAB_KERNELS=torch;
+    NERFLAB_KERNELS=triton forces them (on CPU tensors too, which only works under
+    TRITON_INTERPRET=1: how the tests run them)."""
+    mode = os.environ.get("NERFLAB_KERNELS", "auto")
+    if mode == "torch" or (mode != "triton" and t.device.type != "cuda"):
+        return False
+    return available()
+
+
 def run_or_none(name: str, like, run):
     """run()'s result (a kernel's) where the kernels run for tensors like ``like``: on CUDA
     unless NERFLAB_KERNELS=torch, on any device with NERFLAB_KERNELS=triton (the CPU then
     needs TRITON_INTERPRET=1). Else None, and the caller takes its torch path. A kernel
     that fails disables the kernels for the rest of the run rather than stop it, unless
     NERFLAB_KERNELS=triton asks to see the error."""
-    from renderer.occupancy import _use_triton
-
-    if not _use_triton(like):
+    if not runs_for(like):
         return None
     try:
         return run()
