@@ -77,6 +77,7 @@ def level_rows(m, i: int, rays, args, dev: str) -> list[tuple]:
         run = partial(proposal_weights_triton, net, o, d, u, g0, g1, "inf", pts, warps)
         rows.append((f"proposal level {i} ({k} per ray)", f"{pts} x {warps}",
                      float((run() - want).abs().max()), t_torch, timed(run, args.repeats, cuda)))
+        print("  ", *rows[-1], file=sys.stderr, flush=True)  # a row as it comes: compiles are slow
     if i == 0:
         nxt = m.config["n_proposal"][1]
         hist = partial(prop.sample_histogram, u, want, nxt, None)
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rays", type=int, default=1 << 17)
     p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--shapes", default="512x8,256x4,256x8,1024x8,128x4",
+    p.add_argument("--shapes", default="256x8,512x16,128x4,512x8",
                    help="proposal kernel block shapes, POINTSxWARPS, comma-separated")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)

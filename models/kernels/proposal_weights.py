@@ -11,7 +11,11 @@ point's numbers stay in registers and only the weights are written. The MLP runs
 float32 (the torch path's runs in bf16 under autocast).
 
 One program takes BR rays with all their intervals as a (BR, NP) tile (NP the next power
-of two of n), so that the transmittance is a cumulative sum along the tile's rows.
+of two of n), so that the transmittance is a cumulative sum along the tile's rows. The
+tile holds one point per thread (256 points, 8 warps): at two points a thread the
+compiler gives each thread all 255 registers and spills (the hidden layer is a
+(BR, NP, H) tile), so a multiprocessor holds a quarter of the warps it needs to hide the
+table reads (docs/real_scenes.md, fifteenth session).
 Reference: the torch path (tests/test_proposal_kernel.py, through Triton's interpreter).
 """
 from __future__ import annotations
@@ -22,7 +26,8 @@ import triton.language as tl
 
 from models.kernels.hash_encode import _cell, _corner
 
-POINTS_PER_PROGRAM = 512
+POINTS_PER_PROGRAM = 256
+NUM_WARPS = 8
 
 
 @triton.jit
@@ -102,7 +107,7 @@ def supports(net) -> bool:
 
 def proposal_weights_triton(net, o: torch.Tensor, dirs: torch.Tensor, u: torch.Tensor, g0: torch.Tensor,
                             g1: torch.Tensor, contraction, points_per_program: int = POINTS_PER_PROGRAM,
-                            num_warps: int = 8) -> torch.Tensor:
+                            num_warps: int = NUM_WARPS) -> torch.Tensor:
     """Compositing weights (R, n) float32 of proposal net ``net`` (models.nerfacto.HashDensity)
     on the intervals ``u`` (R, n + 1) in the lindisp spacing of rays o + t dirs (normalised
     frame, unit dirs) whose spacing runs from g0 to g1 (R, 1): the torch path's result.
