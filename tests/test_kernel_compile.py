@@ -33,14 +33,15 @@ def _record(monkeypatch, module, names):
     return recs
 
 
-def _compile(rec: Recorder) -> None:
+def _compile(rec: Recorder) -> list:
+    """The recorded launches compiled for sm_90, one per set of constexpr values."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     assert rec.calls, f"{rec.fn.__name__} was never launched"
     fn = rec.fn
-    seen = set()
+    seen, compiled = set(), []
     for args, meta in rec.calls:
         variant = tuple(sorted((k, v) for k, v in meta.items() if k in fn.arg_names))
         if variant in seen:  # one compile per set of constexpr values
@@ -62,8 +63,29 @@ def _compile(rec: Recorder) -> None:
                 sig[p.name] = "constexpr"
                 consts[(fn.arg_names.index(p.name),)] = meta[p.name]
         assert len(sig) == len(fn.arg_names), f"{fn.__name__}: {len(args)} positional arguments recorded"
-        triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                       options=options)
+        compiled.append(triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                                       options=options))
+    return compiled
+
+
+def _ptxas_report(kernel) -> tuple[int, int]:
+    """(registers a thread, bytes of spill stores) of a compiled kernel, from ptxas -v on
+    its PTX (the wheel's ptxas; what the driver would load)."""
+    import re
+    import subprocess
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = f"{tmp}/k.ptx"
+        with open(ptx, "w") as f:
+            f.write(kernel.asm["ptx"])
+        log = subprocess.run([get_ptxas(90).path, "-v", "--gpu-name=sm_90a", ptx, "-o", f"{tmp}/k.o"],
+                             capture_output=True, text=True, check=True).stderr
+    regs = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores", log)
+    return int(regs.group(1)), int(spills.group(1))
 
 
 @needs_triton
@@ -129,6 +151,34 @@ def test_march_kernels_compile(monkeypatch):
     for r in recs.values():
         assert {c[1]["WRITE"] for c in r.calls} == {False, True}
         _compile(r)
+
+
+@needs_triton
+def test_nerfacto_render_kernels_compile_without_spills(monkeypatch):
+    """The proposal kernel at its block shape, for both of a render's levels (256 and 96
+    intervals a ray), and the histogram kernel compile; the proposal kernel keeps its
+    numbers in registers. At two points a thread it spills and takes all 255 registers
+    (docs/real_scenes.md, fifteenth session): this catches a block shape or a change to
+    the kernel that brings that back."""
+    from models import build_model
+    from models.kernels import proposal_weights as pw
+    from renderer import proposal as prop
+    from renderer.kernels import histogram as hk
+
+    recs = _record(monkeypatch, pw, ("_proposal_fwd",))
+    recs.update(_record(monkeypatch, hk, ("_histogram_fwd",)))
+    m = build_model("nerfacto")
+    o, d = torch.zeros(4, 3), torch.nn.functional.normalize(torch.ones(4, 3), dim=-1)
+    g0, g1 = torch.zeros(4, 1), torch.full((4, 1), 0.9)
+    for net, n in zip(m.proposals, m.config["n_proposal"]):
+        pw.proposal_weights_triton(net, o, d, prop.uniform_edges(4, n, None, "cpu"), g0, g1, "inf")
+    hk.sample_histogram_triton(prop.uniform_edges(4, 256, None, "cpu"), torch.rand(4, 256), 96, None, 0.01, 1e-5)
+    _compile(recs["_histogram_fwd"])
+    kernels = _compile(recs["_proposal_fwd"])
+    assert len(kernels) == 2  # one per level: 256 and 128 intervals a program row
+    for k in kernels:
+        regs, spilled = _ptxas_report(k)
+        assert spilled == 0 and regs <= 128, (regs, spilled)
 
 
 def test_a_kernel_the_compiler_refuses_fails_here(monkeypatch):
