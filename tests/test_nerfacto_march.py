@@ -67,7 +67,7 @@ class _Ball(nn.Module):
         super().__init__()
         self.out = out
 
-    def forward(self, x01, table_dtype=None):  # HashDensity's signature
+    def forward(self, x01):
         r = uncontract(x01 * 4.0 - 2.0, "inf").norm(dim=-1)
         log_sigma = torch.log(300.0 * torch.sigmoid((0.15 - r) * 200.0) + 1e-6)
         return torch.cat([log_sigma[:, None], torch.zeros(x01.shape[0], self.out - 1)], -1)
