@@ -121,22 +121,17 @@ class HashEncoding(nn.Module):
         self.register_buffer("dense_t", torch.tensor(self.dense, dtype=torch.int32), persistent=False)
         self.out_dim = n_levels * n_features
 
-    def forward(self, x01: torch.Tensor, table_dtype: torch.dtype | None = None) -> torch.Tensor:
-        """(N, 3) in [0, 1] -> (N, L * F) float32. table_dtype: read a copy of the table in
-        this precision, for renders (no gradient reaches the table through it): a float16
-        table is half the bytes to gather and fits a GPU's L2 cache where the float32 one
-        may not. The copy is made on each call, so it never lags behind training."""
-        table = self.table if table_dtype is None else self.table.detach().to(table_dtype)
-
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        """(N, 3) in [0, 1] -> (N, L * F) float32."""
         def run():
             from models.kernels.hash_encode import hash_encode_triton
-            return hash_encode_triton(x01, table, self.res_t, self.off_t, self.dense_t, self.log2_hashmap_size)
+            return hash_encode_triton(x01, self.table, self.res_t, self.off_t, self.dense_t, self.log2_hashmap_size)
 
         from renderer import kernels
         out = kernels.run_or_none("hash_encode", x01, run)
         if out is not None:
             return out
-        return hash_encode_torch(x01, table, self.resolutions, self.offsets, self.dense,
+        return hash_encode_torch(x01, self.table, self.resolutions, self.offsets, self.dense,
                                  self.log2_hashmap_size)
 
 

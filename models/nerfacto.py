@@ -84,8 +84,7 @@ intervals per ray); render_proposal, render_samples (the same counts for renders
 may use fewer than training: None keeps the training counts); render_min_transmittance,
 render_round (a render evaluates the field render_round samples per ray at a time, front to
 back, and stops a ray once its transmittance is below the first; 0 evaluates every
-sample), render_half_table (a render reads the field's hash table in float16);
-proposal_update_every,
+sample); proposal_update_every,
 proposal_warmup (the proposals are trained every step at first, then every
 proposal_update_every steps, ramping over proposal_warmup steps, as nerfstudio);
 anneal_steps; interlevel_weight, distortion_weight; contraction ("inf" or 2); near, far;
@@ -126,8 +125,8 @@ class HashDensity(nn.Module):
             self.mlp = nn.Sequential(nn.Linear(self.encoding.out_dim, hidden), nn.ReLU(),
                                      nn.Linear(hidden, out))
 
-    def forward(self, x01: torch.Tensor, table_dtype: torch.dtype | None = None) -> torch.Tensor:
-        return self.mlp(self.encoding(x01, table_dtype))
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.encoding(x01))
 
 
 class _MarchedRender:
@@ -196,7 +195,7 @@ class NerfactoField(_MarchedRender, Field):
         appearance_penalty=0.01,
         proposal_levels=5, proposal_log2_hashmap_size=17, proposal_max_res=[128, 256], proposal_hidden=16,
         n_proposal=[256, 96], n_samples=48, render_proposal=None, render_samples=None,
-        render_min_transmittance=1e-3, render_round=16, render_half_table=False,
+        render_min_transmittance=1e-3, render_round=16,
         proposal_update_every=5, proposal_warmup=5000, anneal_steps=1000, interlevel_weight=1.0,
         distortion_weight=0.0, contraction="inf", near=0.05, far=1000.0, refine_poses=False,
         pose_lr=1e-3, pose_lr_final=1e-4, pose_decay_steps=5000,
@@ -353,8 +352,7 @@ class NerfactoField(_MarchedRender, Field):
         """sigma (N,) per normalised unit and rgb (N, 3) at normalised points (N, 3), which
         are R rays' samples, ray by ray (N = R S); ray_term (R, color_hidden) the rays'
         ``_ray_term``."""
-        half = self.config["render_half_table"] and not torch.is_grad_enabled()
-        h = self.field(self._x01(x_n), torch.float16 if half else None)
+        h = self.field(self._x01(x_n))
         sigma = trunc_exp(h[:, 0].float())
         lin, n_rays = self.color_net[0], ray_term.shape[0]
         pre = F.linear(h[:, 1:], lin.weight[:, :self.config["geo_features"]])

@@ -68,20 +68,6 @@ def test_hash_encoding_matches_float64_reference():
     np.testing.assert_allclose(got.detach().double().numpy(), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_hash_encoding_reads_a_half_precision_table_for_renders():
-    """table_dtype float16: the encoding of the rounded table (within float16's rounding of
-    the float32 one), with no gradient to the table."""
-    enc = HashEncoding(n_levels=4, n_features=2, log2_hashmap_size=10, base_res=3, max_res=40, seed=1)
-    with torch.no_grad():
-        enc.table.normal_(generator=torch.Generator().manual_seed(2))
-    x = torch.rand(50, 3, generator=torch.Generator().manual_seed(3))
-    got = enc(x, torch.float16)
-    ref = _encode_reference(x, enc.table.detach().half().double(), enc.resolutions, enc.offsets, enc.dense, 10)
-    np.testing.assert_allclose(got.double().numpy(), ref, rtol=1e-5, atol=1e-5)
-    assert got.dtype == torch.float32 and not got.requires_grad
-    assert 0 < (got - enc(x)).abs().max() < 4e-3  # float16 keeps 11 bits of these ~N(0, 1) values
-
-
 def test_hash_encoding_gradient_is_interpolation_weights():
     enc = HashEncoding(n_levels=2, n_features=1, log2_hashmap_size=10, base_res=2, max_res=4)
     x = torch.tensor([[0.3, 0.6, 0.1]])
@@ -280,12 +266,6 @@ def test_triton_hash_kernels_match_torch_in_interpreter():
             assert (ta - tb).abs().max() < 1e-4
             outside = ((x < 0) | (x > 1))
             assert outside.any() and (xb[outside] == 0).all()
-            # A render's float16 copy of the table: the same interpolation of the rounded values.
-            with torch.no_grad():
-                half = enc.table.half()
-                a16 = hash_encode_torch(x, half, enc.resolutions, enc.offsets, enc.dense, 11)
-                b16 = hash_encode_triton(x, half, enc.res_t, enc.off_t, enc.dense_t, 11)
-                assert (a16 - b16).abs().max() < 1e-5 and (a16 - enc(x, torch.float16)).abs().max() < 1e-5
             xb_only, = torch.autograd.grad((hash_encode_triton(xg, enc.table, enc.res_t, enc.off_t,
                                                                enc.dense_t, 11) * w).sum(), xg)
             assert torch.equal(xb_only, xb)

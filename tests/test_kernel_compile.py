@@ -34,8 +34,7 @@ def _record(monkeypatch, module, names):
 
 
 def _compile(rec: Recorder) -> list:
-    """The recorded launches compiled for sm_90, one per set of constexpr values and
-    argument types."""
+    """The recorded launches compiled for sm_90, one per set of constexpr values."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -44,9 +43,8 @@ def _compile(rec: Recorder) -> list:
     fn = rec.fn
     seen, compiled = set(), []
     for args, meta in rec.calls:
-        variant = (tuple(sorted((k, v) for k, v in meta.items() if k in fn.arg_names)),
-                   tuple(str(a.dtype) for a in args if isinstance(a, torch.Tensor)))
-        if variant in seen:  # one compile per set of constexpr values and argument types
+        variant = tuple(sorted((k, v) for k, v in meta.items() if k in fn.arg_names))
+        if variant in seen:  # one compile per set of constexpr values
             continue
         seen.add(variant)
         sig, consts = {}, {}
@@ -100,9 +98,6 @@ def test_hash_encoding_kernels_compile(monkeypatch):
     x = torch.rand(300, 3, requires_grad=True)
     out = he.hash_encode_triton(x, enc.table, enc.res_t, enc.off_t, enc.dense_t, enc.log2_hashmap_size)
     out.backward(torch.ones_like(out))  # both backward kernels: the table's and the points'
-    with torch.no_grad():  # a render's float16 copy of the table
-        he.hash_encode_triton(x, enc.table.half(), enc.res_t, enc.off_t, enc.dense_t, enc.log2_hashmap_size)
-    assert {c[0][1].dtype for c in recs["_hash_fwd"].calls} == {torch.float32, torch.float16}
     for r in recs.values():
         _compile(r)
 

@@ -157,24 +157,6 @@ def test_renders_stop_rays_once_opaque():
         build_model("nerfacto", **{**TINY, "render_round": 0})
 
 
-def test_renders_may_read_the_table_in_half_precision():
-    """render_half_table: renders read a float16 copy of the field's hash table (within
-    float16's rounding); training and renders with a gradient (iNeRF) keep float32."""
-    m = build_model("nerfacto", **{**TINY, "render_half_table": True}).eval()
-    m.bind_scene(orbit_poses(4).astype(np.float32), 2.0, 6.0, False)
-    with torch.no_grad():
-        m.field.encoding.table.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(0))
-    o, d = _rays(16, seed=5)
-    with torch.no_grad():
-        half = m.render_rays(o, d, 2.0, 6.0, background=1.0)
-        m.config["render_half_table"] = False
-        full = m.render_rays(o, d, 2.0, 6.0, background=1.0)
-    assert 0 < float((half["rgb"] - full["rgb"]).abs().max()) < 1e-2
-    m.config["render_half_table"] = True
-    graded = m.render_rays(o, d, 2.0, 6.0, background=1.0)
-    torch.testing.assert_close(graded["rgb"].detach(), full["rgb"])
-
-
 def test_renders_use_their_own_sample_counts():
     """render_proposal / render_samples change renders only; the training counts by default."""
     m = build_model("nerfacto", **TINY).eval()
