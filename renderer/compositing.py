@@ -60,9 +60,8 @@ def evaluate_front_to_back(evaluate, delta: torch.Tensor, tau_stop: float, round
     is not evaluated: it gets zero density and colour, and compositing gives it no weight.
 
     evaluate(rays (M,), lo, hi) -> (sigma (M, hi - lo), rgb (M, hi - lo, 3)), or the same
-    flattened ray by ray, of samples lo to hi of those rays; delta (R, S) the samples'
-    interval lengths. Returns sigma, rgb and the number of samples evaluated (an int: the
-    loop reads the optical depths on the host)."""
+    flattened ray by ray, of samples lo to hi of those rays; delta (R, S) the samples' interval lengths. Returns sigma, rgb and
+    the number of samples evaluated (an int: the loop reads the optical depths on the host)."""
     n_rays, n = delta.shape
     sigma = delta.new_zeros(n_rays, n)
     rgb = delta.new_zeros(n_rays, n, 3)
