@@ -227,10 +227,10 @@ def render_sweep(trainer, args, c2w) -> list[dict]:
     the proposal render, or a JSON object of render options (render_march, march_res,
     march_steps, march_min_opacity, march_min_transmittance) of the marched one (add
     "render_march": false for the proposal render with other options:
-    render_proposal, render_samples, render_min_transmittance, render_round)."""
+    render_proposal, render_samples)."""
     cfg = trainer.model.config
     names = ("render_proposal", "render_samples", "render_march", "march_res", "march_steps",
-             "march_min_opacity", "march_min_transmittance", "render_min_transmittance", "render_round")
+             "march_min_opacity", "march_min_transmittance")
     keep = {k: cfg[k] for k in names if k in cfg}
     out, n = [], args.render_size
     try:

@@ -81,10 +81,7 @@ proposal_levels,
 proposal_log2_hashmap_size, proposal_max_res (one per proposal net), proposal_hidden;
 n_proposal (intervals per ray, one per proposal net), n_samples (radiance-field
 intervals per ray); render_proposal, render_samples (the same counts for renders, which
-may use fewer than training: None keeps the training counts); render_min_transmittance,
-render_round (a render evaluates the field render_round samples per ray at a time, front to
-back, and stops a ray once its transmittance is below the first; 0 evaluates every
-sample); proposal_update_every,
+may use fewer than training: None keeps the training counts); proposal_update_every,
 proposal_warmup (the proposals are trained every step at first, then every
 proposal_update_every steps, ramping over proposal_warmup steps, as nerfstudio);
 anneal_steps; interlevel_weight, distortion_weight; contraction ("inf" or 2); near, far;
@@ -106,7 +103,7 @@ from models.hashgrid import HashEncoding, trunc_exp
 from models.sh import sh_basis_matrix, sh_encode
 from renderer import contracted_march as cmarch, kernels
 from renderer import proposal as prop
-from renderer.compositing import alpha_weights, evaluate_front_to_back
+from renderer.compositing import alpha_weights
 from renderer.contraction import ORDERS, contract, to_unit_cube
 from renderer.lie import apply_rotation, so3_exp
 
@@ -195,7 +192,6 @@ class NerfactoField(_MarchedRender, Field):
         appearance_penalty=0.01,
         proposal_levels=5, proposal_log2_hashmap_size=17, proposal_max_res=[128, 256], proposal_hidden=16,
         n_proposal=[256, 96], n_samples=48, render_proposal=None, render_samples=None,
-        render_min_transmittance=1e-3, render_round=16,
         proposal_update_every=5, proposal_warmup=5000, anneal_steps=1000, interlevel_weight=1.0,
         distortion_weight=0.0, contraction="inf", near=0.05, far=1000.0, refine_poses=False,
         pose_lr=1e-3, pose_lr_final=1e-4, pose_decay_steps=5000,
@@ -440,17 +436,8 @@ class NerfactoField(_MarchedRender, Field):
         mid = 0.5 * (t[:, 1:] + t[:, :-1])
         S = mid.shape[1]
         x = (o[:, None, :] + dirs[:, None, :] * mid[..., None]).reshape(-1, 3)
-        term = self._ray_term(dirs, self._embedding(n_rays, image, o.device, appearance))
-        stop = None if train else self.config["render_min_transmittance"]
-        if stop:  # early ray termination: a render skips the samples behind opaque ones
-            xs = x.reshape(n_rays, S, 3)
-            sigma, rgb, used = evaluate_front_to_back(
-                lambda r, lo, hi: self._radiance_n(xs[r, lo:hi].reshape(-1, 3), term[r]),
-                t[:, 1:] - t[:, :-1], -math.log(stop), self.config["render_round"])
-            sigma, rgb = sigma.reshape(-1), rgb.reshape(-1, 3)
-        else:
-            sigma, rgb = self._radiance_n(x, term)
-            used = n_rays * S
+        emb = self._embedding(n_rays, image, o.device, appearance)
+        sigma, rgb = self._radiance_n(x, self._ray_term(dirs, emb))
         last_kept = None
         if self.crop is not None and not train:  # renders see nothing outside the box
             xw = x / self._scale + self.center
@@ -469,7 +456,7 @@ class NerfactoField(_MarchedRender, Field):
         depth = (w * mid).sum(-1) / acc.clamp(min=1e-10) / (self._scale * dnorm[:, 0])
         # torch.full, not torch.tensor: a fill kernel, which a CUDA graph can capture.
         out = {"rgb": color, "depth": depth, "acc": acc,
-               "samples": torch.full((), float(used + n_rays * sum(n_prop)), device=o.device)}
+               "samples": torch.full((), float(n_rays * (S + sum(n_prop))), device=o.device)}
         if train:
             if self.config["distortion_weight"] > 0:
                 out["distortion"] = prop.distortion_loss(u, w)
@@ -576,9 +563,6 @@ def check_config(c: dict) -> None:
         raise ValueError(f"render_proposal needs one count >= 2 per proposal net, got {rp}")
     if rs is not None and rs < 2:
         raise ValueError(f"render_samples must be >= 2, got {rs}")
-    if not (0 <= c["render_min_transmittance"] < 1 and c["render_round"] >= 1):
-        raise ValueError("need 0 <= render_min_transmittance < 1 and render_round >= 1, got "
-                         f"{c['render_min_transmittance']}, {c['render_round']}")
     if not (c["far"] > 1.0 and math.isfinite(c["far"])):
         raise ValueError(f"far must be a finite number > 1 (normalised units), got {c['far']}")
     if c["near"] is not None and not 0.0 <= c["near"] < 1.0:

@@ -50,32 +50,3 @@ def composite(sigma: torch.Tensor, rgb: torch.Tensor, t: torch.Tensor, rays_d: t
                                                                  device=color.device)
     depth = (weights * t).sum(-1) / acc.clamp(min=1e-10)
     return {"rgb": color, "depth": depth, "acc": acc, "weights": weights}
-
-
-def evaluate_front_to_back(evaluate, delta: torch.Tensor, tau_stop: float, round_size: int = 16):
-    """Density (R, S) and colour (R, S, 3) of R rays' S samples, evaluated in rounds of
-    ``round_size`` samples from the front, each round only for the rays whose optical depth
-    so far is below ``tau_stop`` (early ray termination: -log of the transmittance left).
-    A sample behind that point could add at most exp(-tau_stop) to its ray's colour, so it
-    is not evaluated: it gets zero density and colour, and compositing gives it no weight.
-
-    evaluate(rays (M,), lo, hi) -> (sigma (M, hi - lo), rgb (M, hi - lo, 3)), or the same
-    flattened ray by ray, of samples lo to hi of those rays; delta (R, S) the samples' interval lengths. Returns sigma, rgb and
-    the number of samples evaluated (an int: the loop reads the optical depths on the host)."""
-    n_rays, n = delta.shape
-    sigma = delta.new_zeros(n_rays, n)
-    rgb = delta.new_zeros(n_rays, n, 3)
-    tau = delta.new_zeros(n_rays)
-    rays = torch.arange(n_rays, device=delta.device)
-    lo, used = 0, 0
-    while lo < n and rays.numel():
-        hi = min(n, lo + round_size)
-        s, c = evaluate(rays, lo, hi)
-        s = s.reshape(rays.numel(), hi - lo)
-        sigma[rays, lo:hi] = s.to(sigma.dtype)
-        rgb[rays, lo:hi] = c.reshape(rays.numel(), hi - lo, 3).to(rgb.dtype)
-        tau[rays] += (s.detach().to(tau.dtype) * delta[rays, lo:hi]).sum(1)
-        used += rays.numel() * (hi - lo)
-        rays = rays[tau[rays] < tau_stop]
-        lo = hi
-    return sigma, rgb, used

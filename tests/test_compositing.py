@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from renderer.compositing import FAR_DELTA, alpha_weights, composite, deltas_from_t, evaluate_front_to_back
+from renderer.compositing import FAR_DELTA, alpha_weights, composite, deltas_from_t
 
 
 def ref_composite(sigma, rgb, t, rays_d, background=None, last_delta=FAR_DELTA):
@@ -158,39 +158,3 @@ def test_gradcheck_float64():
     o = composite(sigma, rgb, t.detach(), d)
     o["rgb"].sum().backward()
     assert sigma.grad is not None and torch.isfinite(sigma.grad).all() and sigma.grad.abs().sum() > 0
-
-
-def _front_to_back_reference(sigma, delta, tau_stop, round_size):
-    """Which samples the rounds evaluate, by a float64 loop over each ray: sample i is
-    evaluated when the optical depth of every sample before its round is under tau_stop."""
-    sigma, delta = np.asarray(sigma, np.float64), np.asarray(delta, np.float64)
-    seen = np.zeros(sigma.shape, bool)
-    for r in range(sigma.shape[0]):
-        for i in range(sigma.shape[1]):
-            start = i - i % round_size
-            seen[r, i] = sum(sigma[r, j] * delta[r, j] for j in range(start)) < tau_stop
-    return seen
-
-
-@pytest.mark.parametrize("tau_stop,round_size", [(math.inf, 5), (3.0, 5), (-math.log(1e-3), 4), (3.0, 1)])
-def test_front_to_back_rounds_evaluate_until_opaque(tau_stop, round_size):
-    sigma, rgb, t, rays_d = _random_inputs(1, n_rays=9, n_samples=13, dtype=torch.float64)
-    sigma[2, 0] = 1e3  # opaque at once: only the first round is evaluated
-    delta = deltas_from_t(t, rays_d, 0.5)
-    calls = []
-
-    def evaluate(rays, lo, hi):
-        calls.append(rays.numel() * (hi - lo))
-        return sigma[rays, lo:hi], rgb[rays, lo:hi]
-
-    got_s, got_rgb, used = evaluate_front_to_back(evaluate, delta, tau_stop, round_size)
-    seen = _front_to_back_reference(sigma, delta, tau_stop, round_size)
-    assert used == sum(calls) == seen.sum()
-    want_s = np.where(seen, sigma.numpy(), 0.0)
-    np.testing.assert_array_equal(got_s.numpy(), want_s)
-    np.testing.assert_array_equal(got_rgb.numpy(), np.where(seen[..., None], rgb.numpy(), 0.0))
-    if math.isfinite(tau_stop):
-        assert not seen[2, round_size:].any() and seen.sum() < seen.size
-    # What was skipped changes a ray's colour by at most its transmittance at the stop.
-    full, part = (composite(s, rgb, t, rays_d, last_delta=0.5)["rgb"] for s in (sigma, got_s))
-    assert float((full - part).abs().max()) <= math.exp(-min(tau_stop, 50.0)) + 1e-12

@@ -130,33 +130,6 @@ def test_render_rays_shapes_and_which_loss_trains_what():
     assert "distortion" not in out0 and "distortion" not in m0.loss_terms(out0, torch.rand(32, 3))
 
 
-def test_renders_stop_rays_once_opaque():
-    """A render evaluates the field front to back in rounds and stops a ray whose
-    transmittance fell below render_min_transmittance: the same image (to that
-    transmittance) from fewer samples; 0 evaluates every sample."""
-    m = build_model("nerfacto", **{**TINY, "render_round": 2}).eval()
-    m.bind_scene(orbit_poses(4).astype(np.float32), 2.0, 6.0, False)
-    o, d = _rays(16, seed=4)
-    full_count = 16 * (16 + 8 + 8)
-    with torch.no_grad():
-        m.config["render_min_transmittance"] = 0.0
-        clear_all = m.render_rays(o, d, 2.0, 6.0, background=1.0)
-        m.config["render_min_transmittance"] = 1e-3
-        clear = m.render_rays(o, d, 2.0, 6.0, background=1.0)
-        m.field.mlp[2].bias[0] = 12.0  # every sample all but opaque: rays stop after a round
-        opaque = m.render_rays(o, d, 2.0, 6.0, background=1.0)
-        m.config["render_min_transmittance"] = 0.0
-        opaque_all = m.render_rays(o, d, 2.0, 6.0, background=1.0)
-    # The freshly made field is almost transparent: nothing stops, nothing changes.
-    assert float(clear["samples"]) == float(clear_all["samples"]) == full_count
-    torch.testing.assert_close(clear["rgb"], clear_all["rgb"])
-    assert float(opaque["samples"]) == 16 * (16 + 8 + 2) and float(opaque_all["samples"]) == full_count
-    assert float((opaque["rgb"] - opaque_all["rgb"]).abs().max()) <= 1e-3
-    torch.testing.assert_close(opaque["depth"], opaque_all["depth"], atol=1e-3, rtol=0)
-    with pytest.raises(ValueError, match="render_min_transmittance"):
-        build_model("nerfacto", **{**TINY, "render_round": 0})
-
-
 def test_renders_use_their_own_sample_counts():
     """render_proposal / render_samples change renders only; the training counts by default."""
     m = build_model("nerfacto", **TINY).eval()
