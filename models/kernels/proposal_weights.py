@@ -14,8 +14,9 @@ One program takes BR rays with all their intervals as a (BR, NP) tile (NP the ne
 of two of n), so that the transmittance is a cumulative sum along the tile's rows. The
 tile holds one point per thread (256 points, 8 warps): at two points a thread the
 compiler gives each thread all 255 registers and spills (the hidden layer is a
-(BR, NP, H) tile), so a multiprocessor holds a quarter of the warps it needs to hide the
-table reads (docs/real_scenes.md, fifteenth session).
+(BR, NP, H) tile), so a multiprocessor holds one 8-warp program, a quarter of the warps
+it holds at 64 registers, to hide the table reads behind (docs/real_scenes.md, fifteenth
+session).
 Reference: the torch path (tests/test_proposal_kernel.py, through Triton's interpreter).
 """
 from __future__ import annotations
