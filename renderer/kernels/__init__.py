@@ -43,9 +43,8 @@ def runs_for(t) -> bool:
 
 
 def run_or_none(name: str, like, run):
-    """run()'s result (a kernel's) where the kernels run for tensors like ``like``: on CUDA
-    unless NERFLAB_KERNELS=torch, on any device with NERFLAB_KERNELS=triton (the CPU then
-    needs TRITON_INTERPRET=1). Else None, and the caller takes its torch path. A kernel
+    """run()'s result (a kernel's) where the kernels run for tensors like ``like``
+    (``runs_for``); else None, and the caller takes its torch path. A kernel
     that fails disables the kernels for the rest of the run rather than stop it, unless
     NERFLAB_KERNELS=triton asks to see the error."""
     if not runs_for(like):
