@@ -8,8 +8,9 @@ Each scene is loaded as the CLI loads it (every 8th image held out by the loader
 trained with the presets the CLI uses (app/engine/presets.train_config), once per
 variant. A variant is a name and a JSON object of model options (models/nerfacto.py's
 DEFAULTS: refine_poses, pose_lr, distortion_weight, n_proposal, n_samples,
-proposal_update_every, ...) plus the trainer keys "batch" (rays per step), "bf16", "lr"
-and "lr_final".
+proposal_update_every, ...) plus the trainer keys "batch" (rays per step), "bf16", "lr",
+"lr_final" and "ema_decay" (held-out views scored with a moving average of the weights;
+the raw weights' figure is then logged and kept as "mean_raw" too).
 The flags --no-refine, --distortion, --batch, --proposal, --samples, --pose-lr set the
 same keys for every variant (a variant's own keys win).
 
@@ -52,7 +53,7 @@ from bench.bench_gpu import budget_steps, log, sync, time_render  # noqa: E402
 from bench.render_profile import profile_frame  # noqa: E402
 
 MODEL = "nerfacto"
-TRAINER_KEYS = ("batch", "bf16", "lr", "lr_final")
+TRAINER_KEYS = ("batch", "bf16", "lr", "lr_final", "ema_decay")
 
 
 def parse_named(items, what: str) -> list[tuple[str, str]]:
@@ -93,7 +94,7 @@ def make_trainer(scene, keys: dict, cuda: bool, device: str, decay_steps: int, s
     opts = model_options(MODEL, cuda, extra=extra)
     cfg = train_config(MODEL, opts, cuda, steps=decay_steps, batch_rays=keys.get("batch"),
                        autocast=keys.get("bf16"), lr=keys.get("lr"), lr_final=keys.get("lr_final"),
-                       seed=seed, device=device)
+                       ema_decay=keys.get("ema_decay"), seed=seed, device=device)
     return Trainer(scene, cfg)
 
 
@@ -142,16 +143,18 @@ def run_variant(scene_name: str, scene, var_name: str, keys: dict, args, device:
         t0 = time.perf_counter()
         ev = trainer.evaluate("test", max_images=args.eval_views, ssim=False)
         whole = ev["mean"]["psnr"]
+        raw = raw_weights_psnr(trainer, args.eval_views)
         app = evaluate_appearance(trainer, "test", max_images=args.eval_views, steps=args.fit_steps,
                                   fit_pose=args.fit_pose)["mean"]
         train_psnr = float(np.mean(recent)) if recent else float("nan")
         res[str(b)] = {"mean": whole, "mean_right": app["psnr_mean_right"], "fit_right": app["psnr_fitted_right"],
-                       "pose_right": app.get("psnr_pose_right"), "train": train_psnr,
+                       "pose_right": app.get("psnr_pose_right"), "train": train_psnr, "mean_raw": raw,
                        "views": {r["name"]: r["psnr"] for r in ev["images"]}}
         log(f"  {scene_name}/{var_name}: {b:g} s, {steps} steps -> held-out PSNR {whole:.2f} (mean emb.), "
             f"right half {app['psnr_mean_right']:.2f} (mean) / {app['psnr_fitted_right']:.2f} (fitted)"
             + (f" / {app['psnr_pose_right']:.2f} (fitted with the camera)" if args.fit_pose else "") + ", "
             f"training PSNR {train_psnr:.2f} (last {len(recent)} steps) "
+            + (f"(raw weights: {raw:.2f}) " if raw is not None else "") +
             f"(eval {time.perf_counter() - t0:.1f} s)")
         log("    per view: " + ", ".join(f"{os.path.basename(r['name'])} {r['psnr']:.2f}" for r in ev["images"]))
     pose = trainer.model.applied_deltas().detach()
@@ -186,6 +189,19 @@ def run_variant(scene_name: str, scene, var_name: str, keys: dict, args, device:
     if cuda:
         torch.cuda.empty_cache()
     return row
+
+
+def raw_weights_psnr(trainer, max_images) -> float | None:
+    """The held-out PSNR (mean embedding) with the raw weights, where the trainer scores
+    with their moving average (ema_decay > 0); None otherwise."""
+    avg = trainer.average
+    if avg.values is None:
+        return None
+    kept, avg.values = avg.values, None
+    try:
+        return trainer.evaluate("test", max_images=max_images, ssim=False)["mean"]["psnr"]
+    finally:
+        avg.values = kept
 
 
 def log_profile(label: str, trainer, c2w, args) -> None:
@@ -318,8 +334,10 @@ def fmt(v, spec=".2f") -> str:
 def table(rows: list[dict], budgets: list[float]) -> str:
     head = ["scene", "variant", "steps/s", "rays/s", "rays/step", "field smp/step", "prop smp/step", "peak GiB"]
     posed = int(any(p.get("pose_right") is not None for r in rows for p in r["psnr"].values() if isinstance(p, dict)))
+    raw = int(any(p.get("mean_raw") is not None for r in rows for p in r["psnr"].values() if isinstance(p, dict)))
     for b in budgets:
-        head += [f"{b:g}s train", f"{b:g}s mean", f"{b:g}s mean R", f"{b:g}s fit R"] + [f"{b:g}s pose R"] * posed
+        head += [f"{b:g}s train", f"{b:g}s mean"] + [f"{b:g}s mean raw"] * raw + [f"{b:g}s mean R", f"{b:g}s fit R"]
+        head += [f"{b:g}s pose R"] * posed
     head += ["800² ms", "capture ms"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -328,7 +346,8 @@ def table(rows: list[dict], budgets: list[float]) -> str:
                  fmt(r["peak_train_gib"])]
         for b in budgets:
             p = r["psnr"].get(str(b), {})
-            cells += [fmt(p.get("train")), fmt(p.get("mean")), fmt(p.get("mean_right")), fmt(p.get("fit_right"))]
+            cells += [fmt(p.get("train")), fmt(p.get("mean"))] + [fmt(p.get("mean_raw"))] * raw
+            cells += [fmt(p.get("mean_right")), fmt(p.get("fit_right"))]
             cells += [fmt(p.get("pose_right"))] * posed
         cells += [fmt(r["frame_ms"], ".1f"), f"{fmt(r['capture_frame_ms'], '.1f')} ({r['capture_size']})"]
         lines.append("| " + " | ".join(cells) + " |")
