@@ -6,7 +6,10 @@
 For each proposal level of the default field (256 and 96 intervals per ray) and for the
 histogram resampling between them: the largest difference between the kernel and the
 torch path, and the time of each (mean of --repeats calls after a warm-up, synchronised),
-for every block shape in --shapes (points a program holds x warps) of the proposal kernel.
+for every block shape in --shapes (points a program holds x warps) of the proposal kernel;
+and the radiance field's MLPs at --samples per ray (models/kernels/radiance_mlp.py against
+the torch layers under bf16 autocast, from the same hash features) for each block shape
+in --mlp-shapes.
 The nets have random weights scaled so that densities vary along each ray, which is what
 the kernels' work depends on (not what the weights mean). --rays is one render chunk
 (bench_real's default, 2^17).
@@ -88,12 +91,45 @@ def level_rows(m, i: int, rays, args, dev: str) -> list[tuple]:
     return rows
 
 
+@torch.no_grad()
+def mlp_rows(m, n_rays: int, args, dev: str) -> list[tuple]:
+    """Table rows of the radiance MLPs on n_rays x --samples points, one per block shape;
+    the error is the largest colour difference from the float32 torch layers."""
+    from models.kernels.radiance_mlp import radiance_mlp_triton
+
+    cuda, g = dev == "cuda", torch.Generator(device=dev).manual_seed(1)
+    with torch.no_grad():
+        for q in list(m.field.mlp.parameters()) + list(m.color_net.parameters()):
+            q.normal_(0.0, 0.3, generator=g)
+    feats = torch.randn(n_rays * args.samples, m.field.encoding.out_dim, device=dev, generator=g)
+    ray_term = torch.randn(n_rays, m.config["color_hidden"], device=dev, generator=g)
+
+    def torch_path(bf16: bool):
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
+            return m._radiance_head(m.field.mlp(feats), ray_term)[1]
+
+    want = torch_path(False)
+    t_torch = timed(lambda: torch_path(cuda), args.repeats, cuda)
+    rows = []
+    for shape in args.mlp_shapes.split(","):
+        pts, warps = (int(v) for v in shape.lower().split("x"))
+        run = partial(radiance_mlp_triton, feats, ray_term, m.field.mlp, m.color_net, m.config["geo_features"],
+                      pts, warps)
+        rows.append((f"radiance MLPs ({args.samples} per ray)", f"{pts} x {warps}",
+                     float((run()[1] - want).abs().max()), t_torch, timed(run, args.repeats, cuda)))
+        print("  ", *rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rays", type=int, default=1 << 17)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--shapes", default="256x8,512x16,128x4,512x8",
                    help="proposal kernel block shapes, POINTSxWARPS, comma-separated")
+    p.add_argument("--samples", type=int, default=48, help="radiance-field samples per ray")
+    p.add_argument("--mlp-shapes", default="128x8,64x4,128x4,256x8",
+                   help="radiance MLP kernel block shapes, POINTSxWARPS, comma-separated")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
 
@@ -120,6 +156,7 @@ def main(argv=None) -> int:
             for q in net.mlp.parameters():
                 q.normal_(0.0, 0.5, generator=g)
         rows += level_rows(m, i, (o, d, t0, t1), args, dev)
+    rows += mlp_rows(m, n, args, dev)
     print(f"\nnerfacto render kernels, {n} rays, {torch.cuda.get_device_name() if cuda else 'Triton interpreter'}:")
     print("| stage | block (points x warps) | max abs error | torch ms | kernel ms |")
     print("|---|---|---:|---:|---:|")

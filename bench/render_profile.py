@@ -81,5 +81,5 @@ def profile_frame(render, repeats: int = 2) -> str:
             for _ in range(repeats):
                 render()
             sync()
-        lines += ["", prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60)]
+        lines += ["", prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60)]
     return "\n".join(lines)

@@ -347,8 +347,16 @@ class NerfactoField(_MarchedRender, Field):
     def _radiance_n(self, x_n: torch.Tensor, ray_term: torch.Tensor):
         """sigma (N,) per normalised unit and rgb (N, 3) at normalised points (N, 3), which
         are R rays' samples, ray by ray (N = R S); ray_term (R, color_hidden) the rays'
-        ``_ray_term``."""
-        h = self.field(self._x01(x_n))
+        ``_ray_term``. Without gradients under bf16 autocast, from the fused kernel where it
+        runs."""
+        x01 = self._x01(x_n)
+        fused = fused_radiance(self, x01, ray_term)
+        if fused is not None:
+            return fused
+        return self._radiance_head(self.field(x01), ray_term)
+
+    def _radiance_head(self, h: torch.Tensor, ray_term: torch.Tensor):
+        """(sigma, rgb) from the geometry net's output h (N, 1 + geo_features) (the torch path)."""
         sigma = trunc_exp(h[:, 0].float())
         lin, n_rays = self.color_net[0], ray_term.shape[0]
         pre = F.linear(h[:, 1:], lin.weight[:, :self.config["geo_features"]])
@@ -594,6 +602,25 @@ def fused_proposal_weights(net, o, dirs, u, t0, t1, contraction) -> torch.Tensor
             return kern.proposal_weights_triton(net, o, dirs, u, prop.lindisp(t0), prop.lindisp(t1), contraction)
         return None
     return kernels.run_or_none("proposal_weights", o, run)
+
+
+def fused_radiance(field: NerfactoField, x01: torch.Tensor, ray_term: torch.Tensor):
+    """(sigma, rgb) of the radiance field from the Triton kernel (models/kernels/radiance_mlp.py)
+    where it runs and nothing needs a gradient, else None. Only under bf16 autocast: the
+    kernel's products are bf16, as the torch path's are then, and a float32 render stays
+    float32."""
+    dev = x01.device.type
+    if torch.is_grad_enabled() or not (torch.is_autocast_enabled(dev)
+                                       and torch.get_autocast_dtype(dev) == torch.bfloat16):
+        return None
+
+    def run():
+        from models.kernels import radiance_mlp as kern
+        if not (isinstance(field.field, HashDensity) and kern.supports(field.field.mlp, field.color_net)):
+            return None
+        return kern.radiance_mlp_triton(field.field.encoding(x01), ray_term, field.field.mlp, field.color_net,
+                                        field.config["geo_features"])
+    return kernels.run_or_none("radiance_mlp", x01, run)
 
 
 def code_spread(codes: torch.Tensor) -> torch.Tensor:
