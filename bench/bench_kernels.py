@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default="256x8,512x16,128x4,512x8",
                    help="proposal kernel block shapes, POINTSxWARPS, comma-separated")
     p.add_argument("--samples", type=int, default=48, help="radiance-field samples per ray")
-    p.add_argument("--mlp-shapes", default="128x8,64x4,128x4,256x8",
+    p.add_argument("--mlp-shapes", default="128x8,64x4",
                    help="radiance MLP kernel block shapes, POINTSxWARPS, comma-separated")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)

@@ -45,8 +45,8 @@ def test_fused_radiance_mlp_matches_a_float64_evaluation_in_interpreter():
             assert sigma.shape == (n_rays * s,) and rgb.shape == (n_rays * s, 3)
             err_log = (sigma.double().log() - want_sigma.log()).abs().max()
             err_rgb = (rgb.double() - want_rgb).abs().max()
-            # bf16 inputs to each of the five products: about 1e-2 here.
-            assert err_log < 0.05 and err_rgb < 0.02, (widths, err_log, err_rgb)
+            # float32 products in the interpreter (tf32 on the GPU's tensor cores).
+            assert err_log < 1e-4 and err_rgb < 1e-5, (widths, err_log, err_rgb)
             assert want_rgb.std() > 0.1 and want_sigma.log().std() > 0.3  # outputs that vary
         print("OK")
     """)

@@ -12,14 +12,14 @@ the density and the colour are written.
 
 The layers are those of the torch path; every width is padded with zeros to a power of
 two of at least 16 (what ``tl.dot`` takes), which changes no output: a padded hidden
-unit is relu(0) = 0 and feeds nothing. The products take float16 inputs, as
-tiny-cuda-nn's fully fused MLPs do, and sum in float32; each layer's input is clamped to
-float16's range first. float16, not bf16: Triton's CPU interpreter, which the tests run
-the kernel in, gets bf16 products wrong (seen with Triton 3.9), and float16's finer
-mantissa only brings the result nearer the float32 one. The torch path under autocast
-rounds to bf16, so the two differ by bf16 rounding.
-A program takes 128 points on 8 warps: ptxas gives it 141 registers and no spills for
-sm_90 at the defaults' widths, where 128 points on 4 warps take 254.
+unit is relu(0) = 0 and feeds nothing. The products take float32 inputs, which the
+tensor cores multiply as tf32 (a 10-bit mantissa, finer than the bf16 of the torch path
+under autocast; the two differ by that rounding). Not float16 or bf16 inputs: with
+float16 the kernel read out of bounds on the H200 under the Triton of torch 2.11 (with
+float32 it ran), and Triton's CPU interpreter, which the tests run the kernel in, gets
+bf16 products wrong (Triton 3.9); docs/real_scenes.md, sixteenth session.
+A program takes 128 points on 8 warps: ptxas gives it 142 registers and no spills for
+sm_90 at the defaults' widths, where 128 points on 4 warps take 255.
 Reference: tests/test_radiance_mlp_kernel.py (a float64 evaluation of the same layers,
 through Triton's interpreter).
 """
@@ -34,14 +34,8 @@ NUM_WARPS = 8
 
 
 @triton.jit
-def _half(x):
-    """float32 -> float16, clamped to its range (a product's input)."""
-    return tl.minimum(tl.maximum(x, -65000.0), 65000.0).to(tl.float16)
-
-
-@triton.jit
 def _layer(x, w_ptr, b_ptr, K: tl.constexpr, M: tl.constexpr):
-    """x (B, K) float16 times the padded weight (K, M) float16 plus the bias (M,): (B, M) float32."""
+    """x (B, K) times the padded weight (K, M) plus the bias (M,): (B, M) float32."""
     k = tl.arange(0, K)
     j = tl.arange(0, M)
     w = tl.load(w_ptr + k[:, None] * M + j[None, :])
@@ -58,7 +52,7 @@ def _radiance_fwd(feat_ptr, ray_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wg_ptr, zg_
     ci = tl.arange(0, IN)
     x = tl.load(feat_ptr + rows[:, None] * n_in + ci[None, :], mask=m[:, None] & (ci[None, :] < n_in),
                 other=0.0)
-    h = _half(tl.maximum(_layer(_half(x), w1_ptr, b1_ptr, IN, H), 0.0))
+    h = tl.maximum(_layer(x, w1_ptr, b1_ptr, IN, H), 0.0)
     g = _layer(h, w2_ptr, b2_ptr, H, G)  # column 0 the log-density, then the geometry features
     cg = tl.arange(0, G)
     tl.store(sigma_ptr + rows, tl.exp(tl.sum(tl.where(cg[None, :] == 0, g, 0.0), axis=1)), mask=m)
@@ -66,9 +60,8 @@ def _radiance_fwd(feat_ptr, ray_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wg_ptr, zg_
     # so the log-density does not enter), plus the ray's term, which holds the layer's bias.
     cc = tl.arange(0, CH)
     ray = tl.load(ray_ptr + (rows // S)[:, None] * CH + cc[None, :], mask=m[:, None], other=0.0)
-    p = _layer(_half(g), wg_ptr, zg_ptr, G, CH) + ray.to(tl.float32)
-    p = _half(tl.maximum(p, 0.0))
-    q = _half(tl.maximum(_layer(p, wc2_ptr, bc2_ptr, CH, CH), 0.0))
+    p = tl.maximum(_layer(g, wg_ptr, zg_ptr, G, CH) + ray.to(tl.float32), 0.0)
+    q = tl.maximum(_layer(p, wc2_ptr, bc2_ptr, CH, CH), 0.0)
     o = _layer(q, wc3_ptr, bc3_ptr, CH, OUT)
     co = tl.arange(0, OUT)
     tl.store(rgb_ptr + rows[:, None] * 3 + co[None, :], tl.sigmoid(o), mask=m[:, None] & (co[None, :] < 3))
@@ -97,21 +90,21 @@ def supports(field_mlp, color_net) -> bool:
 
 
 def _weights(field_mlp, color_net, geo_features: int, n_in: int) -> tuple[list[torch.Tensor], dict]:
-    """The kernel's weight arguments (each layer's weight transposed, zero-padded and in
-    float16, its bias padded in float32; row 0 of the colour head's geometry weight is
+    """The kernel's weight arguments (each layer's weight transposed and zero-padded, its
+    bias padded, all float32; row 0 of the colour head's geometry weight is
     zero: the log-density does not enter it) and its padded widths."""
     l1, l2 = field_mlp[0], field_mlp[2]
     c1, c2, c3 = color_net[0], color_net[2], color_net[4]
     w = dict(IN=_width(n_in), H=_width(l1.out_features), G=_width(l2.out_features), CH=_width(c2.in_features),
              OUT=16)
-    half, f32 = torch.float16, torch.float32
+    f32 = torch.float32
     bias = lambda b, m: _padded(b.reshape(1, -1), 1, m, f32).reshape(-1)  # noqa: E731
-    args = [_padded(l1.weight.t(), w["IN"], w["H"], half), bias(l1.bias, w["H"]),
-            _padded(l2.weight.t(), w["H"], w["G"], half), bias(l2.bias, w["G"]),
-            _padded(c1.weight[:, :geo_features].t(), w["G"], w["CH"], half, first_row=1),
+    args = [_padded(l1.weight.t(), w["IN"], w["H"], f32), bias(l1.bias, w["H"]),
+            _padded(l2.weight.t(), w["H"], w["G"], f32), bias(l2.bias, w["G"]),
+            _padded(c1.weight[:, :geo_features].t(), w["G"], w["CH"], f32, first_row=1),
             torch.zeros(w["CH"], dtype=f32, device=c1.weight.device),  # its bias is in the ray term
-            _padded(c2.weight.t(), w["CH"], w["CH"], half), bias(c2.bias, w["CH"]),
-            _padded(c3.weight.t(), w["CH"], w["OUT"], half), bias(c3.bias, w["OUT"])]
+            _padded(c2.weight.t(), w["CH"], w["CH"], f32), bias(c2.bias, w["CH"]),
+            _padded(c3.weight.t(), w["CH"], w["OUT"], f32), bias(c3.bias, w["OUT"])]
     return args, w
 
 

@@ -4,8 +4,9 @@ The torch version makes about fifteen passes over the (R, B) histogram (padding,
 cumulative sum, a concatenation, searchsorted, four gathers), and a render runs two
 rounds of it over every ray of the frame. Here a ray's
 CDF is built in registers and written once to a scratch row; each quantile's bin is the
-count of CDF entries at or below it (what searchsorted with right=True returns), taken
-over the row in chunks; the edges and CDF values either side are then read back.
+count of CDF entries at or below it (what searchsorted with right=True returns), found
+by a binary search of the row (log2 B reads a quantile, where comparing each quantile
+with every entry took B); the edges and CDF values either side are then read back.
 Reference: renderer.proposal.sample_histogram (tests/test_proposal.py, through Triton's
 interpreter).
 """
@@ -15,12 +16,10 @@ import torch
 import triton
 import triton.language as tl
 
-CHUNK = 32
-
 
 @triton.jit
 def _histogram_fwd(edges_ptr, w_ptr, jit_ptr, cdf_ptr, out_ptr, B, n, padding, eps,
-                   BP: tl.constexpr, QP: tl.constexpr, CHUNK: tl.constexpr):
+                   BP: tl.constexpr, QP: tl.constexpr, LOG: tl.constexpr):
     r = tl.program_id(0).to(tl.int64)
     b = tl.arange(0, BP)
     mb = b < B
@@ -31,12 +30,17 @@ def _histogram_fwd(edges_ptr, w_ptr, jit_ptr, cdf_ptr, out_ptr, B, n, padding, e
     k = tl.arange(0, QP)
     mk = k <= n
     q = (k.to(tl.float32) + tl.load(jit_ptr + r)) / (n + 1).to(tl.float32)
-    # searchsorted(right=True) over [0, cdf]: 1 for the leading 0, plus the entries <= q.
-    idx = tl.full((QP,), 1, dtype=tl.int32)
-    for c0 in tl.static_range(0, BP, CHUNK):
-        cc = c0 + tl.arange(0, CHUNK)
-        vals = tl.load(cdf_ptr + r * B + cc, mask=cc < B, other=2.0)
-        idx += tl.sum((vals[None, :] <= q[:, None]).to(tl.int32), 1)
+    # searchsorted(right=True) over [0, cdf]: 1 for the leading 0, plus the entries <= q,
+    # found by a binary search of the (non-decreasing) row: LOG halvings of [lo, hi).
+    lo = tl.zeros((QP,), dtype=tl.int32)
+    hi = tl.full((QP,), 0, dtype=tl.int32) + B
+    for _ in tl.static_range(LOG):
+        mid = (lo + hi) // 2
+        v = tl.load(cdf_ptr + r * B + mid, mask=mk & (mid < hi), other=2.0)
+        go = (mid < hi) & (v <= q)
+        lo = tl.where(go, mid + 1, lo)
+        hi = tl.where(go | (mid >= hi), hi, mid)
+    idx = lo + 1
     below = tl.minimum(tl.maximum(idx - 1, 0), B)
     above = tl.minimum(idx, B)
     c_lo = tl.where(below > 0, tl.load(cdf_ptr + r * B + below - 1, mask=mk & (below > 0), other=0.0), 0.0)
@@ -62,5 +66,5 @@ def sample_histogram_triton(edges: torch.Tensor, weights: torch.Tensor, n: int, 
     cdf = torch.empty(n_rays, n_bins, device=weights.device, dtype=torch.float32)
     _histogram_fwd[(n_rays,)](edges.detach().float().contiguous(), weights.detach().float().contiguous(), jit,
                               cdf, out, n_bins, n, padding, eps, BP=triton.next_power_of_2(n_bins),
-                              QP=triton.next_power_of_2(n + 1), CHUNK=CHUNK, num_warps=4)
+                              QP=triton.next_power_of_2(n + 1), LOG=int(n_bins).bit_length(), num_warps=4)
     return out
