@@ -103,7 +103,7 @@ from models.hashgrid import HashEncoding, trunc_exp
 from models.sh import sh_basis_matrix, sh_encode
 from renderer import contracted_march as cmarch, kernels
 from renderer import proposal as prop
-from renderer.compositing import alpha_weights
+from renderer.compositing import alpha_weights, composite_intervals
 from renderer.contraction import ORDERS, contract, to_unit_cube
 from renderer.lie import apply_rotation, so3_exp
 
@@ -452,20 +452,20 @@ class NerfactoField(_MarchedRender, Field):
             sigma = self.crop_density(xw, sigma, train)
             last_kept = self.crop_density(xw.reshape(n_rays, S, 3)[:, -1], torch.ones_like(t0[:, 0]), train)
         sigma, rgb = sigma.reshape(n_rays, S), rgb.reshape(n_rays, S, 3)
-        w = alpha_weights(sigma, t[:, 1:] - t[:, :-1])[0]
-        acc = w.sum(-1)
-        color = (w[..., None] * rgb).sum(1)
+        comp = composite_intervals(sigma, rgb, t, weights=train)
+        acc, color = comp["acc"], comp["rgb"]
         if background is not None:  # the field's own background, whatever colour was asked for
             fill = rgb[:, -1]
             if last_kept is not None:
                 bg = torch.as_tensor(background, dtype=fill.dtype, device=fill.device)
                 fill = last_kept[:, None] * fill + (1.0 - last_kept[:, None]) * bg
             color = color + (1.0 - acc)[:, None] * fill
-        depth = (w * mid).sum(-1) / acc.clamp(min=1e-10) / (self._scale * dnorm[:, 0])
+        depth = comp["depth_sum"] / acc.clamp(min=1e-10) / (self._scale * dnorm[:, 0])
         # torch.full, not torch.tensor: a fill kernel, which a CUDA graph can capture.
         out = {"rgb": color, "depth": depth, "acc": acc,
                "samples": torch.full((), float(n_rays * (S + sum(n_prop))), device=o.device)}
         if train:
+            w = comp["weights"]
             if self.config["distortion_weight"] > 0:
                 out["distortion"] = prop.distortion_loss(u, w)
             out["interlevel"] = (sum(prop.interlevel_loss(u, w, pu, pw) for pu, pw in levels)
