@@ -452,7 +452,7 @@ class NerfactoField(_MarchedRender, Field):
             sigma = self.crop_density(xw, sigma, train)
             last_kept = self.crop_density(xw.reshape(n_rays, S, 3)[:, -1], torch.ones_like(t0[:, 0]), train)
         sigma, rgb = sigma.reshape(n_rays, S), rgb.reshape(n_rays, S, 3)
-        comp = composite_intervals(sigma, rgb, t, weights=train)
+        comp = composite_intervals(sigma, rgb, t)
         acc, color = comp["acc"], comp["rgb"]
         if background is not None:  # the field's own background, whatever colour was asked for
             fill = rgb[:, -1]

@@ -198,18 +198,6 @@ def test_radiance_mlp_kernel_compiles_without_spills(monkeypatch):
     assert spilled == 0 and regs <= 168, (regs, spilled)
 
 
-@needs_triton
-def test_composite_kernel_compiles_without_spills(monkeypatch):
-    """The compositing kernel at a render's 48 samples a ray."""
-    from renderer.kernels import composite as ck
-
-    recs = _record(monkeypatch, ck, ("_composite_fwd",))
-    ck.composite_intervals_triton(torch.zeros(4, 48), torch.zeros(4, 48, 3), torch.zeros(4, 49))
-    (kernel,) = _compile(recs["_composite_fwd"])
-    regs, spilled = _ptxas_report(kernel)
-    assert spilled == 0 and regs <= 128, (regs, spilled)
-
-
 def test_a_kernel_the_compiler_refuses_fails_here(monkeypatch):
     """The check above is not vacuous: a kernel that sets a constexpr again in a
     static_range loop (which the interpreter runs) does not compile."""
