@@ -608,9 +608,9 @@ def fused_proposal_weights(net, o, dirs, u, t0, t1, contraction) -> torch.Tensor
 
 def fused_radiance(field: NerfactoField, x01: torch.Tensor, ray_term: torch.Tensor):
     """(sigma, rgb) of the radiance field from the Triton kernel (models/kernels/radiance_mlp.py)
-    where it runs and nothing needs a gradient, else None. Only under bf16 autocast: the
-    kernel's products are bf16, as the torch path's are then, and a float32 render stays
-    float32."""
+    where it runs and nothing needs a gradient, else None. Only under bf16 autocast, where
+    its tf32 products stand in for the torch path's bf16 ones; a float32 render stays on
+    the torch path, in float32."""
     dev = x01.device.type
     if torch.is_grad_enabled() or not (torch.is_autocast_enabled(dev)
                                        and torch.get_autocast_dtype(dev) == torch.bfloat16):
