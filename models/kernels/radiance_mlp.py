@@ -15,7 +15,7 @@ two of at least 16 (what ``tl.dot`` takes), which changes no output: a padded hi
 unit is relu(0) = 0 and feeds nothing. The products take float32 inputs, which the
 tensor cores multiply as tf32 (a 10-bit mantissa, finer than the bf16 of the torch path
 under autocast; the two differ by that rounding). Not float16 or bf16 inputs: with
-float16 the kernel read out of bounds on the H200 under the Triton of torch 2.11 (with
+float16 the kernel failed with an illegal memory access on the H200 (Triton 3.6; with
 float32 it ran), and Triton's CPU interpreter, which the tests run the kernel in, gets
 bf16 products wrong (Triton 3.9); docs/real_scenes.md, sixteenth session.
 A program takes 128 points on 8 warps: ptxas gives it 142 registers and no spills for
