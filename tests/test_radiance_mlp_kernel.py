@@ -48,6 +48,14 @@ def test_fused_radiance_mlp_matches_a_float64_evaluation_in_interpreter():
             # float32 products in the interpreter (tf32 on the GPU's tensor cores).
             assert err_log < 1e-4 and err_rgb < 1e-5, (widths, err_log, err_rgb)
             assert want_rgb.std() > 0.1 and want_sigma.log().std() > 0.3  # outputs that vary
+            # Weights changed in place (a training step): the kernel's padded copies follow.
+            with torch.no_grad():
+                m.color_net[4].bias.add_(0.7)
+                m.field.mlp[2].bias.add_(0.3)
+            sigma, rgb = radiance_mlp_triton(feats, ray_term, m.field.mlp, m.color_net, m.config["geo_features"])
+            want_sigma, want_rgb = reference(m, feats, ray_term)
+            assert (rgb.double() - want_rgb).abs().max() < 1e-5
+            assert (sigma.double().log() - want_sigma.log()).abs().max() < 1e-4
         print("OK")
     """)
     run_in_triton_interpreter(code)

@@ -89,7 +89,23 @@ def supports(field_mlp, color_net) -> bool:
             and all(isinstance(color_net[i], relu) for i in (1, 3)) and color_net[4].out_features == 3)
 
 
+# The padded weights of the last nets seen, keyed by their parameters' storage and
+# version: a frame renders in several chunks with the same weights, and a training step
+# or the weight average's swap (in-place updates) bumps a parameter's version.
+_CACHE: dict = {}
+
+
 def _weights(field_mlp, color_net, geo_features: int, n_in: int) -> tuple[list[torch.Tensor], dict]:
+    """``_padded_weights``, made again only when a parameter or the layout changed."""
+    params = list(field_mlp.parameters()) + list(color_net.parameters())
+    key = (geo_features, n_in) + tuple((q.data_ptr(), q._version) for q in params)
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = _padded_weights(field_mlp, color_net, geo_features, n_in)
+    return _CACHE[key]
+
+
+def _padded_weights(field_mlp, color_net, geo_features: int, n_in: int) -> tuple[list[torch.Tensor], dict]:
     """The kernel's weight arguments (each layer's weight transposed and zero-padded, its
     bias padded, all float32; row 0 of the colour head's geometry weight is
     zero: the log-density does not enter it) and its padded widths."""
@@ -127,6 +143,7 @@ def radiance_mlp_triton(feats: torch.Tensor, ray_term: torch.Tensor, field_mlp, 
     with torch.no_grad(), torch.autocast(feats.device.type, enabled=False):  # the weights as given
         args, w = _weights(field_mlp, color_net, geo_features, n_in)
         _radiance_fwd[(triton.cdiv(n, points_per_program),)](
-            feats.contiguous(), _padded(ray_term, n_rays, w["CH"], torch.float32), *args, sigma, rgb,
+            feats.contiguous(), ray_term.float().contiguous() if ray_term.shape[1] == w["CH"]
+            else _padded(ray_term, n_rays, w["CH"], torch.float32), *args, sigma, rgb,
             n, n // n_rays, n_in, **w, BLOCK=points_per_program, num_warps=num_warps)
     return sigma, rgb
