@@ -9,7 +9,10 @@ torch path, and the time of each (mean of --repeats calls after a warm-up, synch
 for every block shape in --shapes (points a program holds x warps) of the proposal kernel;
 and the radiance field's MLPs at --samples per ray (models/kernels/radiance_mlp.py against
 the torch layers under bf16 autocast, from the same hash features) for each block shape
-in --mlp-shapes.
+in --mlp-shapes. Then the radiance field's hash features at the samples of one camera's
+rays (models/kernels/field_samples.py, with the float32 table and with a float16 copy,
+against the torch path's points then the per-level hash kernel) and the compositing
+kernel against its torch path.
 The nets have random weights scaled so that densities vary along each ray, which is what
 the kernels' work depends on (not what the weights mean). --rays is one render chunk
 (bench_real's default, 2^17).
@@ -60,7 +63,7 @@ def with_kernels(mode: str, fn):
 def level_rows(m, i: int, rays, args, dev: str) -> list[tuple]:
     """Table rows of proposal level i (each block shape) and, after level 0, of the
     histogram resampling to level 1's count."""
-    from models.kernels.proposal_weights import proposal_weights_triton
+    from models.kernels.proposal_weights import block_shape, proposal_weights_triton
     from renderer import proposal as prop
 
     o, d, t0, t1 = rays
@@ -76,7 +79,7 @@ def level_rows(m, i: int, rays, args, dev: str) -> list[tuple]:
     g0, g1 = prop.lindisp(t0), prop.lindisp(t1)
     rows = []
     for shape in args.shapes.split(","):
-        pts, warps = (int(v) for v in shape.lower().split("x"))
+        pts, warps = block_shape(k) if shape == "auto" else (int(v) for v in shape.lower().split("x"))
         run = partial(proposal_weights_triton, net, o, d, u, g0, g1, "inf", pts, warps)
         rows.append((f"proposal level {i} ({k} per ray)", f"{pts} x {warps}",
                      float((run() - want).abs().max()), t_torch, timed(run, args.repeats, cuda)))
@@ -121,12 +124,53 @@ def mlp_rows(m, n_rays: int, args, dev: str) -> list[tuple]:
     return rows
 
 
+@torch.no_grad()
+def field_rows(m, n_rays: int, args, dev: str) -> list[tuple]:
+    """Rows of the field's hash features at --samples per ray of a pinhole camera's rays
+    (neighbouring pixels' samples are near each other, as in a frame: the table reads'
+    locality depends on it) and of the compositing of those samples."""
+    from models.kernels.field_samples import field_features_triton
+    from renderer import proposal as prop
+    from renderer.compositing import composite_intervals
+
+    cuda, enc, g = dev == "cuda", m.field.encoding, torch.Generator(device=dev).manual_seed(2)
+    enc.table.normal_(0.0, 1.0, generator=g)
+    side = int(n_rays ** 0.5)
+    ij = torch.stack(torch.meshgrid(torch.arange(side, device=dev), torch.arange(side, device=dev),
+                                    indexing="ij"), -1).reshape(-1, 2).float()
+    d = torch.nn.functional.normalize(torch.cat([(ij - side / 2) / side, -torch.ones_like(ij[:, :1])], 1), dim=-1)
+    o = torch.tensor([[0.1, 0.2, 0.9]], device=dev).expand(side * side, 3).contiguous()
+    t0, t1 = torch.full((side * side, 1), 0.05, device=dev), torch.full((side * side, 1), 1000.0, device=dev)
+    t = prop.spacing_to_distance(prop.uniform_edges(side * side, args.samples, None, dev), t0, t1)
+
+    def torch_path():
+        mid = 0.5 * (t[:, 1:] + t[:, :-1])
+        return enc(m._x01((o[:, None, :] + d[:, None, :] * mid[..., None]).reshape(-1, 3)))
+
+    want = with_kernels("triton", torch_path)  # the hash kernel, float32
+    t_torch = timed(lambda: with_kernels("triton", torch_path), args.repeats, cuda)
+    rows = []
+    for name, half in (("float32 table", False), ("float16 table", True)):
+        run = partial(field_features_triton, enc, o, d, t, "inf", half)
+        rows.append((f"field hash features ({args.samples} per ray), {name}", "128 x 4",
+                     float((run().float() - want).abs().max()), t_torch, timed(run, args.repeats, cuda)))
+        print("  ", *rows[-1], file=sys.stderr, flush=True)
+    sigma = torch.rand(side * side, args.samples, device=dev, generator=g) * 3.0
+    rgb = torch.rand(side * side, args.samples, 3, device=dev, generator=g)
+    comp = partial(composite_intervals, sigma, rgb, t)
+    err = float((with_kernels("triton", comp)["rgb"] - with_kernels("torch", comp)["rgb"]).abs().max())
+    rows.append((f"compositing ({args.samples} per ray)", "512 x 4", err,
+                 timed(partial(with_kernels, "torch", comp), args.repeats, cuda),
+                 timed(partial(with_kernels, "triton", comp), args.repeats, cuda)))
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rays", type=int, default=1 << 17)
     p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--shapes", default="256x8,512x16,128x4,512x8",
-                   help="proposal kernel block shapes, POINTSxWARPS, comma-separated")
+    p.add_argument("--shapes", default="auto,256x8,512x16",
+                   help="proposal kernel block shapes, POINTSxWARPS or auto (the kernel's choice), comma-separated")
     p.add_argument("--samples", type=int, default=48, help="radiance-field samples per ray")
     p.add_argument("--mlp-shapes", default="128x8,64x4",
                    help="radiance MLP kernel block shapes, POINTSxWARPS, comma-separated")
@@ -157,6 +201,7 @@ def main(argv=None) -> int:
                 q.normal_(0.0, 0.5, generator=g)
         rows += level_rows(m, i, (o, d, t0, t1), args, dev)
     rows += mlp_rows(m, n, args, dev)
+    rows += field_rows(m, n, args, dev)
     print(f"\nnerfacto render kernels, {n} rays, {torch.cuda.get_device_name() if cuda else 'Triton interpreter'}:")
     print("| stage | block (points x warps) | max abs error | torch ms | kernel ms |")
     print("|---|---|---:|---:|---:|")

@@ -374,7 +374,8 @@ def main(argv=None) -> int:
     p.add_argument("--decay-steps", type=int, default=None,
                    help="steps the learning rate decays over (default: estimated from the warm-up)")
     p.add_argument("--render-size", type=int, default=800)
-    p.add_argument("--render-chunk", type=int, default=1 << 17)
+    p.add_argument("--render-chunk", type=int, default=None,
+                   help="rays per render call (default: the field's own, what the app renders with)")
     p.add_argument("--render-repeats", type=int, default=3)
     p.add_argument("--render-configs", default=None,
                    help="after training, render with these too, ';'-separated: proposal-render sample "

@@ -443,18 +443,23 @@ class NerfactoField(_MarchedRender, Field):
             levels.append((u, w))
         u = prop.sample_histogram(u, levels[-1][1] ** anneal, n_field, jitter())
         t = prop.spacing_to_distance(u, t0, t1)
-        mid = 0.5 * (t[:, 1:] + t[:, :-1])
-        S = mid.shape[1]
-        x = (o[:, None, :] + dirs[:, None, :] * mid[..., None]).reshape(-1, 3)
-        emb = self._embedding(n_rays, image, o.device, appearance)
-        sigma, rgb = self._radiance_n(x, self._ray_term(dirs, emb))
+        S = t.shape[1] - 1
+        ray_term = self._ray_term(dirs, self._embedding(n_rays, image, o.device, appearance))
+        cropped = self.crop is not None and not train  # renders see nothing outside the box
+        fused = None if cropped else fused_field(self, o, dirs, t, ray_term)
         last_kept = None
-        if self.crop is not None and not train:  # renders see nothing outside the box
-            xw = x / self._scale + self.center
-            sigma = self.crop_density(xw, sigma, train)
-            last_kept = self.crop_density(xw.reshape(n_rays, S, 3)[:, -1], torch.ones_like(t0[:, 0]), train)
+        if fused is not None:
+            sigma, rgb = fused
+        else:
+            mid = 0.5 * (t[:, 1:] + t[:, :-1])
+            x = (o[:, None, :] + dirs[:, None, :] * mid[..., None]).reshape(-1, 3)
+            sigma, rgb = self._radiance_n(x, ray_term)
+            if cropped:
+                xw = x / self._scale + self.center
+                sigma = self.crop_density(xw, sigma, train)
+                last_kept = self.crop_density(xw.reshape(n_rays, S, 3)[:, -1], torch.ones_like(t0[:, 0]), train)
         sigma, rgb = sigma.reshape(n_rays, S), rgb.reshape(n_rays, S, 3)
-        comp = composite_intervals(sigma, rgb, t)
+        comp = composite_intervals(sigma, rgb, t, weights=train)
         acc, color = comp["acc"], comp["rgb"]
         if background is not None:  # the field's own background, whatever colour was asked for
             fill = rgb[:, -1]
@@ -473,6 +478,13 @@ class NerfactoField(_MarchedRender, Field):
             out["interlevel"] = (sum(prop.interlevel_loss(u, w, pu, pw) for pu, pw in levels)
                                  if train_props else torch.zeros((), device=o.device))
         return out
+
+    def render_chunk(self, cuda: bool) -> int:
+        """Rays per render_rays call of a whole view: on a GPU a render holds about 6 kB a
+        ray (the proposals' intervals and weights, the field's features), so 2^18 rays
+        take under 2 GB, and an 800² frame is three calls instead of ten (each kernel's
+        last, partly filled wave paid once per call)."""
+        return 1 << 18 if cuda else super().render_chunk(cuda)
 
     def sample_counts(self, train: bool) -> tuple[list[int], int]:
         """(intervals per ray of each proposal net, radiance-field intervals per ray) of a
@@ -606,23 +618,53 @@ def fused_proposal_weights(net, o, dirs, u, t0, t1, contraction) -> torch.Tensor
     return kernels.run_or_none("proposal_weights", o, run)
 
 
+def _bf16_render(device) -> bool:
+    """Whether this is a render (no gradient) under bf16 autocast: where the radiance
+    field's kernels stand in for the torch path (their tf32 products and float16
+    features are finer than its bf16); a float32 render stays on the torch path."""
+    dev = device.type
+    return not torch.is_grad_enabled() and torch.is_autocast_enabled(dev) and \
+        torch.get_autocast_dtype(dev) == torch.bfloat16
+
+
+def _mlp_kernel(field: NerfactoField):
+    """models/kernels/radiance_mlp.py where it evaluates the field's nets, else None."""
+    from models.kernels import radiance_mlp as kern
+    ok = isinstance(field.field, HashDensity) and kern.supports(field.field.mlp, field.color_net)
+    return kern if ok else None
+
+
 def fused_radiance(field: NerfactoField, x01: torch.Tensor, ray_term: torch.Tensor):
-    """(sigma, rgb) of the radiance field from the Triton kernel (models/kernels/radiance_mlp.py)
-    where it runs and nothing needs a gradient, else None. Only under bf16 autocast, where
-    its tf32 products stand in for the torch path's bf16 ones; a float32 render stays on
-    the torch path, in float32."""
-    dev = x01.device.type
-    if torch.is_grad_enabled() or not (torch.is_autocast_enabled(dev)
-                                       and torch.get_autocast_dtype(dev) == torch.bfloat16):
+    """(sigma, rgb) of the radiance field at points x01 (N, 3) in the hash grid's cube from
+    the hash kernel and the MLP kernel (models/kernels/radiance_mlp.py) in a bf16 render
+    where they run, else None."""
+    if not _bf16_render(x01.device):
         return None
 
     def run():
-        from models.kernels import radiance_mlp as kern
-        if not (isinstance(field.field, HashDensity) and kern.supports(field.field.mlp, field.color_net)):
+        if (kern := _mlp_kernel(field)) is None:
             return None
         return kern.radiance_mlp_triton(field.field.encoding(x01), ray_term, field.field.mlp, field.color_net,
                                         field.config["geo_features"])
     return kernels.run_or_none("radiance_mlp", x01, run)
+
+
+def fused_field(field: NerfactoField, o, dirs, t, ray_term):
+    """(sigma, rgb) of the radiance field at the midpoints of the intervals t (R, S + 1)
+    along the rays o + t dirs (normalised frame) in a bf16 render where the kernels run,
+    else None: the samples' hash features from the rays in one pass
+    (models/kernels/field_samples.py), then the MLP kernel."""
+    if not _bf16_render(o.device):
+        return None
+
+    def run():
+        from models.kernels import field_samples
+        if (kern := _mlp_kernel(field)) is None or not field_samples.supports(field.field.encoding):
+            return None
+        feats = field_samples.field_features_triton(field.field.encoding, o, dirs, t, field.config["contraction"])
+        return kern.radiance_mlp_triton(feats, ray_term, field.field.mlp, field.color_net,
+                                        field.config["geo_features"])
+    return kernels.run_or_none("field_samples", o, run)
 
 
 def code_spread(codes: torch.Tensor) -> torch.Tensor:

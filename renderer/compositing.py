@@ -31,15 +31,29 @@ def alpha_weights(sigma: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tenso
     return alpha * trans, trans
 
 
-def composite_intervals(sigma: torch.Tensor, rgb: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+def composite_intervals(sigma: torch.Tensor, rgb: torch.Tensor, t: torch.Tensor,
+                        weights: bool = False) -> dict[str, torch.Tensor]:
     """Composite samples taken on intervals: sigma (R, S) and rgb (R, S, 3) on the
     intervals between the distances t (R, S + 1) (nerfacto's samples; every interval has
     its own length, the last one too). Returns rgb (R, 3) (no background), acc (R,),
-    depth_sum (R,) = sum of weight x interval midpoint (the caller normalises it) and
-    the weights (R, S)."""
+    depth_sum (R,) = sum of weight x interval midpoint (the caller normalises it), and
+    with ``weights`` the weights (R, S). Without gradients or weights, from the Triton
+    kernel where it runs (renderer/kernels/composite.py): a render needs only the sums."""
+    if not weights and not torch.is_grad_enabled():
+        from renderer import kernels
+
+        def run():
+            from renderer.kernels.composite import composite_intervals_triton
+            return composite_intervals_triton(sigma, rgb, t)
+        sums = kernels.run_or_none("composite", sigma, run)
+        if sums is not None:
+            return {"rgb": sums[:, :3], "acc": sums[:, 3], "depth_sum": sums[:, 4]}
     w = alpha_weights(sigma, t[:, 1:] - t[:, :-1])[0]
-    return {"rgb": (w[..., None] * rgb).sum(1), "acc": w.sum(-1),
-            "depth_sum": (w * 0.5 * (t[:, 1:] + t[:, :-1])).sum(-1), "weights": w}
+    out = {"rgb": (w[..., None] * rgb).sum(1), "acc": w.sum(-1),
+           "depth_sum": (w * 0.5 * (t[:, 1:] + t[:, :-1])).sum(-1)}
+    if weights:
+        out["weights"] = w
+    return out
 
 
 def composite(sigma: torch.Tensor, rgb: torch.Tensor, t: torch.Tensor, rays_d: torch.Tensor,

@@ -51,4 +51,17 @@ def render_rays_chunked(model, rays_o: torch.Tensor, rays_d: torch.Tensor, near,
                 outs[k].append(out[k].float())
     finally:
         model.train(was_training)
-    return {k: torch.cat(v, 0).cpu() for k, v in outs.items()}
+    return to_host({k: torch.cat(v, 0) for k, v in outs.items()})
+
+
+def to_host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors on the CPU. From a GPU through page-locked buffers, all copies queued
+    before one wait: a plain .cpu() copies through pageable memory, several times slower
+    for a frame (torch caches page-locked blocks, so the buffers cost no allocation after
+    the first frame)."""
+    if not any(t.device.type == "cuda" for t in tensors.values()):
+        return {k: t.cpu() for k, t in tensors.items()}
+    out = {k: torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
+           if t.device.type == "cuda" else t.cpu() for k, t in tensors.items()}
+    torch.cuda.synchronize()
+    return out

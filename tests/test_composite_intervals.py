@@ -1,13 +1,15 @@
 """renderer.compositing.composite_intervals (nerfacto's compositing of samples on
-intervals) against a float64 loop along each ray."""
+intervals): its torch path and its Triton kernel against a float64 loop along each ray,
+the kernel through Triton's CPU interpreter."""
 from __future__ import annotations
 
 import math
+import textwrap
 
 import torch
 
 from renderer.compositing import composite_intervals
-from tests.conftest import gen
+from tests.conftest import gen, needs_triton, run_in_triton_interpreter
 
 
 def loop_reference(sigma, rgb, t) -> torch.Tensor:
@@ -41,8 +43,31 @@ def samples(n_rays: int, s: int, g: torch.Generator):
 def test_composite_intervals_torch_path_matches_a_float64_loop():
     sigma, rgb, t = samples(6, 7, gen(0))
     want = loop_reference(sigma, rgb, t)
-    out = composite_intervals(sigma.double(), rgb.double(), t.double())
+    out = composite_intervals(sigma.double(), rgb.double(), t.double(), weights=True)
     got = torch.cat([out["rgb"], out["acc"][:, None], out["depth_sum"][:, None]], 1)
     assert (got - want).abs().max() < 1e-10
     assert torch.allclose(out["weights"].sum(-1), out["acc"])
     assert float(want[0, 3]) == 0.0 and float(want[1, 3]) > 0.99  # the empty and the opaque ray
+
+
+@needs_triton
+def test_composite_kernel_matches_a_float64_loop_in_interpreter():
+    code = textwrap.dedent("""
+        import torch
+        from renderer.compositing import composite_intervals
+        from renderer.kernels.composite import composite_intervals_triton
+        from tests.test_composite_intervals import loop_reference, samples
+        g = torch.Generator().manual_seed(1)
+        for n_rays, s in ((70, 48), (9, 5)):  # a tile of rays not filled; samples not a power of two
+            sigma, rgb, t = samples(n_rays, s, g)
+            got = composite_intervals_triton(sigma, rgb, t)
+            want = loop_reference(sigma, rgb, t)
+            assert got.shape == (n_rays, 5)
+            assert (got.double() - want).abs().max() < 1e-5, (got.double() - want).abs().max()
+            # Renders (no gradient, no weights asked for) take the kernel.
+            with torch.no_grad():
+                out = composite_intervals(sigma, rgb, t)
+            assert torch.equal(out["rgb"], got[:, :3]) and torch.equal(out["depth_sum"], got[:, 4])
+        print("OK")
+    """)
+    run_in_triton_interpreter(code)

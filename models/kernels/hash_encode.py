@@ -69,6 +69,69 @@ def _corner_dw(fx, fy, fz, c: tl.constexpr):
 
 
 @triton.jit
+def _pick(a, b, bit: tl.constexpr):
+    """a where the corner's bit is 0, b where it is 1 (chosen when compiling)."""
+    return b if bit else a
+
+
+@triton.jit
+def _level_features(table_ptr, x, y, z, res, off, mask_t, m, DENSE: tl.constexpr):
+    """Both features (F = 2, float32) of one level at points x, y, z in [0, 1] (tiles of
+    any shape, live where m): the trilinear sum over the cell's 8 corners that _cell,
+    _corner and _hash_fwd compute, for the forward-only kernels. Two things differ, both
+    for the integer work that bounds a render's lookups (instant-ngp's kernels do the
+    same): the level's layout (dense or hashed, ``DENSE``) is known when compiling, so
+    only one index formula is computed, and each axis's part of the index (its two
+    values per cell) is computed once per level, not once per corner. Indices are int32
+    (off: the level's first entry; a table holds far fewer than 2^30 entries)."""
+    ix, iy, iz, fx, fy, fz = _cell(x, y, z, res)
+    if DENSE:
+        v = res + 1
+        ax0 = ix + off
+        ay0 = iy * v
+        az0 = iz * (v * v)
+        ax1 = ax0 + 1
+        ay1 = ay0 + v
+        az1 = az0 + v * v
+    else:
+        ax0 = ix.to(tl.uint32)
+        ay0 = iy.to(tl.uint32) * 2654435761
+        az0 = iz.to(tl.uint32) * 805459861
+        ax1 = ax0 + 1
+        ay1 = ay0 + 2654435761
+        az1 = az0 + 805459861
+    nd: tl.constexpr = len(fx.shape)
+    pair = tl.arange(0, 2)
+    mp = tl.expand_dims(m, nd)
+    for c in tl.static_range(8):
+        ax = _pick(ax0, ax1, c & 1)
+        ay = _pick(ay0, ay1, (c >> 1) & 1)
+        az = _pick(az0, az1, (c >> 2) & 1)
+        if DENSE:
+            idx = ax + ay + az
+        else:
+            idx = ((ax ^ ay ^ az) & mask_t).to(tl.int32) + off
+        w = (_pick(1.0 - fx, fx, c & 1) * _pick(1.0 - fy, fy, (c >> 1) & 1)
+             * _pick(1.0 - fz, fz, (c >> 2) & 1))
+        # An entry's two features as one vector load (one request instead of two).
+        v = tl.load(tl.expand_dims(table_ptr + idx * 2, nd) + pair, mask=mp, other=0.0).to(tl.float32)
+        if c == 0:
+            f = tl.expand_dims(w, nd) * v
+        else:
+            f += tl.expand_dims(w, nd) * v
+    return tl.split(f)
+
+
+def dense_levels(encoding) -> int:
+    """How many of a HashEncoding's levels (its first ones: resolutions grow) are dense,
+    the ``DENSE`` that _level_features is compiled for, level by level."""
+    n = sum(bool(d) for d in encoding.dense)
+    if not all(encoding.dense[:n]):
+        raise ValueError(f"dense levels must come first, got {encoding.dense}")
+    return n
+
+
+@triton.jit
 def _block(x_ptr, res_ptr, off_ptr, dense_ptr, N, F: tl.constexpr, BLOCK: tl.constexpr):
     """What every kernel here starts with: this program's BLOCK rows (program 0 axis),
     their mask and points; the level (program 1 axis), its resolution, table offset,

@@ -12,11 +12,13 @@ float32 (the torch path's runs in bf16 under autocast).
 
 One program takes BR rays with all their intervals as a (BR, NP) tile (NP the next power
 of two of n), so that the transmittance is a cumulative sum along the tile's rows. The
-tile holds one point per thread (256 points, 8 warps): at two points a thread the
-compiler gives each thread all 255 registers and spills (the hidden layer is a
-(BR, NP, H) tile), so a multiprocessor holds one 8-warp program, a quarter of the warps
-it holds at 64 registers, to hide the table reads behind (docs/real_scenes.md, fifteenth
-session).
+tile holds one point per thread: at two points a thread the compiler gives each thread
+all 255 registers and spills (the hidden layer is a (BR, NP, H) tile), so a
+multiprocessor holds one program, with nothing to hide the table reads behind
+(docs/real_scenes.md, fifteenth session). And one ray a program (BR = 1 from 32
+intervals up, NP / 32 warps): a render's second level (96 intervals, NP 128) ran in
+two thirds of the time on 4 warps with one ray than on 8 warps with two
+(docs/real_scenes.md, seventeenth session).
 Reference: the torch path (tests/test_proposal_kernel.py, through Triton's interpreter).
 """
 from __future__ import annotations
@@ -25,10 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
-from models.kernels.hash_encode import _cell, _corner
+from models.kernels.hash_encode import _level_features, dense_levels
 
-POINTS_PER_PROGRAM = 256
-NUM_WARPS = 8
+MAX_WARPS = 16
 
 
 @triton.jit
@@ -46,9 +47,22 @@ def _along(o_ptr, d_ptr, rays, rm, t, axis: tl.constexpr):
 
 
 @triton.jit
-def _proposal_fwd(o_ptr, d_ptr, g0_ptr, gs_ptr, u_ptr, table_ptr, res_ptr, off_ptr, dense_ptr,
+def _contracted01(px, py, pz, INF: tl.constexpr):
+    """renderer.contraction.contract (L-inf norm where INF, else L2), then to_unit_cube."""
+    if INF:
+        nrm = tl.maximum(tl.maximum(tl.abs(px), tl.abs(py)), tl.abs(pz))
+    else:
+        nrm = tl.sqrt(px * px + py * py + pz * pz)
+    safe = tl.maximum(nrm, 1.0)
+    s = tl.where(nrm <= 1.0, 1.0, (2.0 - 1.0 / safe) / safe)
+    return (px * s + 2.0) * 0.25, (py * s + 2.0) * 0.25, (pz * s + 2.0) * 0.25
+
+
+@triton.jit
+def _proposal_fwd(o_ptr, d_ptr, g0_ptr, gs_ptr, u_ptr, table_ptr, res_ptr, off_ptr,
                   w1_ptr, b1_ptr, w2_ptr, b2_ptr, w_ptr, R, n, mask_t,
-                  L: tl.constexpr, H: tl.constexpr, INF: tl.constexpr, BR: tl.constexpr, NP: tl.constexpr):
+                  L: tl.constexpr, DENSE: tl.constexpr, H: tl.constexpr, INF: tl.constexpr, BR: tl.constexpr,
+                  NP: tl.constexpr):
     rays = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
     k = tl.arange(0, NP)
     rm = rays < R
@@ -62,30 +76,12 @@ def _proposal_fwd(o_ptr, d_ptr, g0_ptr, gs_ptr, u_ptr, table_ptr, res_ptr, off_p
     px = _along(o_ptr, d_ptr, rays, rm, mid, 0)
     py = _along(o_ptr, d_ptr, rays, rm, mid, 1)
     pz = _along(o_ptr, d_ptr, rays, rm, mid, 2)
-    # renderer.contraction.contract, then to_unit_cube.
-    if INF:
-        nrm = tl.maximum(tl.maximum(tl.abs(px), tl.abs(py)), tl.abs(pz))
-    else:
-        nrm = tl.sqrt(px * px + py * py + pz * pz)
-    safe = tl.maximum(nrm, 1.0)
-    s = tl.where(nrm <= 1.0, 1.0, (2.0 - 1.0 / safe) / safe)
-    x = (px * s + 2.0) * 0.25
-    y = (py * s + 2.0) * 0.25
-    z = (pz * s + 2.0) * 0.25
+    x, y, z = _contracted01(px, py, pz, INF)
     j = tl.arange(0, H)
     hid = tl.zeros((BR, NP, H), dtype=tl.float32) + tl.load(b1_ptr + j)[None, None, :]
     for lvl in tl.static_range(L):
-        res = tl.load(res_ptr + lvl)
-        off = tl.load(off_ptr + lvl).to(tl.int64)
-        dense = tl.load(dense_ptr + lvl)
-        ix, iy, iz, fx, fy, fz = _cell(x, y, z, res)
-        f0 = tl.zeros((BR, NP), dtype=tl.float32)
-        f1 = tl.zeros((BR, NP), dtype=tl.float32)
-        for c in tl.static_range(8):
-            idx, wt = _corner(ix, iy, iz, fx, fy, fz, res + 1, dense, mask_t, c)
-            g = (off + idx.to(tl.int64)) * 2
-            f0 += wt * tl.load(table_ptr + g, mask=m, other=0.0).to(tl.float32)
-            f1 += wt * tl.load(table_ptr + g + 1, mask=m, other=0.0).to(tl.float32)
+        f0, f1 = _level_features(table_ptr, x, y, z, tl.load(res_ptr + lvl), tl.load(off_ptr + lvl), mask_t, m,
+                                 lvl < DENSE)
         hid += f0[:, :, None] * tl.load(w1_ptr + j * (2 * L) + 2 * lvl)[None, None, :]
         hid += f1[:, :, None] * tl.load(w1_ptr + j * (2 * L) + 2 * lvl + 1)[None, None, :]
     hid = tl.maximum(hid, 0.0)
@@ -106,24 +102,34 @@ def supports(net) -> bool:
             and h & (h - 1) == 0 and mlp[0].in_features == enc.out_dim)
 
 
+def block_shape(n: int) -> tuple[int, int]:
+    """(points a program holds, warps) for rays of n intervals: one ray a program, one
+    point a thread (several short rays share a warp; a very long ray has two points a
+    thread past MAX_WARPS warps)."""
+    pts = max(32, triton.next_power_of_2(n))
+    return pts, min(MAX_WARPS, pts // 32)
+
+
 def proposal_weights_triton(net, o: torch.Tensor, dirs: torch.Tensor, u: torch.Tensor, g0: torch.Tensor,
-                            g1: torch.Tensor, contraction, points_per_program: int = POINTS_PER_PROGRAM,
-                            num_warps: int = NUM_WARPS) -> torch.Tensor:
+                            g1: torch.Tensor, contraction, points_per_program: int | None = None,
+                            num_warps: int | None = None) -> torch.Tensor:
     """Compositing weights (R, n) float32 of proposal net ``net`` (models.nerfacto.HashDensity)
     on the intervals ``u`` (R, n + 1) in the lindisp spacing of rays o + t dirs (normalised
     frame, unit dirs) whose spacing runs from g0 to g1 (R, 1): the torch path's result.
-    The block shape (points a program holds, its warps) is open to bench/bench_kernels.py."""
+    The block shape (points a program holds, its warps; ``block_shape`` unless given) is
+    open to bench/bench_kernels.py."""
     enc, lin1, lin2 = net.encoding, net.mlp[0], net.mlp[2]
     n_rays, n = u.shape[0], u.shape[1] - 1
     w = torch.empty(n_rays, n, device=u.device, dtype=torch.float32)
     if n_rays == 0:
         return w
     np2 = triton.next_power_of_2(n)
-    br = max(1, points_per_program // np2)
+    pts, warps = block_shape(n)
+    br = max(1, (points_per_program or pts) // np2)
     f32 = lambda t: t.detach().float().contiguous()  # noqa: E731
     _proposal_fwd[(triton.cdiv(n_rays, br),)](
         f32(o), f32(dirs), f32(g0.reshape(-1)), f32((g1 - g0).reshape(-1)), f32(u), enc.table.detach().contiguous(),
-        enc.res_t, enc.off_t, enc.dense_t, f32(lin1.weight), f32(lin1.bias), f32(lin2.weight), f32(lin2.bias),
-        w, n_rays, n, (1 << enc.log2_hashmap_size) - 1, L=len(enc.resolutions), H=lin1.out_features,
-        INF=contraction == "inf", BR=br, NP=np2, num_warps=num_warps)
+        enc.res_t, enc.off_t, f32(lin1.weight), f32(lin1.bias), f32(lin2.weight), f32(lin2.bias),
+        w, n_rays, n, (1 << enc.log2_hashmap_size) - 1, L=len(enc.resolutions), DENSE=dense_levels(enc),
+        H=lin1.out_features, INF=contraction == "inf", BR=br, NP=np2, num_warps=num_warps or warps)
     return w

@@ -51,7 +51,7 @@ def _radiance_fwd(feat_ptr, ray_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wg_ptr, zg_
     m = rows < N
     ci = tl.arange(0, IN)
     x = tl.load(feat_ptr + rows[:, None] * n_in + ci[None, :], mask=m[:, None] & (ci[None, :] < n_in),
-                other=0.0)
+                other=0.0).to(tl.float32)
     h = tl.maximum(_layer(x, w1_ptr, b1_ptr, IN, H), 0.0)
     g = _layer(h, w2_ptr, b2_ptr, H, G)  # column 0 the log-density, then the geometry features
     cg = tl.arange(0, G)
@@ -127,11 +127,12 @@ def _padded_weights(field_mlp, color_net, geo_features: int, n_in: int) -> tuple
 def radiance_mlp_triton(feats: torch.Tensor, ray_term: torch.Tensor, field_mlp, color_net, geo_features: int,
                         points_per_program: int = POINTS_PER_PROGRAM, num_warps: int = NUM_WARPS):
     """(sigma (N,), rgb (N, 3)) float32 of N = R S samples, ray by ray, from their hash
-    features ``feats`` (N, n_in) and their rays' ``ray_term`` (R, color_hidden): the
-    colour head's first layer applied to the ray's direction and appearance code, with
-    its bias (models.nerfacto.NerfactoField._ray_term). ``field_mlp`` maps the features
-    to the log-density and ``geo_features`` geometry features; ``color_net`` maps those
-    features (its first layer's leading columns) plus the ray term to RGB."""
+    features ``feats`` (N, n_in; float32, or float16 from models/kernels/field_samples.py)
+    and their rays' ``ray_term`` (R, color_hidden): the colour head's first layer applied
+    to the ray's direction and appearance code, with its bias
+    (models.nerfacto.NerfactoField._ray_term). ``field_mlp`` maps the features to the
+    log-density and ``geo_features`` geometry features; ``color_net`` maps those features
+    (its first layer's leading columns) plus the ray term to RGB."""
     n, n_in = feats.shape
     n_rays = ray_term.shape[0]
     sigma = torch.empty(n, device=feats.device, dtype=torch.float32)
