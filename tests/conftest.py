@@ -44,6 +44,21 @@ def orbit_poses(n: int, radius: float = 4.0, elevation_deg: float = 30.0, offset
     return np.stack(out)
 
 
+def tiny_nerfacto(n_levels: int, g: torch.Generator):
+    """A small nerfacto field bound to an orbit scene, its radiance field's table and nets
+    drawn from ``g`` (outputs that vary), for the render kernels' tests."""
+    from models import build_model
+    m = build_model("nerfacto", n_levels=n_levels, log2_hashmap_size=10, max_res=32, hidden=16, color_hidden=16,
+                    appearance_dim=2, proposal_levels=2, proposal_log2_hashmap_size=10,
+                    proposal_max_res=[16, 32], proposal_hidden=8, n_proposal=[8, 4], n_samples=4)
+    m.bind_scene(orbit_poses(4).astype(np.float32), 2.0, 6.0, False)
+    with torch.no_grad():
+        m.field.encoding.table.normal_(0.0, 1.0, generator=g)
+        for p in list(m.field.mlp.parameters()) + list(m.color_net.parameters()):
+            p.normal_(0.0, 0.5, generator=g)
+    return m
+
+
 def write_png(path, img) -> str:
     """Write uint8 (H, W, C) or float in [0, 1] as PNG; creates parent dirs."""
     import imageio.v3 as iio

@@ -56,22 +56,13 @@ def test_field_features_match_a_float64_evaluation_in_interpreter():
 @needs_triton
 def test_render_takes_the_field_kernels_under_bf16_in_interpreter():
     code = textwrap.dedent("""
-        import numpy as np
         import torch
-        from models import build_model
         from models import nerfacto
         from renderer.crop import CropBox
-        from tests.conftest import orbit_poses
+        from tests.conftest import orbit_poses, tiny_nerfacto
         g = torch.Generator().manual_seed(1)
-        m = build_model("nerfacto", n_levels=3, log2_hashmap_size=10, max_res=32, hidden=16, color_hidden=16,
-                        appearance_dim=2, proposal_levels=2, proposal_log2_hashmap_size=10,
-                        proposal_max_res=[16, 32], proposal_hidden=8, n_proposal=[8, 4], n_samples=4)
-        m.bind_scene(orbit_poses(4).astype(np.float32), 2.0, 6.0, False)
+        m = tiny_nerfacto(3, g)
         m.eval()
-        with torch.no_grad():
-            m.field.encoding.table.normal_(0.0, 1.0, generator=g)
-            for p in list(m.field.mlp.parameters()) + list(m.color_net.parameters()):
-                p.normal_(0.0, 0.5, generator=g)
         rays_o = torch.tensor(orbit_poses(4)[:, :3, 3], dtype=torch.float32).repeat(3, 1)
         rays_d = -rays_o + torch.randn(12, 3, generator=g) * 0.3
         calls = []

@@ -64,20 +64,11 @@ def test_fused_radiance_mlp_matches_a_float64_evaluation_in_interpreter():
 @needs_triton
 def test_render_takes_the_fused_mlp_without_gradients_under_bf16_in_interpreter():
     code = textwrap.dedent("""
-        import numpy as np
         import torch
-        from models import build_model
         from models.nerfacto import fused_radiance
-        from tests.conftest import orbit_poses
+        from tests.conftest import tiny_nerfacto
         g = torch.Generator().manual_seed(1)
-        m = build_model("nerfacto", n_levels=2, log2_hashmap_size=10, max_res=32, hidden=16, color_hidden=16,
-                        appearance_dim=2, proposal_levels=2, proposal_log2_hashmap_size=10,
-                        proposal_max_res=[16, 32], proposal_hidden=8, n_proposal=[8, 4], n_samples=4)
-        m.bind_scene(orbit_poses(4).astype(np.float32), 2.0, 6.0, False)
-        with torch.no_grad():
-            m.field.encoding.table.normal_(0.0, 1.0, generator=g)
-            for p in list(m.field.mlp.parameters()) + list(m.color_net.parameters()):
-                p.normal_(0.0, 0.5, generator=g)
+        m = tiny_nerfacto(2, g)
         x_n = torch.rand(6 * 4, 3, generator=g) * 1.6 - 0.8  # 6 rays x 4 samples
         ray_term = torch.randn(6, 16, generator=g)
         bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
