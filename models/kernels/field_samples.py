@@ -11,9 +11,8 @@ Here a block of points is computed once from its rays and goes through every lev
 and each point's features are written as one row of float16 (the torch path's first
 layer runs in bf16 under autocast: float16 keeps three more bits of every feature, and
 hash features are far inside its range). The table is read from a float16 copy: an
-entry's two features are then one 4-byte load, and the 16 levels' tables (32 MB at the
-defaults) fit in the H200's L2 cache; the lookups took three quarters of the time of
-the float32 table's (docs/real_scenes.md, seventeenth session).
+entry's two features are then one 4-byte load, and the 16 levels' tables at the
+defaults fit in the L2 cache of a large GPU (docs/real_scenes.md, seventeenth session).
 Reference: the torch path, NerfactoField._x01 and HashEncoding at the midpoints
 (tests/test_field_samples_kernel.py, through Triton's interpreter).
 """

@@ -16,9 +16,9 @@ tile holds one point per thread: at two points a thread the compiler gives each 
 all 255 registers and spills (the hidden layer is a (BR, NP, H) tile), so a
 multiprocessor holds one program, with nothing to hide the table reads behind
 (docs/real_scenes.md, fifteenth session). And one ray a program (BR = 1 from 32
-intervals up, NP / 32 warps): a render's second level (96 intervals, NP 128) ran in
-two thirds of the time on 4 warps with one ray than on 8 warps with two
-(docs/real_scenes.md, seventeenth session).
+intervals up, NP / 32 warps): a render's second level (96 intervals, NP 128) ran
+faster on 4 warps with one ray than on 8 warps with two (docs/real_scenes.md,
+seventeenth session).
 Reference: the torch path (tests/test_proposal_kernel.py, through Triton's interpreter).
 """
 from __future__ import annotations

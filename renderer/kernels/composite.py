@@ -2,9 +2,9 @@
 
 A render composites 48 samples on each of 640 k rays. The torch version makes about ten
 passes over the (R, S) samples (products, two exponentials, a cumulative sum, a
-concatenation, three weighted sums) and writes each one out; its cumulative sum along
-rows of 48 alone took 3.7 ms of an 800² frame on the H200. Here a tile of rays is read
-once and only the per-ray sums are written.
+concatenation, three weighted sums) and writes each one out, and its cumulative sum along
+short rows is slow on a GPU (docs/real_scenes.md). Here a tile of rays is read once and
+only the per-ray sums are written.
 Reference: renderer.compositing.composite_intervals's torch path and a float64 loop
 (tests/test_composite_intervals.py, through Triton's interpreter).
 """
