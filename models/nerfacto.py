@@ -177,7 +177,53 @@ class _MarchedRender:
         return self._bakes["march"][1]
 
 
-class NerfactoField(_MarchedRender, Field):
+class _PerImage:
+    """NerfactoField's per-photo parameters: the appearance embedding of each training image
+    (``appearance``, N x appearance_dim) and its pose delta (``pose_delta``, N x 6, SO(3) x R^3),
+    both sized by bind_scene. Apart from the field's class, as nerfstudio keeps its camera
+    optimiser and appearance embedding apart from the field: what a photo brings, not
+    what the scene is."""
+
+    def refine_rays(self, rays_o, rays_d, image):
+        """Rotate each ray's direction about its camera centre and shift the centre by the
+        image's learned delta (nerfstudio's SO(3) x R^3; the shift in normalised units)."""
+        if not self.config["refine_poses"] or self.ndc or self.pose_delta.shape[0] == 0:
+            return rays_o, rays_d
+        delta = self.applied_deltas()[image]  # (R, 6): rotation vector, shift
+        rays_d = apply_rotation(so3_exp(delta[:, :3]), rays_d.float())
+        return rays_o + delta[:, 3:] / self._scale, rays_d
+
+    def applied_deltas(self) -> torch.Tensor:
+        """(N, 6) float32: the deltas refine_rays applies (frame_fixed_deltas of the
+        learned ones unless pose_fix_frame is off)."""
+        d = self.pose_delta.float()
+        if not self.config["pose_fix_frame"] or self.cam_offsets.shape[0] != d.shape[0]:
+            return d
+        return frame_fixed_deltas(d, self.cam_offsets)
+
+    def _embedding(self, n: int, image: torch.Tensor | None, device, code=None) -> torch.Tensor:
+        """(n, appearance_dim): the rays' images' embeddings, the given code, or the mean
+        embedding (renders)."""
+        a = self.appearance
+        if code is not None:
+            return code.reshape(1, -1).expand(n, a.shape[1])
+        if image is not None and a.shape[0] > 0:
+            return a[image]
+        mean = a.mean(0) if a.shape[0] > 0 else torch.zeros(a.shape[1], device=device)
+        return mean.expand(n, a.shape[1])
+
+    def appearance_code(self) -> torch.Tensor:
+        """The mean embedding, detached: what a held-out view starts from (Field)."""
+        return self._embedding(1, None, self.appearance.device)[0].detach().clone()
+
+    def appearance_prior(self, code: torch.Tensor) -> torch.Tensor:
+        """appearance_penalty times the code's squared distance from the training codes'
+        mean: per image, what the training's penalty on the codes' spread costs (Field)."""
+        mean = self._embedding(1, None, code.device)[0].detach()
+        return self.config["appearance_penalty"] * (code - mean).pow(2).sum()
+
+
+class NerfactoField(_PerImage, _MarchedRender, Field):
     """Radiance field for real, unbounded captures (see the module doc)."""
 
     LABEL = "nerfacto (real captures)"
@@ -293,48 +339,10 @@ class NerfactoField(_MarchedRender, Field):
         self._step = step
         self.anneal.fill_(prop.anneal_power(step, steps=self.config["anneal_steps"]))
 
-    def refine_rays(self, rays_o, rays_d, image):
-        """Rotate each ray's direction about its camera centre and shift the centre by the
-        image's learned delta (nerfstudio's SO(3) x R^3; the shift in normalised units)."""
-        if not self.config["refine_poses"] or self.ndc or self.pose_delta.shape[0] == 0:
-            return rays_o, rays_d
-        delta = self.applied_deltas()[image]  # (R, 6): rotation vector, shift
-        rays_d = apply_rotation(so3_exp(delta[:, :3]), rays_d.float())
-        return rays_o + delta[:, 3:] / self._scale, rays_d
-
-    def applied_deltas(self) -> torch.Tensor:
-        """(N, 6) float32: the deltas refine_rays applies (frame_fixed_deltas of the
-        learned ones unless pose_fix_frame is off)."""
-        d = self.pose_delta.float()
-        if not self.config["pose_fix_frame"] or self.cam_offsets.shape[0] != d.shape[0]:
-            return d
-        return frame_fixed_deltas(d, self.cam_offsets)
-
     # -- the field -------------------------------------------------------------------------
     def _x01(self, x_n: torch.Tensor) -> torch.Tensor:
         """Normalised points (N, 3) -> the hash grid's [0, 1]^3 through the contraction."""
         return to_unit_cube(contract(x_n, self.config["contraction"]))
-
-    def _embedding(self, n: int, image: torch.Tensor | None, device, code=None) -> torch.Tensor:
-        """(n, appearance_dim): the rays' images' embeddings, the given code, or the mean
-        embedding (renders)."""
-        a = self.appearance
-        if code is not None:
-            return code.reshape(1, -1).expand(n, a.shape[1])
-        if image is not None and a.shape[0] > 0:
-            return a[image]
-        mean = a.mean(0) if a.shape[0] > 0 else torch.zeros(a.shape[1], device=device)
-        return mean.expand(n, a.shape[1])
-
-    def appearance_code(self) -> torch.Tensor:
-        """The mean embedding, detached: what a held-out view starts from (Field)."""
-        return self._embedding(1, None, self.appearance.device)[0].detach().clone()
-
-    def appearance_prior(self, code: torch.Tensor) -> torch.Tensor:
-        """appearance_penalty times the code's squared distance from the training codes'
-        mean: per image, what the training's penalty on the codes' spread costs (Field)."""
-        mean = self._embedding(1, None, code.device)[0].detach()
-        return self.config["appearance_penalty"] * (code - mean).pow(2).sum()
 
     def _ray_term(self, dirs: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """(R, color_hidden): the colour head's first layer applied to what all samples of
