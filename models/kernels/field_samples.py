@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from models.kernels import latest
 from models.kernels.hash_encode import _level_features, dense_levels
 from models.kernels.proposal_weights import _contracted01
 
@@ -53,26 +54,19 @@ def supports(encoding) -> bool:
     return encoding.table.shape[1] == 2
 
 
-# The float16 copy of the last table seen, keyed by its storage and version: a frame
-# renders in several chunks with the same table, and a training step (an in-place
-# update) bumps its version.
-_HALF: dict = {}
+_HALF: dict = {}  # the float16 copy of the last table seen (models.kernels.latest)
 
 
 def half_table(table: torch.Tensor) -> torch.Tensor:
     """A float16 copy of ``table``, made again only when the table changed."""
-    key = (table.data_ptr(), table._version, tuple(table.shape))
-    if key not in _HALF:
-        _HALF.clear()
-        _HALF[key] = table.detach().half().contiguous()
-    return _HALF[key]
+    return latest(_HALF, (table,), (), lambda: table.detach().half().contiguous())
 
 
 def field_features_triton(encoding, o: torch.Tensor, dirs: torch.Tensor, t: torch.Tensor, contraction: str,
                           half: bool = True) -> torch.Tensor:
     """(R S, 2 L) float16: ``encoding``'s features at the midpoints of the intervals
     between the distances t (R, S + 1) along the rays o + t dirs (R, 3; the field's
-    normalised frame), contracted (``contraction``: "inf" or "l2") into the unit cube;
+    normalised frame), contracted (``contraction``: "inf", else the L2 norm) into the unit cube;
     ray by ray. ``half``: read the table's float16 copy (else the float32 table itself;
     bench/bench_kernels.py compares them)."""
     n_rays, s = t.shape[0], t.shape[1] - 1

@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from models.kernels import latest
+
 POINTS_PER_PROGRAM = 128
 NUM_WARPS = 8
 
@@ -89,20 +91,14 @@ def supports(field_mlp, color_net) -> bool:
             and all(isinstance(color_net[i], relu) for i in (1, 3)) and color_net[4].out_features == 3)
 
 
-# The padded weights of the last nets seen, keyed by their parameters' storage and
-# version: a frame renders in several chunks with the same weights, and a training step
-# or the weight average's swap (in-place updates) bumps a parameter's version.
-_CACHE: dict = {}
+_CACHE: dict = {}  # the padded weights of the last nets seen (models.kernels.latest)
 
 
 def _weights(field_mlp, color_net, geo_features: int, n_in: int) -> tuple[list[torch.Tensor], dict]:
     """``_padded_weights``, made again only when a parameter or the layout changed."""
     params = list(field_mlp.parameters()) + list(color_net.parameters())
-    key = (geo_features, n_in) + tuple((q.data_ptr(), q._version) for q in params)
-    if key not in _CACHE:
-        _CACHE.clear()
-        _CACHE[key] = _padded_weights(field_mlp, color_net, geo_features, n_in)
-    return _CACHE[key]
+    return latest(_CACHE, params, (geo_features, n_in),
+                  lambda: _padded_weights(field_mlp, color_net, geo_features, n_in))
 
 
 def _padded_weights(field_mlp, color_net, geo_features: int, n_in: int) -> tuple[list[torch.Tensor], dict]:
