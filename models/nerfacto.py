@@ -439,17 +439,20 @@ class NerfactoField(_PerImage, _MarchedRender, Field):
         if not train and self._marches(o):
             return self._render_marched(o, dirs, dnorm, t0[:, 0], t1[:, 0], background, image, appearance)
         jitter = (lambda: torch.rand(n_rays, 1, device=o.device)) if train else (lambda: None)  # noqa: E731
-        anneal = self.anneal
+        # A render's power is a Python float (no graph to bake it into), and at 1, which a
+        # trained field has reached, raising the weights to it is skipped.
+        power = self.anneal if train else prop.anneal_power(self._step, steps=self.config["anneal_steps"])
+        annealed = (lambda w: w ** power) if train or power != 1.0 else (lambda w: w)  # noqa: E731
         train_props = train and self.trains_proposals(self._step)
         n_prop, n_field = self.sample_counts(train)
         u = prop.uniform_edges(n_rays, n_prop[0], jitter(), o.device)
         levels = []
         for i, net in enumerate(self.proposals):
             if i > 0:
-                u = prop.sample_histogram(u, levels[-1][1] ** anneal, n_prop[i], jitter())
+                u = prop.sample_histogram(u, annealed(levels[-1][1]), n_prop[i], jitter())
             w = self._proposal_weights(net, o, dirs, u, t0, t1, train_props)
             levels.append((u, w))
-        u = prop.sample_histogram(u, levels[-1][1] ** anneal, n_field, jitter())
+        u = prop.sample_histogram(u, annealed(levels[-1][1]), n_field, jitter())
         t = prop.spacing_to_distance(u, t0, t1)
         S = t.shape[1] - 1
         ray_term = self._ray_term(dirs, self._embedding(n_rays, image, o.device, appearance))
