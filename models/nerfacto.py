@@ -442,7 +442,7 @@ class NerfactoField(_PerImage, _MarchedRender, Field):
         # A render's power is a Python float (no graph to bake it into), and at 1, which a
         # trained field has reached, raising the weights to it is skipped.
         power = self.anneal if train else prop.anneal_power(self._step, steps=self.config["anneal_steps"])
-        annealed = (lambda w: w ** power) if train or power != 1.0 else (lambda w: w)  # noqa: E731
+        annealed = (lambda w: w) if not train and power == 1.0 else (lambda w: w ** power)  # noqa: E731
         train_props = train and self.trains_proposals(self._step)
         n_prop, n_field = self.sample_counts(train)
         u = prop.uniform_edges(n_rays, n_prop[0], jitter(), o.device)

@@ -664,3 +664,27 @@ def test_beer_capture_trains_without_ndc():
     baseline = -10 * math.log10(float(((test - mean) ** 2).mean()))
     print(f"beer at 1/16, 150 steps: {res['mean']['psnr']:.2f} dB (mean colour {baseline:.2f} dB)")
     assert res["mean"]["psnr"] > baseline + 2.0
+
+
+def test_render_resamples_with_the_anneal_power_of_its_step():
+    """At step 0 the power is 0: every proposal weight becomes 1, so the render samples
+    uniformly whatever the proposal nets say. Once annealed (power 1) the nets place the
+    samples, so changing them changes the render."""
+    from tests.conftest import tiny_nerfacto
+
+    m = tiny_nerfacto(2, torch.Generator().manual_seed(3)).eval()
+    rays_o = torch.tensor(orbit_poses(6)[:, :3, 3], dtype=torch.float32)
+    rays_d = -rays_o / rays_o.norm(dim=-1, keepdim=True)
+
+    def render_after_changing_the_proposals(step: int):
+        m._set_step(step)
+        with torch.no_grad():
+            before = m.render_rays(rays_o, rays_d, 2.0, 6.0)["rgb"]
+            for net in m.proposals:
+                net.encoding.table.normal_(0.0, 2.0)
+            return before, m.render_rays(rays_o, rays_d, 2.0, 6.0)["rgb"]
+
+    a, b = render_after_changing_the_proposals(0)
+    assert torch.allclose(a, b, atol=1e-6)
+    a, b = render_after_changing_the_proposals(m.config["anneal_steps"])
+    assert (a - b).abs().max() > 1e-3
