@@ -96,7 +96,8 @@ def level_rows(m, i: int, rays, args, dev: str) -> list[tuple]:
 
 @torch.no_grad()
 def mlp_rows(m, n_rays: int, args, dev: str) -> list[tuple]:
-    """Table rows of the radiance MLPs on n_rays x --samples points, one per block shape;
+    """Table rows of the radiance MLPs on n_rays x --samples points, one per block shape
+    and product input type (float16, the default, and tf32);
     the error is the largest colour difference from the float32 torch layers."""
     from models.kernels.radiance_mlp import radiance_mlp_triton
 
@@ -116,11 +117,15 @@ def mlp_rows(m, n_rays: int, args, dev: str) -> list[tuple]:
     rows = []
     for shape in args.mlp_shapes.split(","):
         pts, warps = (int(v) for v in shape.lower().split("x"))
-        run = partial(radiance_mlp_triton, feats, ray_term, m.field.mlp, m.color_net, m.config["geo_features"],
-                      pts, warps)
-        rows.append((f"radiance MLPs ({args.samples} per ray)", f"{pts} x {warps}",
-                     float((run()[1] - want).abs().max()), t_torch, timed(run, args.repeats, cuda)))
-        print("  ", *rows[-1], file=sys.stderr, flush=True)
+        for dtype in (torch.float16, torch.float32):  # the products' inputs: float16, or tf32
+            if dtype == torch.float16 and warps >= 4:
+                continue  # refused by the kernel (its module doc)
+            run = partial(radiance_mlp_triton, feats, ray_term, m.field.mlp, m.color_net, m.config["geo_features"],
+                          pts, warps, dtype)
+            name = "float16" if dtype == torch.float16 else "tf32"
+            rows.append((f"radiance MLPs ({args.samples} per ray), {name} products", f"{pts} x {warps}",
+                         float((run()[1] - want).abs().max()), t_torch, timed(run, args.repeats, cuda)))
+            print("  ", *rows[-1], file=sys.stderr, flush=True)
     return rows
 
 
@@ -172,7 +177,7 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default="auto,256x8,512x16",
                    help="proposal kernel block shapes, POINTSxWARPS or auto (the kernel's choice), comma-separated")
     p.add_argument("--samples", type=int, default=48, help="radiance-field samples per ray")
-    p.add_argument("--mlp-shapes", default="128x8,64x4",
+    p.add_argument("--mlp-shapes", default="64x2,128x8",
                    help="radiance MLP kernel block shapes, POINTSxWARPS, comma-separated")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)

@@ -15,17 +15,19 @@ def test_fused_radiance_mlp_matches_a_float64_evaluation_in_interpreter():
         from models import build_model
         from models.kernels.radiance_mlp import radiance_mlp_triton, supports
 
-        def reference(m, feats, ray_term):
-            # The field's layers in float64, one sample at a time's worth of rows.
+        def reference(m, feats, ray_term, rnd):
+            # The field's layers in float64; each product's inputs (the layer's input and
+            # its weight) rounded by rnd first, as the kernel rounds them to its weights' type.
+            dot = lambda x, w: rnd(x) @ rnd(w.double()).t()  # noqa: E731
             f = feats.double()
             l1, l2 = m.field.mlp[0], m.field.mlp[2]
             c1, c2, c3 = m.color_net[0], m.color_net[2], m.color_net[4]
-            g = torch.relu(f @ l1.weight.double().t() + l1.bias.double()) @ l2.weight.double().t() + l2.bias.double()
+            g = dot(torch.relu(dot(f, l1.weight) + l1.bias.double()), l2.weight) + l2.bias.double()
             geo = m.config["geo_features"]
             per_sample = ray_term.double().repeat_interleave(feats.shape[0] // ray_term.shape[0], 0)
-            p = torch.relu(g[:, 1:] @ c1.weight[:, :geo].double().t() + per_sample)
-            q = torch.relu(p @ c2.weight.double().t() + c2.bias.double())
-            return torch.exp(g[:, 0]), torch.sigmoid(q @ c3.weight.double().t() + c3.bias.double())
+            p = torch.relu(dot(g[:, 1:], c1.weight[:, :geo]) + per_sample)
+            q = torch.relu(dot(p, c2.weight) + c2.bias.double())
+            return torch.exp(g[:, 0]), torch.sigmoid(dot(q, c3.weight) + c3.bias.double())
 
         g = torch.Generator().manual_seed(0)
         # The defaults' widths (32 features, 64 hidden, 15 geometry features), and widths
@@ -40,22 +42,31 @@ def test_fused_radiance_mlp_matches_a_float64_evaluation_in_interpreter():
             feats = torch.randn(n_rays * s, m.field.encoding.out_dim, generator=g)
             ray_term = torch.randn(n_rays, m.config["color_hidden"], generator=g)
             assert supports(m.field.mlp, m.color_net)
-            sigma, rgb = radiance_mlp_triton(feats, ray_term, m.field.mlp, m.color_net, m.config["geo_features"])
-            want_sigma, want_rgb = reference(m, feats, ray_term)
-            assert sigma.shape == (n_rays * s,) and rgb.shape == (n_rays * s, 3)
-            err_log = (sigma.double().log() - want_sigma.log()).abs().max()
-            err_rgb = (rgb.double() - want_rgb).abs().max()
-            # float32 products in the interpreter (tf32 on the GPU's tensor cores).
-            assert err_log < 1e-4 and err_rgb < 1e-5, (widths, err_log, err_rgb)
-            assert want_rgb.std() > 0.1 and want_sigma.log().std() > 0.3  # outputs that vary
-            # Weights changed in place (a training step): the kernel's padded copies follow.
-            with torch.no_grad():
-                m.color_net[4].bias.add_(0.7)
-                m.field.mlp[2].bias.add_(0.3)
-            sigma, rgb = radiance_mlp_triton(feats, ray_term, m.field.mlp, m.color_net, m.config["geo_features"])
-            want_sigma, want_rgb = reference(m, feats, ray_term)
-            assert (rgb.double() - want_rgb).abs().max() < 1e-5
-            assert (sigma.double().log() - want_sigma.log()).abs().max() < 1e-4
+            # The default float16 products against inputs rounded to float16, and float32
+            # products (tf32 on the GPU) against unrounded ones; and each against the other
+            # reference, which the rounding must move it away from.
+            for dtype in (torch.float16, torch.float32):
+                rnd = lambda v: v.to(dtype).double()  # noqa: E731
+                kernel = lambda: radiance_mlp_triton(feats, ray_term, m.field.mlp, m.color_net,  # noqa: E731
+                                                     m.config["geo_features"], weight_dtype=dtype)
+                sigma, rgb = kernel()
+                want_sigma, want_rgb = reference(m, feats, ray_term, rnd)
+                assert sigma.shape == (n_rays * s,) and rgb.shape == (n_rays * s, 3)
+                err_log = (sigma.double().log() - want_sigma.log()).abs().max()
+                err_rgb = (rgb.double() - want_rgb).abs().max()
+                assert err_log < 1e-4 and err_rgb < 1e-5, (widths, dtype, err_log, err_rgb)
+                assert want_rgb.std() > 0.1 and want_sigma.log().std() > 0.3  # outputs that vary
+                other = torch.float32 if dtype == torch.float16 else torch.float16
+                _, other_rgb = reference(m, feats, ray_term, lambda v: v.to(other).double())
+                assert (rgb.double() - other_rgb).abs().max() > 1e-4
+                # Weights changed in place (a training step): the kernel's padded copies follow.
+                with torch.no_grad():
+                    m.color_net[4].bias.add_(0.7)
+                    m.field.mlp[2].bias.add_(0.3)
+                sigma, rgb = kernel()
+                want_sigma, want_rgb = reference(m, feats, ray_term, rnd)
+                assert (rgb.double() - want_rgb).abs().max() < 1e-5
+                assert (sigma.double().log() - want_sigma.log()).abs().max() < 1e-4
         print("OK")
     """)
     run_in_triton_interpreter(code)

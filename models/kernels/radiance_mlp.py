@@ -12,14 +12,19 @@ the density and the colour are written.
 
 The layers are those of the torch path; every width is padded with zeros to a power of
 two of at least 16 (what ``tl.dot`` takes), which changes no output: a padded hidden
-unit is relu(0) = 0 and feeds nothing. The products take float32 inputs, which the
-tensor cores multiply as tf32 (a 10-bit mantissa, finer than the bf16 of the torch path
-under autocast; the two differ by that rounding). Not float16 or bf16 inputs: with
-float16 the kernel failed with an illegal memory access on the H200 (Triton 3.6; with
-float32 it ran), and Triton's CPU interpreter, which the tests run the kernel in, gets
-bf16 products wrong (Triton 3.9); docs/real_scenes.md, sixteenth session.
-A program takes 128 points on 8 warps: ptxas gives it 142 registers and no spills for
-sm_90 at the defaults' widths, where 128 points on 4 warps take 255.
+unit is relu(0) = 0 and feeds nothing. The products take float16 inputs (each layer's
+input rounded to float16, as are the weights) and add up in float32: the same 10-bit
+mantissa as tf32, finer than the bf16 of the torch path under autocast, and the tensor
+cores run float16 at twice tf32's rate. The weights' type is what sets the inputs'
+(``weight_dtype``; float32 gives tf32 products, which bench/bench_kernels.py compares).
+A program takes 64 points on 2 warps. With fewer than 4 warps Triton multiplies with
+the Ampere-style instructions (MMA v2) rather than Hopper's warp-group ones (wgmma),
+and that is the point: with float16 inputs, Triton 3.6's wgmma code for this kernel
+failed on the H200, with an illegal memory access or NaN, at 4 warps, and at 8 warps
+once the features came in as float32; at 2 warps every case ran and matched, and was
+the fastest as well (docs/real_scenes.md, eighteenth session). bf16 inputs failed on
+the H200 too, and Triton's CPU interpreter, which the tests run the kernel in, gets
+bf16 products wrong (Triton 3.9).
 Reference: tests/test_radiance_mlp_kernel.py (a float64 evaluation of the same layers,
 through Triton's interpreter).
 """
@@ -31,17 +36,19 @@ import triton.language as tl
 
 from models.kernels import latest
 
-POINTS_PER_PROGRAM = 128
-NUM_WARPS = 8
+POINTS_PER_PROGRAM = 64
+NUM_WARPS = 2
+WEIGHTS = torch.float16  # the products' input type
 
 
 @triton.jit
 def _layer(x, w_ptr, b_ptr, K: tl.constexpr, M: tl.constexpr):
-    """x (B, K) times the padded weight (K, M) plus the bias (M,): (B, M) float32."""
+    """x (B, K) times the padded weight (K, M) plus the bias (M,): (B, M) float32. The
+    product takes its inputs in the weight's type (float32: tf32 on the tensor cores)."""
     k = tl.arange(0, K)
     j = tl.arange(0, M)
     w = tl.load(w_ptr + k[:, None] * M + j[None, :])
-    return tl.dot(x, w) + tl.load(b_ptr + j)[None, :]
+    return tl.dot(x.to(w.dtype), w) + tl.load(b_ptr + j)[None, :]
 
 
 @triton.jit
@@ -94,16 +101,18 @@ def supports(field_mlp, color_net) -> bool:
 _CACHE: dict = {}  # the padded weights of the last nets seen (models.kernels.latest)
 
 
-def _weights(field_mlp, color_net, geo_features: int, n_in: int) -> tuple[list[torch.Tensor], dict]:
+def _weights(field_mlp, color_net, geo_features: int, n_in: int, weight_dtype
+             ) -> tuple[list[torch.Tensor], dict]:
     """``_padded_weights``, made again only when a parameter or the layout changed."""
     params = list(field_mlp.parameters()) + list(color_net.parameters())
-    return latest(_CACHE, params, (geo_features, n_in),
-                  lambda: _padded_weights(field_mlp, color_net, geo_features, n_in))
+    return latest(_CACHE, params, (geo_features, n_in, weight_dtype),
+                  lambda: _padded_weights(field_mlp, color_net, geo_features, n_in, weight_dtype))
 
 
-def _padded_weights(field_mlp, color_net, geo_features: int, n_in: int) -> tuple[list[torch.Tensor], dict]:
-    """The kernel's weight arguments (each layer's weight transposed and zero-padded, its
-    bias padded, all float32; row 0 of the colour head's geometry weight is
+def _padded_weights(field_mlp, color_net, geo_features: int, n_in: int, weight_dtype
+                    ) -> tuple[list[torch.Tensor], dict]:
+    """The kernel's weight arguments (each layer's weight transposed and zero-padded, in
+    ``weight_dtype``; its bias padded, float32; row 0 of the colour head's geometry weight is
     zero: the log-density does not enter it) and its padded widths."""
     l1, l2 = field_mlp[0], field_mlp[2]
     c1, c2, c3 = color_net[0], color_net[2], color_net[4]
@@ -111,17 +120,19 @@ def _padded_weights(field_mlp, color_net, geo_features: int, n_in: int) -> tuple
              OUT=16)
     f32 = torch.float32
     bias = lambda b, m: _padded(b.reshape(1, -1), 1, m, f32).reshape(-1)  # noqa: E731
-    args = [_padded(l1.weight.t(), w["IN"], w["H"], f32), bias(l1.bias, w["H"]),
-            _padded(l2.weight.t(), w["H"], w["G"], f32), bias(l2.bias, w["G"]),
-            _padded(c1.weight[:, :geo_features].t(), w["G"], w["CH"], f32, first_row=1),
+    wt = weight_dtype
+    args = [_padded(l1.weight.t(), w["IN"], w["H"], wt), bias(l1.bias, w["H"]),
+            _padded(l2.weight.t(), w["H"], w["G"], wt), bias(l2.bias, w["G"]),
+            _padded(c1.weight[:, :geo_features].t(), w["G"], w["CH"], wt, first_row=1),
             torch.zeros(w["CH"], dtype=f32, device=c1.weight.device),  # its bias is in the ray term
-            _padded(c2.weight.t(), w["CH"], w["CH"], f32), bias(c2.bias, w["CH"]),
-            _padded(c3.weight.t(), w["CH"], w["OUT"], f32), bias(c3.bias, w["OUT"])]
+            _padded(c2.weight.t(), w["CH"], w["CH"], wt), bias(c2.bias, w["CH"]),
+            _padded(c3.weight.t(), w["CH"], w["OUT"], wt), bias(c3.bias, w["OUT"])]
     return args, w
 
 
 def radiance_mlp_triton(feats: torch.Tensor, ray_term: torch.Tensor, field_mlp, color_net, geo_features: int,
-                        points_per_program: int = POINTS_PER_PROGRAM, num_warps: int = NUM_WARPS):
+                        points_per_program: int = POINTS_PER_PROGRAM, num_warps: int = NUM_WARPS,
+                        weight_dtype=WEIGHTS):
     """(sigma (N,), rgb (N, 3)) float32 of N = R S samples, ray by ray, from their hash
     features ``feats`` (N, n_in; float32, or float16 from models/kernels/field_samples.py)
     and their rays' ``ray_term`` (R, color_hidden): the colour head's first layer applied
@@ -137,8 +148,10 @@ def radiance_mlp_triton(feats: torch.Tensor, ray_term: torch.Tensor, field_mlp, 
         return sigma, rgb
     if n % n_rays:
         raise ValueError(f"{n} samples are not a whole number of samples for {n_rays} rays")
+    if weight_dtype != torch.float32 and num_warps >= 4:  # wgmma: the module doc, Triton 3.6 failed there
+        raise ValueError(f"{weight_dtype} products need fewer than 4 warps, got {num_warps}")
     with torch.no_grad(), torch.autocast(feats.device.type, enabled=False):  # the weights as given
-        args, w = _weights(field_mlp, color_net, geo_features, n_in)
+        args, w = _weights(field_mlp, color_net, geo_features, n_in, weight_dtype)
         _radiance_fwd[(triton.cdiv(n, points_per_program),)](
             feats.contiguous(), ray_term.float().contiguous() if ray_term.shape[1] == w["CH"]
             else _padded(ray_term, n_rays, w["CH"], torch.float32), *args, sigma, rgb,
