@@ -631,8 +631,8 @@ def fused_proposal_weights(net, o, dirs, u, t0, t1, contraction) -> torch.Tensor
 
 def _bf16_render(device) -> bool:
     """Whether this is a render (no gradient) under bf16 autocast: where the radiance
-    field's kernels stand in for the torch path (their tf32 products and float16
-    features are finer than its bf16); a float32 render stays on the torch path."""
+    field's kernels stand in for the torch path (their float16 products and features
+    are finer than its bf16); a float32 render stays on the torch path."""
     dev = device.type
     return not torch.is_grad_enabled() and torch.is_autocast_enabled(dev) and \
         torch.get_autocast_dtype(dev) == torch.bfloat16
